@@ -1,0 +1,460 @@
+//! The decisions of R1–R19, independent of any HTTP server or store.
+//!
+//! A front end (the tower layer) drives one request through three steps:
+//!
+//! 1. [`Engine::inspect`] the request head: pass it through (R2, R3), refuse it (R1, R3),
+//!    or protect it.
+//! 2. [`Engine::begin`] with the buffered body: execute it under a [`Ticket`], replay a
+//!    stored response (R8), or refuse it (R9, R10, R15).
+//! 3. After the upstream answered, per [`Ticket::disposition`]: [`Engine::complete`] the
+//!    record with what the client will receive (R7, R13, R19), or [`Engine::release`] it
+//!    (R7, R12). Both happen *before* the client gets the response, so a fast retry
+//!    sees the record's final state.
+//!
+//! While a ticket lives its lease is renewed in the background (R11), so a short lease
+//! still covers a slow upstream.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, request, response};
+use tokio::task::JoinHandle;
+
+use crate::fingerprint::Fingerprint;
+use crate::headers;
+use crate::key::{IdempotencyKey, KeyError};
+use crate::metrics;
+use crate::policy::{OnConcurrent, Policy, StoreFailure};
+use crate::problem::{Problem, ProblemKind};
+use crate::record::{NotRetained, OwnerToken, RecordId, Snapshot, SnapshotBody};
+use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError};
+
+/// The header that marks a replayed response (R8).
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// How long a client is told to wait after a store failure (R15).
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// The engine: a store and a policy.
+pub struct Engine<St> {
+    store: St,
+    policy: Policy,
+}
+
+/// What to do with a request, judged from its head.
+#[derive(Debug)]
+pub enum Inspect {
+    /// Not covered, or no key and none required: forward untouched (R2, R3).
+    Pass,
+    /// Protect it: buffer the body, then call [`Engine::begin`].
+    Protect(Pending),
+    /// Answer this problem; do not call the upstream (R1, R3).
+    Reject(Problem),
+}
+
+/// A covered request with a valid key, waiting for its body.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    id: RecordId,
+}
+
+impl Pending {
+    /// The record this request maps to.
+    pub fn id(&self) -> &RecordId {
+        &self.id
+    }
+}
+
+/// The outcome of [`Engine::begin`].
+#[derive(Debug)]
+pub enum Begin<St: Store> {
+    /// The caller owns the record: forward the request, then complete or release.
+    Execute(Ticket<St>),
+    /// Answer this stored response (R8) or problem; do not call the upstream.
+    Respond(Response<Bytes>),
+    /// The store failed and the policy is fail-open: forward unprotected (R15).
+    Unprotected,
+}
+
+/// What to do with the upstream's response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Not cacheable (5xx, 408, 429 …): release the record, then answer (R7).
+    Release,
+    /// Streaming: complete without a body, then pass it through as produced (R19).
+    Stream,
+    /// Buffer up to this many bytes; complete with the body, or without it when it is
+    /// larger (R13).
+    Buffer(usize),
+}
+
+/// How a completion ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The snapshot is stored.
+    Stored,
+    /// Another owner took the record over; nothing was written (R11).
+    Superseded,
+    /// Every attempt failed; the record stays in flight until its lease ends (R7).
+    Failed,
+}
+
+/// Ownership of one in-flight record. Dropping it without completing or releasing
+/// releases the record in the background, so no error path leaves a key locked.
+pub struct Ticket<St: Store> {
+    lease: Option<Lease>,
+    store: St,
+    renewal: JoinHandle<()>,
+}
+
+impl<St: Store> Ticket<St> {
+    /// The lease.
+    pub fn lease(&self) -> &Lease {
+        // Present until `take` consumes the ticket.
+        self.lease.as_ref().unwrap_or_else(|| unreachable!("ticket used after finish"))
+    }
+
+    fn take(mut self) -> Lease {
+        self.renewal.abort();
+        // Present: only `take` and `drop` remove it, and `take` consumes the ticket.
+        self.lease.take().unwrap_or_else(|| unreachable!("ticket used after finish"))
+    }
+}
+
+impl<St: Store> Drop for Ticket<St> {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if let Some(lease) = self.lease.take() {
+            let store = self.store.clone();
+            tracing::debug!(outcome = "released", reason = "abandoned", "ticket dropped");
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = store.release(&lease).await;
+                });
+            }
+        }
+    }
+}
+
+impl<St: Store> fmt::Debug for Ticket<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket").field("lease", &self.lease).finish()
+    }
+}
+
+impl<St: Store> Engine<St> {
+    /// An engine over `store` with `policy`.
+    pub fn new(store: St, policy: Policy) -> Self {
+        Self { store, policy }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+
+    /// Step 1: judge a request by its head (R1–R4).
+    pub fn inspect(&self, parts: &request::Parts) -> Inspect {
+        let p = &self.policy;
+        if !p.methods.contains(&parts.method) {
+            return Inspect::Pass;
+        }
+        match IdempotencyKey::from_headers(&parts.headers, &p.header, p.max_key_len) {
+            Ok(Some(key)) => Inspect::Protect(Pending {
+                id: RecordId::new(p.scope.scope(&parts.headers), key),
+            }),
+            Ok(None) if p.require_key => {
+                metrics::outcome("missing_key");
+                Inspect::Reject(Problem::new(
+                    ProblemKind::MissingKey,
+                    format!(
+                        "{} {} requires an `{}` header",
+                        parts.method,
+                        parts.uri.path(),
+                        header_display(&p.header)
+                    ),
+                ))
+            }
+            Ok(None) => Inspect::Pass,
+            Err(e) => {
+                metrics::outcome("invalid_key");
+                Inspect::Reject(invalid_key(&p.header, &e))
+            }
+        }
+    }
+
+    /// Step 2: claim the record for this request, or answer from it (R5–R10, R15).
+    pub async fn begin(&self, pending: Pending, parts: &request::Parts, body: &[u8]) -> Begin<St> {
+        let p = &self.policy;
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let fingerprint = Fingerprint::compute(
+            p.fingerprint,
+            &parts.method,
+            path,
+            &parts.headers,
+            &p.significant_headers,
+            body,
+        );
+        let req = ClaimRequest {
+            id: pending.id,
+            fingerprint,
+            owner: OwnerToken::random(),
+            lease: p.lease,
+        };
+        let (mut watch, deadline) = match p.on_concurrent {
+            OnConcurrent::Wait { timeout } => (
+                Some(self.store.watch(&req.id)),
+                Some(tokio::time::Instant::now() + timeout),
+            ),
+            OnConcurrent::Conflict => (None, None),
+        };
+        loop {
+            let claim = match self.store.claim(&req).await {
+                Ok(c) => c,
+                Err(e) => return self.store_failed(&req.id, &e),
+            };
+            match claim {
+                Claim::Acquired(lease) => {
+                    metrics::outcome(if lease.taken_over { "taken_over" } else { "executed" });
+                    tracing::debug!(outcome = "executed", scope = %req.id.scope(), taken_over = lease.taken_over, "claimed");
+                    return Begin::Execute(self.ticket(lease));
+                }
+                Claim::Completed(snapshot) => {
+                    metrics::outcome("replayed");
+                    tracing::debug!(outcome = "replayed", scope = %req.id.scope(), status = snapshot.status.as_u16(), "replay");
+                    return Begin::Respond(replay(&req.id, snapshot));
+                }
+                Claim::Mismatch => {
+                    metrics::outcome("mismatch");
+                    tracing::debug!(outcome = "mismatch", scope = %req.id.scope(), "payload mismatch");
+                    let problem = Problem::new(
+                        ProblemKind::PayloadMismatch,
+                        "this idempotency key was already used with a different request \
+                         (method, path, body or significant headers); use a new key for a new operation",
+                    )
+                    .with_status(p.mismatch_status)
+                    .with_key(req.id.key());
+                    return Begin::Respond(problem.to_response());
+                }
+                Claim::InFlight { retry_after } => {
+                    let (Some(watch), Some(deadline)) = (watch.as_mut(), deadline) else {
+                        return Begin::Respond(self.conflict(&req.id, retry_after));
+                    };
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Begin::Respond(self.conflict(&req.id, retry_after));
+                    }
+                    // Sleep until notified, the owner's lease may have ended (a takeover
+                    // is then possible), the poll interval, or the deadline.
+                    let nap = (retry_after + Duration::from_millis(5))
+                        .min(p.wait_poll)
+                        .min(deadline - now);
+                    metrics::waiters(1.0);
+                    let _ = tokio::time::timeout(nap, watch.changed()).await;
+                    metrics::waiters(-1.0);
+                }
+            }
+        }
+    }
+
+    fn conflict(&self, id: &RecordId, retry_after: Duration) -> Response<Bytes> {
+        metrics::outcome("conflict");
+        tracing::debug!(outcome = "conflict", scope = %id.scope(), "in flight");
+        Problem::new(
+            ProblemKind::InFlight,
+            "a request with this idempotency key is still being processed; \
+             retry later with the same key to receive its response",
+        )
+        .with_key(id.key())
+        .with_retry_after(retry_after)
+        .to_response()
+    }
+
+    fn store_failed(&self, id: &RecordId, e: &StoreError) -> Begin<St> {
+        tracing::warn!(error = %e, scope = %id.scope(), "idempotency store failed");
+        match self.policy.store_failure {
+            StoreFailure::FailOpen => {
+                metrics::outcome("fail_open");
+                Begin::Unprotected
+            }
+            StoreFailure::FailClosed => {
+                metrics::outcome("store_error");
+                Begin::Respond(store_problem(e).with_key(id.key()).to_response())
+            }
+        }
+    }
+
+    fn ticket(&self, lease: Lease) -> Ticket<St> {
+        let store = self.store.clone();
+        let renewing = lease.clone();
+        let lease_for = self.policy.lease;
+        let every = self.policy.renew_every();
+        let renewal = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match store.renew(&renewing, lease_for).await {
+                    Ok(Finish::Done) => {}
+                    Ok(Finish::Superseded) => {
+                        tracing::warn!(scope = %renewing.id.scope(), "lease lost to another owner");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+                }
+            }
+        });
+        Ticket {
+            lease: Some(lease),
+            store: self.store.clone(),
+            renewal,
+        }
+    }
+
+    /// What to do with the upstream's response head (R7, R13, R19).
+    pub fn disposition(&self, head: &response::Parts) -> Disposition {
+        if !self.policy.cacheable.contains(head.status) {
+            Disposition::Release
+        } else if headers::is_streaming(&head.headers, &self.policy.streaming_types) {
+            Disposition::Stream
+        } else {
+            Disposition::Buffer(self.policy.max_stored_body)
+        }
+    }
+
+    /// Step 3a: stores what the client is about to receive and marks the record
+    /// completed. `body` is `None` when it was not retained (too large or streamed).
+    /// A failing store is retried briefly; the response is delivered either way (R7).
+    pub async fn complete(
+        &self,
+        ticket: Ticket<St>,
+        head: &response::Parts,
+        body: Result<Bytes, NotRetained>,
+    ) -> Completion {
+        let lease = ticket.take();
+        let snapshot = Snapshot {
+            status: head.status,
+            headers: headers::storable(&head.headers, &self.policy.deny_headers),
+            body: match body {
+                Ok(b) => SnapshotBody::Full(b),
+                Err(reason) => SnapshotBody::NotRetained(reason),
+            },
+        };
+        let mut backoff = Duration::from_millis(10);
+        for attempt in 1..=self.policy.completion_attempts {
+            match self.store.complete(&lease, &snapshot, self.policy.ttl).await {
+                Ok(Finish::Done) => return Completion::Stored,
+                Ok(Finish::Superseded) => {
+                    metrics::superseded();
+                    tracing::warn!(scope = %lease.id.scope(), "completion refused: record taken over");
+                    return Completion::Superseded;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "completion failed");
+                    if attempt < self.policy.completion_attempts {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 4;
+                    }
+                }
+            }
+        }
+        metrics::completion_failed();
+        Completion::Failed
+    }
+
+    /// Step 3b: deletes the record so the client may retry (R7, R12).
+    pub async fn release(&self, ticket: Ticket<St>) {
+        let lease = ticket.take();
+        tracing::debug!(outcome = "released", scope = %lease.id.scope(), "released");
+        match self.store.release(&lease).await {
+            Ok(Finish::Done) => {}
+            Ok(Finish::Superseded) => {
+                tracing::warn!(scope = %lease.id.scope(), "release refused: record taken over");
+            }
+            Err(e) => {
+                // The record stays in flight until its lease ends (R11), which is what
+                // a crash would leave: bounded, never a double execution.
+                tracing::warn!(error = %e, "release failed; the lease will lapse");
+            }
+        }
+    }
+}
+
+impl<St: Store + fmt::Debug> fmt::Debug for Engine<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+fn header_display(name: &http::HeaderName) -> String {
+    if name == "idempotency-key" {
+        "Idempotency-Key".to_owned()
+    } else {
+        name.to_string()
+    }
+}
+
+fn invalid_key(header: &http::HeaderName, e: &KeyError) -> Problem {
+    Problem::new(
+        ProblemKind::InvalidKey,
+        format!(
+            "the `{}` header is invalid: {e}; send one header whose value is 1 to 255 \
+             visible ASCII characters, bare or as a quoted string",
+            header_display(header)
+        ),
+    )
+}
+
+/// The problem a store failure answers (R15).
+pub fn store_problem(e: &StoreError) -> Problem {
+    let detail = match e {
+        StoreError::Full => "the idempotency store is full; retry later",
+        StoreError::Corrupt(_) => "the stored record for this key is unreadable; it will not be replayed",
+        _ => "the idempotency store is unavailable; the request was not processed, retry later",
+    };
+    Problem::new(ProblemKind::StoreUnavailable, detail).with_retry_after(STORE_RETRY_AFTER)
+}
+
+/// The response replaying a snapshot (R8), or 410 when its body was not kept (R13).
+pub fn replay(id: &RecordId, snapshot: Snapshot) -> Response<Bytes> {
+    match snapshot.body {
+        SnapshotBody::Full(body) => {
+            let mut resp = Response::new(body);
+            *resp.status_mut() = snapshot.status;
+            *resp.headers_mut() = snapshot.headers;
+            resp.headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+            resp
+        }
+        SnapshotBody::NotRetained(reason) => {
+            let why = match reason {
+                NotRetained::TooLarge => "its body exceeded the storable size",
+                NotRetained::Streamed => "it was streamed",
+            };
+            let mut problem = Problem::new(
+                ProblemKind::NotRetained,
+                format!(
+                    "the request with this key was already processed (status {}), but its \
+                     response was not retained because {why}; it will not run again",
+                    snapshot.status.as_u16()
+                ),
+            )
+            .with_key(id.key());
+            problem.original_status = Some(snapshot.status.as_u16());
+            let mut resp = problem.to_response();
+            resp.headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+            resp
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Every setting of the engine, with the contract's defaults, validated once.
+//!
+//! The proxy's CLI and the library's layer builder both produce a [`Policy`]: one source
+//! of defaults.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+
+use crate::fingerprint::FingerprintMode;
+use crate::key::DEFAULT_MAX_KEY_LEN;
+use crate::scope::ScopeSource;
+
+/// What a duplicate gets while the first request is still running (R10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnConcurrent {
+    /// 409 with `Retry-After` at once (the default).
+    Conflict,
+    /// Hold the duplicate until the first completes, then replay; 409 after `timeout`.
+    Wait {
+        /// How long a duplicate waits at most.
+        timeout: Duration,
+    },
+}
+
+/// What happens when the store cannot be reached (R15).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// 503 with `Retry-After`; the upstream is not called (the default).
+    #[default]
+    FailClosed,
+    /// Forward unprotected and count it.
+    FailOpen,
+}
+
+/// A set of HTTP status codes, e.g. the cacheable ones (R7).
+///
+/// Parsed from a comma list of codes and classes, with `!` removing:
+/// `"2xx,3xx,4xx,!408,!409,!425,!429"` (the default).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusSet([u64; 16]);
+
+impl StatusSet {
+    /// No status.
+    pub const fn empty() -> Self {
+        Self([0; 16])
+    }
+
+    /// Adds a status (100–999).
+    pub fn insert(&mut self, code: u16) {
+        if code < 1024 {
+            self.0[usize::from(code / 64)] |= 1 << (code % 64);
+        }
+    }
+
+    /// Removes a status.
+    pub fn remove(&mut self, code: u16) {
+        if code < 1024 {
+            self.0[usize::from(code / 64)] &= !(1 << (code % 64));
+        }
+    }
+
+    /// True when `status` is in the set.
+    pub fn contains(&self, status: StatusCode) -> bool {
+        let code = status.as_u16();
+        code < 1024 && self.0[usize::from(code / 64)] & (1 << (code % 64)) != 0
+    }
+}
+
+impl Default for StatusSet {
+    fn default() -> Self {
+        // Infallible: a constant, tested below.
+        "2xx,3xx,4xx,!408,!409,!425,!429".parse().unwrap_or_else(|_| Self::empty())
+    }
+}
+
+impl FromStr for StatusSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut set = Self::empty();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (remove, item) = match item.strip_prefix('!') {
+                Some(rest) => (true, rest),
+                None => (false, item),
+            };
+            let codes: Vec<u16> = if let Some(class) = item
+                .strip_suffix("xx")
+                .or_else(|| item.strip_suffix("XX"))
+            {
+                match class.parse::<u16>() {
+                    Ok(c @ 1..=5) => (c * 100..c * 100 + 100).collect(),
+                    _ => return Err(format!("`{item}` is not a status class (1xx to 5xx)")),
+                }
+            } else {
+                match item.parse::<u16>() {
+                    Ok(c @ 100..=599) => vec![c],
+                    _ => return Err(format!("`{item}` is not a status code (100 to 599)")),
+                }
+            };
+            for c in codes {
+                if remove {
+                    set.remove(c);
+                } else {
+                    set.insert(c);
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let codes: Vec<u16> = (100..600)
+            .filter(|c| StatusCode::from_u16(*c).is_ok_and(|s| self.contains(s)))
+            .collect();
+        f.debug_tuple("StatusSet").field(&codes).finish()
+    }
+}
+
+/// A setting that does not make sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid setting `{name}`: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+/// The engine's settings. Build one with [`Policy::builder`], or take the defaults.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub(crate) header: HeaderName,
+    pub(crate) max_key_len: usize,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) require_key: bool,
+    pub(crate) scope: ScopeSource,
+    pub(crate) fingerprint: FingerprintMode,
+    pub(crate) significant_headers: Vec<HeaderName>,
+    pub(crate) lease: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) on_concurrent: OnConcurrent,
+    pub(crate) wait_poll: Duration,
+    pub(crate) cacheable: StatusSet,
+    pub(crate) mismatch_status: StatusCode,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_stored_body: usize,
+    pub(crate) store_failure: StoreFailure,
+    pub(crate) deny_headers: Vec<HeaderName>,
+    pub(crate) streaming_types: Vec<String>,
+    pub(crate) completion_attempts: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            header: HeaderName::from_static("idempotency-key"),
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+            methods: vec![Method::POST, Method::PATCH],
+            require_key: false,
+            scope: ScopeSource::default(),
+            fingerprint: FingerprintMode::Raw,
+            significant_headers: Vec::new(),
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(24 * 3600),
+            on_concurrent: OnConcurrent::Conflict,
+            wait_poll: Duration::from_secs(1),
+            cacheable: StatusSet::default(),
+            mismatch_status: StatusCode::UNPROCESSABLE_ENTITY,
+            max_request_body: 1 << 20,
+            max_stored_body: 1 << 20,
+            store_failure: StoreFailure::FailClosed,
+            deny_headers: Vec::new(),
+            streaming_types: vec!["text/event-stream".to_owned()],
+            completion_attempts: 3,
+        }
+    }
+}
+
+impl Policy {
+    /// A builder starting from the defaults.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder(Self::default())
+    }
+
+    /// A builder starting from this policy.
+    pub fn to_builder(&self) -> PolicyBuilder {
+        PolicyBuilder(self.clone())
+    }
+
+    /// The key header's name (R1).
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+    /// The longest key accepted (R1).
+    pub fn max_key_len(&self) -> usize {
+        self.max_key_len
+    }
+    /// Covered methods (R2).
+    pub fn methods(&self) -> &[Method] {
+        &self.methods
+    }
+    /// Whether covered requests must carry a key (R3).
+    pub fn require_key(&self) -> bool {
+        self.require_key
+    }
+    /// How the scope is computed (R4).
+    pub fn scope(&self) -> &ScopeSource {
+        &self.scope
+    }
+    /// How bodies are fingerprinted (R5).
+    pub fn fingerprint(&self) -> FingerprintMode {
+        self.fingerprint
+    }
+    /// Headers that count in the fingerprint (R5).
+    pub fn significant_headers(&self) -> &[HeaderName] {
+        &self.significant_headers
+    }
+    /// The in-flight lease (R6, R11).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+    /// How long a completed record lives (R14).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    /// What a concurrent duplicate gets (R10).
+    pub fn on_concurrent(&self) -> OnConcurrent {
+        self.on_concurrent
+    }
+    /// How often a waiting duplicate re-checks the store when no notification arrives.
+    pub fn wait_poll(&self) -> Duration {
+        self.wait_poll
+    }
+    /// Which responses are stored (R7).
+    pub fn cacheable(&self) -> &StatusSet {
+        &self.cacheable
+    }
+    /// The status of a payload mismatch (R9).
+    pub fn mismatch_status(&self) -> StatusCode {
+        self.mismatch_status
+    }
+    /// The largest request body accepted (R13).
+    pub fn max_request_body(&self) -> usize {
+        self.max_request_body
+    }
+    /// The largest response body stored (R13).
+    pub fn max_stored_body(&self) -> usize {
+        self.max_stored_body
+    }
+    /// What happens when the store fails (R15).
+    pub fn store_failure(&self) -> StoreFailure {
+        self.store_failure
+    }
+    /// Headers never stored, beyond the hop-by-hop ones (R19).
+    pub fn deny_headers(&self) -> &[HeaderName] {
+        &self.deny_headers
+    }
+    /// Media types that stream through unbuffered (R19).
+    pub fn streaming_types(&self) -> &[String] {
+        &self.streaming_types
+    }
+    /// How often renewal runs while the upstream works: a third of the lease.
+    pub fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+}
+
+/// Builds a validated [`Policy`]; each method replaces one setting.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct PolicyBuilder(Policy);
+
+impl PolicyBuilder {
+    /// The key header's name (default `Idempotency-Key`).
+    pub fn header(mut self, name: HeaderName) -> Self {
+        self.0.header = name;
+        self
+    }
+    /// The longest key accepted (default 255).
+    pub fn max_key_len(mut self, n: usize) -> Self {
+        self.0.max_key_len = n;
+        self
+    }
+    /// Covered methods (default POST and PATCH).
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.0.methods = methods.into_iter().collect();
+        self
+    }
+    /// Require a key on covered requests (default false).
+    pub fn require_key(mut self, yes: bool) -> Self {
+        self.0.require_key = yes;
+        self
+    }
+    /// How the scope is computed (default: the `Authorization` header).
+    pub fn scope(mut self, scope: ScopeSource) -> Self {
+        self.0.scope = scope;
+        self
+    }
+    /// How bodies are fingerprinted (default raw).
+    pub fn fingerprint(mut self, mode: FingerprintMode) -> Self {
+        self.0.fingerprint = mode;
+        self
+    }
+    /// Headers that count in the fingerprint (default none).
+    pub fn significant_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.0.significant_headers = names.into_iter().collect();
+        self
+    }
+    /// The in-flight lease (default 60 s).
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.0.lease = d;
+        self
+    }
+    /// How long a completed record lives (default 24 h).
+    pub fn ttl(mut self, d: Duration) -> Self {
+        self.0.ttl = d;
+        self
+    }
+    /// What a concurrent duplicate gets (default 409).
+    pub fn on_concurrent(mut self, mode: OnConcurrent) -> Self {
+        self.0.on_concurrent = mode;
+        self
+    }
+    /// The fallback re-check interval of waiting duplicates (default 1 s).
+    pub fn wait_poll(mut self, d: Duration) -> Self {
+        self.0.wait_poll = d;
+        self
+    }
+    /// Which responses are stored.
+    pub fn cacheable(mut self, set: StatusSet) -> Self {
+        self.0.cacheable = set;
+        self
+    }
+    /// The status of a payload mismatch: 422 (default) or 400.
+    pub fn mismatch_status(mut self, status: StatusCode) -> Self {
+        self.0.mismatch_status = status;
+        self
+    }
+    /// The largest request body accepted (default 1 MiB).
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.0.max_request_body = bytes;
+        self
+    }
+    /// The largest response body stored (default 1 MiB).
+    pub fn max_stored_body(mut self, bytes: usize) -> Self {
+        self.0.max_stored_body = bytes;
+        self
+    }
+    /// What happens when the store fails (default fail-closed).
+    pub fn store_failure(mut self, mode: StoreFailure) -> Self {
+        self.0.store_failure = mode;
+        self
+    }
+    /// Headers never stored, beyond the hop-by-hop ones.
+    pub fn deny_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.0.deny_headers = names.into_iter().collect();
+        self
+    }
+    /// Media types that stream through unbuffered (default `text/event-stream`).
+    pub fn streaming_types(mut self, types: impl IntoIterator<Item = String>) -> Self {
+        self.0.streaming_types = types.into_iter().collect();
+        self
+    }
+    /// How many times a failing completion write is tried (default 3).
+    pub fn completion_attempts(mut self, n: u32) -> Self {
+        self.0.completion_attempts = n;
+        self
+    }
+
+    /// Checks the settings against each other.
+    pub fn build(self) -> Result<Policy, ConfigError> {
+        let p = self.0;
+        if p.max_key_len == 0 {
+            return Err(invalid("max_key_len", "must be at least 1"));
+        }
+        if p.methods.is_empty() {
+            return Err(invalid("methods", "at least one method must be covered"));
+        }
+        if p.lease < Duration::from_millis(30) {
+            return Err(invalid("lease", "must be at least 30ms"));
+        }
+        if p.ttl < Duration::from_secs(1) {
+            return Err(invalid("ttl", "must be at least 1s"));
+        }
+        if let OnConcurrent::Wait { timeout } = p.on_concurrent {
+            if timeout.is_zero() {
+                return Err(invalid("wait_timeout", "must be more than zero"));
+            }
+        }
+        if p.wait_poll < Duration::from_millis(10) {
+            return Err(invalid("wait_poll", "must be at least 10ms"));
+        }
+        if !matches!(p.mismatch_status.as_u16(), 400 | 409 | 422) {
+            return Err(invalid("mismatch_status", "must be 400, 409 or 422"));
+        }
+        if p.completion_attempts == 0 {
+            return Err(invalid("completion_attempts", "must be at least 1"));
+        }
+        if u32::try_from(p.max_stored_body).is_err() {
+            return Err(invalid("max_stored_body", "must be below 4 GiB"));
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // R7
+    #[test]
+    fn r07_default_cacheable() {
+        let set = StatusSet::default();
+        for ok in [200, 201, 204, 301, 304, 400, 404, 410, 422] {
+            assert!(set.contains(StatusCode::from_u16(ok).unwrap()), "{ok}");
+        }
+        for no in [100, 408, 409, 425, 429, 500, 502, 503, 504] {
+            assert!(!set.contains(StatusCode::from_u16(no).unwrap()), "{no}");
+        }
+    }
+
+    #[test]
+    fn status_set_parse_errors() {
+        assert!("6xx".parse::<StatusSet>().is_err());
+        assert!("abc".parse::<StatusSet>().is_err());
+        assert!("99".parse::<StatusSet>().is_err());
+        let s: StatusSet = "2xx,!204,503".parse().unwrap();
+        assert!(s.contains(StatusCode::OK));
+        assert!(!s.contains(StatusCode::NO_CONTENT));
+        assert!(s.contains(StatusCode::SERVICE_UNAVAILABLE));
+    }
+
+    #[test]
+    fn builder_validates() {
+        assert!(Policy::builder().build().is_ok());
+        assert!(Policy::builder().methods([]).build().is_err());
+        assert!(Policy::builder().lease(Duration::ZERO).build().is_err());
+        assert!(Policy::builder().mismatch_status(StatusCode::OK).build().is_err());
+        assert!(
+            Policy::builder()
+                .on_concurrent(OnConcurrent::Wait { timeout: Duration::ZERO })
+                .build()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! What a store keeps for `(scope, key)`, and its versioned binary encoding (R16).
+//!
+//! The encoding starts with a version byte; [`Record::decode`] and [`Snapshot::decode`]
+//! refuse anything unexpected (unknown version or tag, truncation, trailing bytes,
+//! invalid header names or values) with [`Corrupt`], so a damaged record is never
+//! replayed.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::clock::Millis;
+use crate::fingerprint::Fingerprint;
+use crate::key::IdempotencyKey;
+use crate::scope::Scope;
+
+/// The identity of a record: the scope and the key, never the key alone (R4).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct RecordId {
+    scope: Scope,
+    key: IdempotencyKey,
+}
+
+impl RecordId {
+    /// The record of `key` under `scope`.
+    pub fn new(scope: Scope, key: IdempotencyKey) -> Self {
+        Self { scope, key }
+    }
+
+    /// Who the key belongs to.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The client's key.
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    /// A byte string unique to this record: the 16 scope bytes, then the key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.key.as_str().len());
+        out.extend_from_slice(self.scope.as_bytes());
+        out.extend_from_slice(self.key.as_str().as_bytes());
+        out
+    }
+
+    /// Reads [`RecordId::to_bytes`] output back.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Corrupt> {
+        if bytes.len() <= 16 {
+            return Err(Corrupt("record id too short"));
+        }
+        let mut scope = [0; 16];
+        scope.copy_from_slice(&bytes[..16]);
+        let key = IdempotencyKey::parse_bytes(&bytes[16..], usize::MAX)
+            .map_err(|_| Corrupt("record id has an invalid key"))?;
+        Ok(Self::new(Scope::from_bytes(scope), key))
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.scope, self.key)
+    }
+}
+
+/// The random token of the request that owns an `in_flight` record (R11 fencing).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerToken(u128);
+
+impl OwnerToken {
+    /// A fresh random token.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        if getrandom::fill(&mut b).is_err() {
+            // No OS randomness: fall back to time and a process-wide counter, which is
+            // still unique per claim within and (with overwhelming odds) across processes.
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let t = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+            b[..8].copy_from_slice(&n.to_be_bytes());
+            b[8..].copy_from_slice(&(t ^ u64::from(std::process::id())).to_be_bytes());
+        }
+        Self(u128::from_be_bytes(b))
+    }
+
+    /// The token as a number.
+    pub fn get(self) -> u128 {
+        self.0
+    }
+
+    /// Rebuilds a token read from a store.
+    pub fn from_u128(v: u128) -> Self {
+        Self(v)
+    }
+
+    /// Lower-case hex (32 characters).
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    /// Parses [`OwnerToken::to_hex`] output.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        u128::from_str_radix(s, 16).ok().map(Self)
+    }
+}
+
+impl fmt::Debug for OwnerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OwnerToken({:08x}…)", (self.0 >> 96) as u32)
+    }
+}
+
+/// Why a completed record holds no body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotRetained {
+    /// The body was larger than the storable limit (R13).
+    TooLarge,
+    /// The response streamed (R19).
+    Streamed,
+}
+
+/// The stored body of a completed record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotBody {
+    /// The whole body, replayed byte for byte.
+    Full(Bytes),
+    /// The operation ran but its body was not kept; a replay is 410 Gone (R13, R19).
+    NotRetained(NotRetained),
+}
+
+/// A stored response: status, end-to-end headers and body (R7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The original status.
+    pub status: StatusCode,
+    /// The stored headers (hop-by-hop and denied headers already removed).
+    pub headers: HeaderMap,
+    /// The body, or why there is none.
+    pub body: SnapshotBody,
+}
+
+/// The state of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Owned by a running request until `lease_until` (R6, R11).
+    InFlight {
+        /// The owner's token; completion and release must present it.
+        owner: OwnerToken,
+        /// When the lease ends unless renewed.
+        lease_until: Millis,
+    },
+    /// Done; replayed until `expires_at` (R8, R14).
+    Completed {
+        /// The stored response.
+        snapshot: Snapshot,
+        /// When the record stops existing.
+        expires_at: Millis,
+    },
+}
+
+/// What a store keeps for one `(scope, key)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The fingerprint of the request that created the record (kept on completion).
+    pub fingerprint: Fingerprint,
+    /// When the record was first claimed.
+    pub created_at: Millis,
+    /// In flight or completed.
+    pub state: State,
+}
+
+/// A stored byte string that does not decode: never replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt record: {0}")]
+pub struct Corrupt(pub &'static str);
+
+const VERSION: u8 = 1;
+const TAG_IN_FLIGHT: u8 = 1;
+const TAG_COMPLETED: u8 = 2;
+const BODY_FULL: u8 = 0;
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_STREAMED: u8 = 2;
+
+impl Record {
+    /// True while the record counts at `now`: an in-flight record until its lease
+    /// ends, a completed one until it expires. A record that is not live is as good
+    /// as absent: the next claim replaces it (R11 takeover, R14 expiry).
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.ends_at() > now
+    }
+
+    /// When the record stops counting and a store may delete it: the lease deadline
+    /// while in flight, the expiry once completed.
+    pub fn ends_at(&self) -> Millis {
+        match self.state {
+            State::Completed { expires_at, .. } => expires_at,
+            State::InFlight { lease_until, .. } => lease_until,
+        }
+    }
+
+    /// Encodes the record (format version 1).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.push(VERSION);
+        match &self.state {
+            State::InFlight { .. } => out.push(TAG_IN_FLIGHT),
+            State::Completed { .. } => out.push(TAG_COMPLETED),
+        }
+        out.extend_from_slice(self.fingerprint.as_bytes());
+        out.extend_from_slice(&self.created_at.to_be_bytes());
+        match &self.state {
+            State::InFlight { owner, lease_until } => {
+                out.extend_from_slice(&owner.get().to_be_bytes());
+                out.extend_from_slice(&lease_until.to_be_bytes());
+            }
+            State::Completed {
+                snapshot,
+                expires_at,
+            } => {
+                out.extend_from_slice(&expires_at.to_be_bytes());
+                snapshot.encode_into(&mut out);
+            }
+        }
+        out
+    }
+
+    /// Decodes [`Record::encode`] output; anything else is [`Corrupt`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return Err(Corrupt("unknown record version"));
+        }
+        let tag = r.u8()?;
+        let fingerprint = Fingerprint::from_bytes(r.array()?);
+        let created_at = r.u64()?;
+        let state = match tag {
+            TAG_IN_FLIGHT => State::InFlight {
+                owner: OwnerToken(u128::from_be_bytes(r.array()?)),
+                lease_until: r.u64()?,
+            },
+            TAG_COMPLETED => {
+                let expires_at = r.u64()?;
+                State::Completed {
+                    snapshot: Snapshot::decode_from(&mut r)?,
+                    expires_at,
+                }
+            }
+            _ => return Err(Corrupt("unknown record state")),
+        };
+        r.finish()?;
+        Ok(Self {
+            fingerprint,
+            created_at,
+            state,
+        })
+    }
+}
+
+impl Snapshot {
+    /// Encodes the snapshot alone (format version 1), for stores that keep it apart
+    /// from the record's other fields.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        let body_len = match &self.body {
+            SnapshotBody::Full(b) => b.len(),
+            SnapshotBody::NotRetained(_) => 0,
+        };
+        let headers_len: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum();
+        out.reserve(12 + headers_len + body_len);
+        out.push(VERSION);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.push(match self.body {
+            SnapshotBody::Full(_) => BODY_FULL,
+            SnapshotBody::NotRetained(NotRetained::TooLarge) => BODY_TOO_LARGE,
+            SnapshotBody::NotRetained(NotRetained::Streamed) => BODY_STREAMED,
+        });
+        out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
+        for (name, value) in &self.headers {
+            out.extend_from_slice(&(name.as_str().len() as u16).to_be_bytes());
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        if let SnapshotBody::Full(body) = &self.body {
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            out.extend_from_slice(body);
+        }
+    }
+
+    /// Decodes [`Snapshot::encode`] output; anything else is [`Corrupt`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
+        let mut r = Reader(bytes);
+        let s = Self::decode_from(&mut r)?;
+        r.finish()?;
+        Ok(s)
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, Corrupt> {
+        if r.u8()? != VERSION {
+            return Err(Corrupt("unknown snapshot version"));
+        }
+        let status = StatusCode::from_u16(r.u16()?).map_err(|_| Corrupt("invalid status"))?;
+        let kind = r.u8()?;
+        let count = r.u32()? as usize;
+        // Each header takes at least 6 bytes: refuse counts the input cannot hold.
+        if count > r.0.len() / 6 {
+            return Err(Corrupt("header count exceeds the record"));
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let n = r.u16()? as usize;
+            let name =
+                HeaderName::from_bytes(r.take(n)?).map_err(|_| Corrupt("invalid header name"))?;
+            let n = r.u32()? as usize;
+            let value =
+                HeaderValue::from_bytes(r.take(n)?).map_err(|_| Corrupt("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let body = match kind {
+            BODY_FULL => {
+                let n = r.u32()? as usize;
+                SnapshotBody::Full(Bytes::copy_from_slice(r.take(n)?))
+            }
+            BODY_TOO_LARGE => SnapshotBody::NotRetained(NotRetained::TooLarge),
+            BODY_STREAMED => SnapshotBody::NotRetained(NotRetained::Streamed),
+            _ => return Err(Corrupt("unknown body kind")),
+        };
+        Ok(Self {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        if self.0.len() < n {
+            return Err(Corrupt("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Corrupt> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, Corrupt> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, Corrupt> {
+        self.array().map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, Corrupt> {
+        self.array().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, Corrupt> {
+        self.array().map(u64::from_be_bytes)
+    }
+    fn finish(&self) -> Result<(), Corrupt> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Corrupt("trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed() -> Record {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        Record {
+            fingerprint: Fingerprint::from_bytes([7; 32]),
+            created_at: 5,
+            state: State::Completed {
+                snapshot: Snapshot {
+                    status: StatusCode::CREATED,
+                    headers,
+                    body: SnapshotBody::Full(Bytes::from_static(b"{\"id\":1}")),
+                },
+                expires_at: 99,
+            },
+        }
+    }
+
+    // R16
+    #[test]
+    fn r16_round_trip() {
+        let rec = completed();
+        assert_eq!(Record::decode(&rec.encode()).unwrap(), rec);
+        let inflight = Record {
+            fingerprint: Fingerprint::from_bytes([1; 32]),
+            created_at: 1,
+            state: State::InFlight {
+                owner: OwnerToken::random(),
+                lease_until: 42,
+            },
+        };
+        assert_eq!(Record::decode(&inflight.encode()).unwrap(), inflight);
+        for reason in [NotRetained::TooLarge, NotRetained::Streamed] {
+            let s = Snapshot {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: SnapshotBody::NotRetained(reason),
+            };
+            assert_eq!(Snapshot::decode(&s.encode()).unwrap(), s);
+        }
+    }
+
+    // R16: nothing half-written is ever replayed
+    #[test]
+    fn r16_every_truncation_and_extension_is_corrupt() {
+        let bytes = completed().encode();
+        for n in 0..bytes.len() {
+            assert!(Record::decode(&bytes[..n]).is_err(), "prefix {n} decoded");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Record::decode(&longer).is_err());
+        let mut bad_version = bytes;
+        bad_version[0] = 9;
+        assert_eq!(Record::decode(&bad_version), Err(Corrupt("unknown record version")));
+    }
+
+    #[test]
+    fn record_id_round_trip() {
+        let id = RecordId::new(Scope::from_bytes([3; 16]), IdempotencyKey::new("k-1").unwrap());
+        assert_eq!(RecordId::from_bytes(&id.to_bytes()).unwrap(), id);
+        assert!(RecordId::from_bytes(&[0; 16]).is_err());
+    }
+
+    #[test]
+    fn owner_tokens_differ() {
+        assert_ne!(OwnerToken::random(), OwnerToken::random());
+        let t = OwnerToken::random();
+        assert_eq!(OwnerToken::from_hex(&t.to_hex()), Some(t));
+    }
+}

@@ -1,0 +1,178 @@
+//! The `Store` contract every backend implements, and the memory store.
+//!
+//! # Contract
+//!
+//! A store keeps at most one [`Record`] per [`RecordId`] and offers these operations,
+//! each atomic with respect to every other operation on the same id, from any number of
+//! tasks, processes or machines sharing the store:
+//!
+//! - [`Store::claim`]: if no *live* record exists (absent, completed past its expiry,
+//!   or in flight past its lease), create an in-flight record with the request's
+//!   fingerprint, owner token and lease, and answer [`Claim::Acquired`]. Otherwise, if the
+//!   live record's fingerprint differs, answer [`Claim::Mismatch`] and change nothing
+//!   (R9); if it is completed, answer [`Claim::Completed`] with its snapshot (R8); if it
+//!   is in flight, answer [`Claim::InFlight`] with the time left on its lease (R10).
+//!   Exactly one of any number of concurrent claims on an id acquires it (R6, R18).
+//! - [`Store::renew`], [`Store::complete`], [`Store::release`]: only when the record is
+//!   still in flight under the lease's owner token do they extend the lease, store the
+//!   snapshot (keeping the fingerprint, state `completed`, expiry `now + ttl`), or delete
+//!   the record; otherwise they change nothing and answer [`Finish::Superseded`] (R11
+//!   fencing). A completion is all or nothing (R16).
+//! - [`Store::lookup`]: the live record, if any.
+//! - [`Store::watch`]: a [`Watch`] that wakes when the record may have been completed
+//!   or released. It may wake spuriously and, for networked stores, may miss a wake-up;
+//!   callers re-check with `claim` and poll with a bounded interval. Waiting holds no
+//!   pooled connection.
+//! - Expired records are removed by the store on its own (native expiry or a
+//!   background sweep), so storage is bounded by live records (R14);
+//!   [`Store::purge_expired`] runs one sweep now.
+//!
+//! Expected races are values ([`Claim`], [`Finish`]); only infrastructure failures are
+//! [`StoreError`]s.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::fingerprint::Fingerprint;
+use crate::record::{Corrupt, OwnerToken, Record, RecordId, Snapshot};
+
+pub mod machine;
+pub mod memory;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+mod watch;
+
+pub use memory::{MemoryStore, MemoryStoreConfig};
+pub use watch::{WaitHub, Watch};
+
+/// A boxed error from a backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What [`Store::claim`] is asked.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    /// The record.
+    pub id: RecordId,
+    /// The request's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The token the new owner will present.
+    pub owner: OwnerToken,
+    /// How long the lease lasts unless renewed.
+    pub lease: Duration,
+}
+
+/// Proof of ownership of an in-flight record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The record.
+    pub id: RecordId,
+    /// Its fingerprint, kept on completion.
+    pub fingerprint: Fingerprint,
+    /// The owner token that fences completion and release.
+    pub owner: OwnerToken,
+    /// True when an in-flight record whose lease had ended was taken over (R11).
+    pub taken_over: bool,
+}
+
+/// The answer to a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Claim {
+    /// The caller owns the record and runs the operation.
+    Acquired(Lease),
+    /// Another request owns it; its lease has this long left.
+    InFlight {
+        /// Time left on the owner's lease.
+        retry_after: Duration,
+    },
+    /// Done before: replay this.
+    Completed(Snapshot),
+    /// The key was used with a different request.
+    Mismatch,
+}
+
+/// The answer to renew, complete or release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Finish {
+    /// Applied.
+    Done,
+    /// The lease's owner no longer owns the record (taken over, released or expired):
+    /// nothing was changed.
+    Superseded,
+}
+
+/// An infrastructure failure: the store could not answer (R15).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store cannot be reached.
+    #[error("store unavailable")]
+    Unavailable(#[source] BoxError),
+    /// The store did not answer in time.
+    #[error("store timed out")]
+    Timeout,
+    /// The store refuses new records (the memory store at capacity).
+    #[error("store is full")]
+    Full,
+    /// A stored record does not decode; it is never replayed.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+    /// Any other backend error.
+    #[error("{store} store error")]
+    Backend {
+        /// Which store.
+        store: &'static str,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// A backend error of `store`.
+    pub fn backend(store: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            store,
+            source: source.into(),
+        }
+    }
+}
+
+/// A place to keep idempotency records. See the module docs for the contract.
+///
+/// Stores are cheap handles: clones share one store.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Claims the record for a new owner, or says why not.
+    fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Extends the owner's lease to `now + lease_for`.
+    fn renew(
+        &self,
+        lease: &Lease,
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<Finish, StoreError>> + Send;
+
+    /// Stores the snapshot and marks the record completed, expiring `ttl` from now.
+    fn complete(
+        &self,
+        lease: &Lease,
+        snapshot: &Snapshot,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Finish, StoreError>> + Send;
+
+    /// Deletes the owner's in-flight record so the operation may run again.
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<Finish, StoreError>> + Send;
+
+    /// The live record, if any.
+    fn lookup(
+        &self,
+        id: &RecordId,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// A handle that wakes when the record may have changed.
+    fn watch(&self, id: &RecordId) -> Watch;
+
+    /// Removes expired records now; answers how many were removed.
+    fn purge_expired(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}

@@ -1,0 +1,490 @@
+//! The store contract suite: one `pub async fn` per property, run against every store.
+//!
+//! A store crate stamps the whole suite into its tests with [`crate::store_tests!`],
+//! given an expression that makes a fresh [`Fixture`]:
+//!
+//! ```ignore
+//! idem_core::store_tests!(async { ManualFixture::memory() });
+//! ```
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::clock::ManualClock;
+use crate::fingerprint::Fingerprint;
+use crate::key::IdempotencyKey;
+use crate::record::{NotRetained, OwnerToken, RecordId, Snapshot, SnapshotBody, State};
+use crate::scope::Scope;
+use crate::store::{Claim, ClaimRequest, Finish, Lease, MemoryStore, MemoryStoreConfig, Store};
+
+/// A store under test and a way to let time pass as it sees time.
+pub trait Fixture: Send + Sync + 'static {
+    /// The store.
+    type Store: Store;
+    /// The store under test.
+    fn store(&self) -> &Self::Store;
+    /// Lets `by` pass.
+    fn advance(&self, by: Duration) -> impl Future<Output = ()> + Send;
+    /// The lease the suite claims with; `advance(lease)` must end it.
+    fn lease(&self) -> Duration;
+}
+
+/// A store on a [`ManualClock`]: time moves only by `advance`, instantly.
+pub struct ManualFixture<St> {
+    store: St,
+    clock: ManualClock,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl<St: fmt::Debug> fmt::Debug for ManualFixture<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualFixture").field("store", &self.store).finish()
+    }
+}
+
+impl<St: fmt::Debug> fmt::Debug for RealTimeFixture<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RealTimeFixture").field("store", &self.store).finish()
+    }
+}
+
+impl<St: Store> ManualFixture<St> {
+    /// A fixture over `store`, which must read time from `clock`; `guard` is kept
+    /// alive as long as the fixture (a temporary directory, say).
+    pub fn new(store: St, clock: ManualClock, guard: impl Any + Send + Sync) -> Self {
+        Self {
+            store,
+            clock,
+            _guard: Box::new(guard),
+        }
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+}
+
+impl ManualFixture<MemoryStore> {
+    /// A fresh memory store on a manual clock.
+    pub fn memory() -> Self {
+        let clock = ManualClock::new();
+        let store = MemoryStore::with_config(MemoryStoreConfig {
+            clock: Arc::new(clock.clone()),
+            ..MemoryStoreConfig::default()
+        });
+        Self::new(store, clock, ())
+    }
+}
+
+impl<St: Store> Fixture for ManualFixture<St> {
+    type Store = St;
+    fn store(&self) -> &St {
+        &self.store
+    }
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+    fn lease(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// A store on real time (networked stores expire by their own clock): `advance` sleeps.
+pub struct RealTimeFixture<St> {
+    store: St,
+    lease: Duration,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl<St: Store> RealTimeFixture<St> {
+    /// A fixture over `store` claiming with `lease`; `guard` lives as long as it.
+    pub fn new(store: St, lease: Duration, guard: impl Any + Send + Sync) -> Self {
+        Self {
+            store,
+            lease,
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl<St: Store> Fixture for RealTimeFixture<St> {
+    type Store = St;
+    fn store(&self) -> &St {
+        &self.store
+    }
+    async fn advance(&self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+}
+
+/// A record id under the global scope with a key unique to this process run.
+pub fn id(key: &str) -> RecordId {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUN: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.get_or_init(|| OwnerToken::random().get());
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let key = IdempotencyKey::new(&format!("{key}-{run:x}-{n}")).expect("valid test key");
+    RecordId::new(Scope::from_bytes([9; 16]), key)
+}
+
+/// A fingerprint numbered `n`.
+pub fn fp(n: u8) -> Fingerprint {
+    Fingerprint::from_bytes([n; 32])
+}
+
+/// A claim of `id` with fingerprint `n`, a fresh owner and a 10 s lease.
+pub fn claim_req(id: &RecordId, n: u8) -> ClaimRequest {
+    ClaimRequest {
+        id: id.clone(),
+        fingerprint: fp(n),
+        owner: OwnerToken::random(),
+        lease: Duration::from_secs(10),
+    }
+}
+
+/// A 201 snapshot with a JSON content type and `body`.
+pub fn snapshot(body: &[u8]) -> Snapshot {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    Snapshot {
+        status: StatusCode::CREATED,
+        headers,
+        body: SnapshotBody::Full(Bytes::copy_from_slice(body)),
+    }
+}
+
+fn req<F: Fixture>(fx: &F, id: &RecordId, n: u8) -> ClaimRequest {
+    ClaimRequest {
+        lease: fx.lease(),
+        ..claim_req(id, n)
+    }
+}
+
+fn ttl<F: Fixture>(fx: &F) -> Duration {
+    fx.lease() * 3
+}
+
+async fn acquire<F: Fixture>(fx: &F, id: &RecordId, n: u8) -> Lease {
+    match fx.store().claim(&req(fx, id, n)).await.expect("claim") {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// R6: an absent record is claimed; the record is in flight under the new owner.
+pub async fn r06_claim_acquires_absent<F: Fixture>(fx: &F) {
+    let id = id("absent");
+    let r = req(fx, &id, 1);
+    let lease = match fx.store().claim(&r).await.unwrap() {
+        Claim::Acquired(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lease.owner, r.owner);
+    assert!(!lease.taken_over);
+    let rec = fx.store().lookup(&id).await.unwrap().expect("record");
+    assert_eq!(rec.fingerprint, fp(1));
+    assert!(matches!(rec.state, State::InFlight { owner, .. } if owner == r.owner));
+}
+
+/// R6, R18: of 50 concurrent claims, exactly one acquires.
+pub async fn r06_claim_is_exclusive<F: Fixture>(fx: &F) {
+    let id = id("race");
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let store = fx.store().clone();
+        let r = req(fx, &id, 1);
+        tasks.push(tokio::spawn(async move { store.claim(&r).await }));
+    }
+    let mut acquired = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Claim::Acquired(_) => acquired += 1,
+            Claim::InFlight { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(acquired, 1);
+}
+
+/// R6: concurrent claims over many keys: each key acquired exactly once.
+pub async fn r06_many_keys_in_parallel<F: Fixture>(fx: &F) {
+    let ids: Vec<_> = (0..100).map(|i| id(&format!("many{i}"))).collect();
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for (i, id) in ids.iter().enumerate() {
+            let store = fx.store().clone();
+            let r = req(fx, id, 1);
+            tasks.push(tokio::spawn(async move {
+                (i, round, store.claim(&r).await.unwrap())
+            }));
+        }
+    }
+    let mut acquired = vec![0; ids.len()];
+    for t in tasks {
+        let (i, _, claim) = t.await.unwrap();
+        if matches!(claim, Claim::Acquired(_)) {
+            acquired[i] += 1;
+        }
+    }
+    assert!(acquired.iter().all(|n| *n == 1), "{acquired:?}");
+}
+
+/// R7, R8: a completed record replays its snapshot byte for byte and keeps its
+/// fingerprint (a completion that dropped it would turn every retry into a mismatch).
+pub async fn r08_completed_replays_snapshot<F: Fixture>(fx: &F) {
+    let id = id("replay");
+    let lease = acquire(fx, &id, 1).await;
+    let body: Vec<u8> = (0..65_536u32).map(|i| (i * 7 % 256) as u8).collect();
+    let mut snap = snapshot(&body);
+    snap.headers.append("set-cookie", HeaderValue::from_static("a=1"));
+    snap.headers.append("set-cookie", HeaderValue::from_static("b=2"));
+    assert_eq!(fx.store().complete(&lease, &snap, ttl(fx)).await.unwrap(), Finish::Done);
+    for _ in 0..2 {
+        assert_eq!(fx.store().claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snap.clone()));
+    }
+    let rec = fx.store().lookup(&id).await.unwrap().expect("record");
+    assert_eq!(rec.fingerprint, fp(1));
+    assert!(matches!(rec.state, State::Completed { snapshot, .. } if snapshot == snap));
+}
+
+/// R13, R19: snapshots without a body round-trip as such.
+pub async fn r13_not_retained_snapshots<F: Fixture>(fx: &F) {
+    for reason in [NotRetained::TooLarge, NotRetained::Streamed] {
+        let id = id("not-retained");
+        let lease = acquire(fx, &id, 1).await;
+        let snap = Snapshot {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: SnapshotBody::NotRetained(reason),
+        };
+        let _ = fx.store().complete(&lease, &snap, ttl(fx)).await.unwrap();
+        assert_eq!(fx.store().claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snap));
+    }
+}
+
+/// R9: another fingerprint is a mismatch, in flight or completed, and changes nothing.
+pub async fn r09_mismatch_leaves_record_untouched<F: Fixture>(fx: &F) {
+    let id = id("mismatch");
+    let lease = acquire(fx, &id, 1).await;
+    let before = fx.store().lookup(&id).await.unwrap();
+    assert_eq!(fx.store().claim(&req(fx, &id, 2)).await.unwrap(), Claim::Mismatch);
+    assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
+    let _ = fx.store().complete(&lease, &snapshot(b"ok"), ttl(fx)).await.unwrap();
+    let before = fx.store().lookup(&id).await.unwrap();
+    assert_eq!(fx.store().claim(&req(fx, &id, 2)).await.unwrap(), Claim::Mismatch);
+    assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
+    assert_eq!(
+        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
+        Claim::Completed(snapshot(b"ok"))
+    );
+}
+
+/// R10: a duplicate of an in-flight record learns how long the lease has left.
+pub async fn r10_in_flight_reports_lease_left<F: Fixture>(fx: &F) {
+    let id = id("inflight");
+    let _lease = acquire(fx, &id, 1).await;
+    match fx.store().claim(&req(fx, &id, 1)).await.unwrap() {
+        Claim::InFlight { retry_after } => {
+            assert!(retry_after <= fx.lease(), "{retry_after:?}");
+            assert!(!retry_after.is_zero());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// R7, R12: a release deletes the record so the operation may run again; a second
+/// release, and a completion after it, are superseded.
+pub async fn r07_release_frees_key<F: Fixture>(fx: &F) {
+    let id = id("release");
+    let lease = acquire(fx, &id, 1).await;
+    assert_eq!(fx.store().release(&lease).await.unwrap(), Finish::Done);
+    assert_eq!(fx.store().lookup(&id).await.unwrap(), None);
+    assert_eq!(fx.store().release(&lease).await.unwrap(), Finish::Superseded);
+    assert_eq!(
+        fx.store().complete(&lease, &snapshot(b"late"), ttl(fx)).await.unwrap(),
+        Finish::Superseded
+    );
+    // A retry after a release may even carry another payload: the key is free.
+    let again = acquire(fx, &id, 2).await;
+    assert!(!again.taken_over);
+}
+
+/// R11: a record whose lease ended is taken over with a new owner; the old owner's
+/// late renew, completion and release are all refused and change nothing.
+pub async fn r11_expired_lease_is_taken_over<F: Fixture>(fx: &F) {
+    let id = id("takeover");
+    let old = acquire(fx, &id, 1).await;
+    fx.advance(fx.lease() + Duration::from_millis(50)).await;
+    let new = acquire(fx, &id, 1).await;
+    assert!(new.taken_over);
+    assert_ne!(new.owner, old.owner);
+    let store = fx.store();
+    assert_eq!(store.renew(&old, fx.lease()).await.unwrap(), Finish::Superseded);
+    assert_eq!(
+        store.complete(&old, &snapshot(b"stale"), ttl(fx)).await.unwrap(),
+        Finish::Superseded
+    );
+    assert_eq!(store.release(&old).await.unwrap(), Finish::Superseded);
+    let rec = store.lookup(&id).await.unwrap().expect("record");
+    assert!(matches!(rec.state, State::InFlight { owner, .. } if owner == new.owner));
+    assert_eq!(store.complete(&new, &snapshot(b"fresh"), ttl(fx)).await.unwrap(), Finish::Done);
+    assert_eq!(
+        store.complete(&old, &snapshot(b"stale"), ttl(fx)).await.unwrap(),
+        Finish::Superseded
+    );
+    assert_eq!(store.claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snapshot(b"fresh")));
+}
+
+/// R11: of many late and current completions racing, only the owner's lands.
+pub async fn r11_racing_completions_are_fenced<F: Fixture>(fx: &F) {
+    let id = id("fence-race");
+    let old = acquire(fx, &id, 1).await;
+    fx.advance(fx.lease() + Duration::from_millis(50)).await;
+    let new = acquire(fx, &id, 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = fx.store().clone();
+        let (lease, body): (Lease, &[u8]) = if i == 20 { (new.clone(), b"new") } else { (old.clone(), b"old") };
+        let ttl = ttl(fx);
+        tasks.push(tokio::spawn(async move {
+            (i, store.complete(&lease, &snapshot(body), ttl).await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (i, done) = t.await.unwrap();
+        let expected = if i == 20 { Finish::Done } else { Finish::Superseded };
+        assert_eq!(done, expected, "completion {i}");
+    }
+    assert_eq!(fx.store().claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snapshot(b"new")));
+}
+
+/// R11: a renewed lease outlives its first deadline.
+pub async fn r11_renew_keeps_lease_alive<F: Fixture>(fx: &F) {
+    let id = id("renew");
+    let lease = acquire(fx, &id, 1).await;
+    let step = fx.lease() * 6 / 10;
+    fx.advance(step).await;
+    assert_eq!(fx.store().renew(&lease, fx.lease()).await.unwrap(), Finish::Done);
+    fx.advance(step).await;
+    assert!(matches!(
+        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    assert_eq!(fx.store().complete(&lease, &snapshot(b"ok"), ttl(fx)).await.unwrap(), Finish::Done);
+}
+
+/// R14: a completed record expires after its TTL; the key is then new again.
+pub async fn r14_completed_record_expires<F: Fixture>(fx: &F) {
+    let id = id("expire");
+    let lease = acquire(fx, &id, 1).await;
+    let _ = fx.store().complete(&lease, &snapshot(b"ok"), ttl(fx)).await.unwrap();
+    fx.advance(ttl(fx) / 2).await;
+    assert!(matches!(fx.store().claim(&req(fx, &id, 2)).await.unwrap(), Claim::Mismatch));
+    fx.advance(ttl(fx) / 2 + Duration::from_millis(100)).await;
+    assert_eq!(fx.store().lookup(&id).await.unwrap(), None);
+    let again = acquire(fx, &id, 2).await;
+    assert!(!again.taken_over);
+}
+
+/// R14: expired records are removed, and the store still works afterwards.
+pub async fn r14_purge_removes_expired<F: Fixture>(fx: &F) {
+    let ids: Vec<_> = (0..20).map(|i| id(&format!("purge{i}"))).collect();
+    for id in &ids {
+        let lease = acquire(fx, id, 1).await;
+        let _ = fx.store().complete(&lease, &snapshot(b"x"), fx.lease()).await.unwrap();
+    }
+    let live = id("purge-live");
+    let _live = acquire(fx, &live, 1).await;
+    fx.advance(fx.lease() / 2).await;
+    let _ = fx.store().renew(&_live, fx.lease()).await.unwrap();
+    fx.advance(fx.lease() / 2 + Duration::from_millis(100)).await;
+    fx.store().purge_expired().await.unwrap();
+    for id in &ids {
+        assert_eq!(fx.store().lookup(id).await.unwrap(), None);
+    }
+    assert!(fx.store().lookup(&live).await.unwrap().is_some(), "a live record was purged");
+}
+
+/// R4: the same key under two scopes is two records.
+pub async fn r04_scopes_are_independent<F: Fixture>(fx: &F) {
+    let a = id("scoped");
+    let b = RecordId::new(Scope::from_bytes([1; 16]), a.key().clone());
+    let la = acquire(fx, &a, 1).await;
+    let lb = acquire(fx, &b, 2).await;
+    let _ = fx.store().complete(&la, &snapshot(b"tenant-a"), ttl(fx)).await.unwrap();
+    assert!(matches!(fx.store().claim(&req(fx, &b, 2)).await.unwrap(), Claim::InFlight { .. }));
+    let _ = fx.store().complete(&lb, &snapshot(b"tenant-b"), ttl(fx)).await.unwrap();
+    assert_eq!(fx.store().claim(&req(fx, &a, 1)).await.unwrap(), Claim::Completed(snapshot(b"tenant-a")));
+    assert_eq!(fx.store().claim(&req(fx, &b, 2)).await.unwrap(), Claim::Completed(snapshot(b"tenant-b")));
+}
+
+/// R10: a watch taken before a completion or release wakes on it.
+pub async fn r10_watch_wakes_on_finish<F: Fixture>(fx: &F) {
+    for complete in [true, false] {
+        let id = id("watch");
+        let lease = acquire(fx, &id, 1).await;
+        let mut watch = fx.store().watch(&id);
+        let store = fx.store().clone();
+        let ttl = ttl(fx);
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if complete {
+                store.complete(&lease, &snapshot(b"ok"), ttl).await.unwrap()
+            } else {
+                store.release(&lease).await.unwrap()
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("watch woke");
+        assert_eq!(finisher.await.unwrap(), Finish::Done);
+    }
+}
+
+/// Stamps the whole contract suite as named tests for one store.
+///
+/// `$make` is an expression evaluating to a future of a [`Fixture`] (an `async` block),
+/// evaluated afresh for each test. Tests run on a multi-threaded runtime, so races are real.
+#[macro_export]
+macro_rules! store_tests {
+    ($make:expr) => {
+        $crate::store_tests!(@each $make;
+            r06_claim_acquires_absent,
+            r06_claim_is_exclusive,
+            r06_many_keys_in_parallel,
+            r08_completed_replays_snapshot,
+            r13_not_retained_snapshots,
+            r09_mismatch_leaves_record_untouched,
+            r10_in_flight_reports_lease_left,
+            r07_release_frees_key,
+            r11_expired_lease_is_taken_over,
+            r11_racing_completions_are_fenced,
+            r11_renew_keeps_lease_alive,
+            r14_completed_record_expires,
+            r14_purge_removes_expired,
+            r04_scopes_are_independent,
+            r10_watch_wakes_on_finish,
+        );
+    };
+    (@each $make:expr; $($name:ident,)*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let fixture = $make.await;
+                $crate::store::testkit::$name(&fixture).await;
+            }
+        )*
+    };
+}
+
