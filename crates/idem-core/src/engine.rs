@@ -112,13 +112,17 @@ impl<St: Store> Ticket<St> {
     /// The lease.
     pub fn lease(&self) -> &Lease {
         // Present until `take` consumes the ticket.
-        self.lease.as_ref().unwrap_or_else(|| unreachable!("ticket used after finish"))
+        self.lease
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("ticket used after finish"))
     }
 
     fn take(mut self) -> Lease {
         self.renewal.abort();
         // Present: only `take` and `drop` remove it, and `take` consumes the ticket.
-        self.lease.take().unwrap_or_else(|| unreachable!("ticket used after finish"))
+        self.lease
+            .take()
+            .unwrap_or_else(|| unreachable!("ticket used after finish"))
     }
 }
 
@@ -139,7 +143,9 @@ impl<St: Store> Drop for Ticket<St> {
 
 impl<St: Store> fmt::Debug for Ticket<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket").field("lease", &self.lease).finish()
+        f.debug_struct("Ticket")
+            .field("lease", &self.lease)
+            .finish()
     }
 }
 
@@ -221,7 +227,11 @@ impl<St: Store> Engine<St> {
             };
             match claim {
                 Claim::Acquired(lease) => {
-                    metrics::outcome(if lease.taken_over { "taken_over" } else { "executed" });
+                    metrics::outcome(if lease.taken_over {
+                        "taken_over"
+                    } else {
+                        "executed"
+                    });
                     tracing::debug!(outcome = "executed", scope = %req.id.scope(), taken_over = lease.taken_over, "claimed");
                     return Begin::Execute(self.ticket(lease));
                 }
@@ -349,7 +359,11 @@ impl<St: Store> Engine<St> {
         };
         let mut backoff = Duration::from_millis(10);
         for attempt in 1..=self.policy.completion_attempts {
-            match self.store.complete(&lease, &snapshot, self.policy.ttl).await {
+            match self
+                .store
+                .complete(&lease, &snapshot, self.policy.ttl)
+                .await
+            {
                 Ok(Finish::Done) => return Completion::Stored,
                 Ok(Finish::Superseded) => {
                     metrics::superseded();
@@ -419,7 +433,9 @@ fn invalid_key(header: &http::HeaderName, e: &KeyError) -> Problem {
 pub fn store_problem(e: &StoreError) -> Problem {
     let detail = match e {
         StoreError::Full => "the idempotency store is full; retry later",
-        StoreError::Corrupt(_) => "the stored record for this key is unreadable; it will not be replayed",
+        StoreError::Corrupt(_) => {
+            "the stored record for this key is unreadable; it will not be replayed"
+        }
         _ => "the idempotency store is unavailable; the request was not processed, retry later",
     };
     Problem::new(ProblemKind::StoreUnavailable, detail).with_retry_after(STORE_RETRY_AFTER)

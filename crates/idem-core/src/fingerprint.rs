@@ -30,7 +30,9 @@ impl FromStr for FingerprintMode {
         match s {
             "raw" => Ok(Self::Raw),
             "json" => Ok(Self::Json),
-            other => Err(format!("unknown fingerprint mode `{other}` (expected raw or json)")),
+            other => Err(format!(
+                "unknown fingerprint mode `{other}` (expected raw or json)"
+            )),
         }
     }
 }
@@ -158,7 +160,14 @@ mod tests {
     use super::*;
 
     fn fp(mode: FingerprintMode, path: &str, body: &str) -> Fingerprint {
-        Fingerprint::compute(mode, &Method::POST, path, &HeaderMap::new(), &[], body.as_bytes())
+        Fingerprint::compute(
+            mode,
+            &Method::POST,
+            path,
+            &HeaderMap::new(),
+            &[],
+            body.as_bytes(),
+        )
     }
 
     // R5
@@ -184,12 +193,30 @@ mod tests {
     // R5
     #[test]
     fn r05_json_mode_canonicalises() {
-        let a = fp(FingerprintMode::Json, "/p", r#"{"a":1,"b":[1,{"y":2,"x":1}]}"#);
-        let b = fp(FingerprintMode::Json, "/p", " {\"b\" : [1, {\"x\":1,\"y\":2}],\n \"a\":1 } ");
+        let a = fp(
+            FingerprintMode::Json,
+            "/p",
+            r#"{"a":1,"b":[1,{"y":2,"x":1}]}"#,
+        );
+        let b = fp(
+            FingerprintMode::Json,
+            "/p",
+            " {\"b\" : [1, {\"x\":1,\"y\":2}],\n \"a\":1 } ",
+        );
         assert_eq!(a, b);
-        assert_ne!(a, fp(FingerprintMode::Json, "/p", r#"{"a":2,"b":[1,{"y":2,"x":1}]}"#));
+        assert_ne!(
+            a,
+            fp(
+                FingerprintMode::Json,
+                "/p",
+                r#"{"a":2,"b":[1,{"y":2,"x":1}]}"#
+            )
+        );
         // Not JSON: hashed raw, and never equal to a JSON body.
-        assert_ne!(fp(FingerprintMode::Json, "/p", "{x"), fp(FingerprintMode::Json, "/p", "{ x"));
+        assert_ne!(
+            fp(FingerprintMode::Json, "/p", "{x"),
+            fp(FingerprintMode::Json, "/p", "{ x")
+        );
     }
 
     // R5

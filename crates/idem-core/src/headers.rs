@@ -29,7 +29,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    let hop: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
     for name in hop {
         headers.remove(name);
     }
@@ -48,7 +52,10 @@ pub fn storable(headers: &HeaderMap, deny: &[HeaderName]) -> HeaderMap {
 /// True when the response's media type is one of `streaming` (matched case-insensitively
 /// on the type/subtype, parameters ignored), e.g. `text/event-stream`.
 pub fn is_streaming(headers: &HeaderMap, streaming: &[String]) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let media = ct.split(';').next().unwrap_or("").trim();
@@ -64,13 +71,22 @@ mod tests {
     #[test]
     fn r19_hop_by_hop_never_stored() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("proxy-foo", HeaderValue::from_static("1"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert("x-secret", HeaderValue::from_static("s"));
         let out = storable(&h, &[HeaderName::from_static("x-secret")]);
         assert_eq!(out.len(), 1, "{out:?}");
@@ -83,7 +99,10 @@ mod tests {
         let mut h = HeaderMap::new();
         let types = vec!["text/event-stream".to_owned()];
         assert!(!is_streaming(&h, &types));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("Text/Event-Stream; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
+        );
         assert!(is_streaming(&h, &types));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert!(!is_streaming(&h, &types));

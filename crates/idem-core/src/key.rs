@@ -71,7 +71,9 @@ impl IdempotencyKey {
             Some(b'"') => unquote(&raw[1..])?,
             Some(_) => {
                 if !raw.iter().all(|b| is_visible(*b)) {
-                    return Err(KeyError::Malformed("only visible ASCII characters are allowed"));
+                    return Err(KeyError::Malformed(
+                        "only visible ASCII characters are allowed",
+                    ));
                 }
                 // Infallible: every byte was just checked to be visible ASCII.
                 String::from_utf8_lossy(raw).into_owned()
@@ -122,15 +124,23 @@ fn unquote(rest: &[u8]) -> Result<String, KeyError> {
             b'"' => {
                 let tail = rest[i + 1..].trim_ascii_start();
                 if !tail.is_empty() && tail[0] != b';' {
-                    return Err(KeyError::Malformed("unexpected characters after the closing quote"));
+                    return Err(KeyError::Malformed(
+                        "unexpected characters after the closing quote",
+                    ));
                 }
                 if out.bytes().any(|b| !is_visible(b)) {
-                    return Err(KeyError::Malformed("only visible ASCII characters are allowed"));
+                    return Err(KeyError::Malformed(
+                        "only visible ASCII characters are allowed",
+                    ));
                 }
                 return Ok(out);
             }
             0x20..=0x7e => out.push(char::from(b)),
-            _ => return Err(KeyError::Malformed("only visible ASCII characters are allowed")),
+            _ => {
+                return Err(KeyError::Malformed(
+                    "only visible ASCII characters are allowed",
+                ));
+            }
         }
     }
     Err(KeyError::Malformed("the closing quote is missing"))
@@ -153,7 +163,8 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<String, KeyError> {
-        IdempotencyKey::parse_bytes(s.as_bytes(), DEFAULT_MAX_KEY_LEN).map(|k| k.as_str().to_owned())
+        IdempotencyKey::parse_bytes(s.as_bytes(), DEFAULT_MAX_KEY_LEN)
+            .map(|k| k.as_str().to_owned())
     }
 
     // R1
@@ -208,7 +219,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(IdempotencyKey::from_headers(&headers, &name, 255), Ok(None));
         headers.append(&name, HeaderValue::from_static("a"));
-        assert!(IdempotencyKey::from_headers(&headers, &name, 255).unwrap().is_some());
+        assert!(
+            IdempotencyKey::from_headers(&headers, &name, 255)
+                .unwrap()
+                .is_some()
+        );
         headers.append(&name, HeaderValue::from_static("a"));
         assert_eq!(
             IdempotencyKey::from_headers(&headers, &name, 255),

@@ -18,7 +18,10 @@ pub const ALL: &[(&str, &str)] = &[
     (REQUESTS, "Protected requests by outcome"),
     (WAITERS, "Duplicates waiting for an in-flight request"),
     (COMPLETION_FAILURES, "Completions that could not be stored"),
-    (SUPERSEDED, "Completions refused because the record was taken over"),
+    (
+        SUPERSEDED,
+        "Completions refused because the record was taken over",
+    ),
 ];
 
 pub(crate) fn outcome(outcome: &'static str) {

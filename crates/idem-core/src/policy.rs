@@ -72,7 +72,9 @@ impl StatusSet {
 impl Default for StatusSet {
     fn default() -> Self {
         // Infallible: a constant, tested below.
-        "2xx,3xx,4xx,!408,!409,!425,!429".parse().unwrap_or_else(|_| Self::empty())
+        "2xx,3xx,4xx,!408,!409,!425,!429"
+            .parse()
+            .unwrap_or_else(|_| Self::empty())
     }
 }
 
@@ -85,20 +87,18 @@ impl FromStr for StatusSet {
                 Some(rest) => (true, rest),
                 None => (false, item),
             };
-            let codes: Vec<u16> = if let Some(class) = item
-                .strip_suffix("xx")
-                .or_else(|| item.strip_suffix("XX"))
-            {
-                match class.parse::<u16>() {
-                    Ok(c @ 1..=5) => (c * 100..c * 100 + 100).collect(),
-                    _ => return Err(format!("`{item}` is not a status class (1xx to 5xx)")),
-                }
-            } else {
-                match item.parse::<u16>() {
-                    Ok(c @ 100..=599) => vec![c],
-                    _ => return Err(format!("`{item}` is not a status code (100 to 599)")),
-                }
-            };
+            let codes: Vec<u16> =
+                if let Some(class) = item.strip_suffix("xx").or_else(|| item.strip_suffix("XX")) {
+                    match class.parse::<u16>() {
+                        Ok(c @ 1..=5) => (c * 100..c * 100 + 100).collect(),
+                        _ => return Err(format!("`{item}` is not a status class (1xx to 5xx)")),
+                    }
+                } else {
+                    match item.parse::<u16>() {
+                        Ok(c @ 100..=599) => vec![c],
+                        _ => return Err(format!("`{item}` is not a status code (100 to 599)")),
+                    }
+                };
             for c in codes {
                 if remove {
                     set.remove(c);
@@ -397,10 +397,10 @@ impl PolicyBuilder {
         if p.ttl < Duration::from_secs(1) {
             return Err(invalid("ttl", "must be at least 1s"));
         }
-        if let OnConcurrent::Wait { timeout } = p.on_concurrent {
-            if timeout.is_zero() {
-                return Err(invalid("wait_timeout", "must be more than zero"));
-            }
+        if let OnConcurrent::Wait { timeout } = p.on_concurrent
+            && timeout.is_zero()
+        {
+            return Err(invalid("wait_timeout", "must be more than zero"));
         }
         if p.wait_poll < Duration::from_millis(10) {
             return Err(invalid("wait_poll", "must be at least 10ms"));
@@ -450,10 +450,17 @@ mod tests {
         assert!(Policy::builder().build().is_ok());
         assert!(Policy::builder().methods([]).build().is_err());
         assert!(Policy::builder().lease(Duration::ZERO).build().is_err());
-        assert!(Policy::builder().mismatch_status(StatusCode::OK).build().is_err());
         assert!(
             Policy::builder()
-                .on_concurrent(OnConcurrent::Wait { timeout: Duration::ZERO })
+                .mismatch_status(StatusCode::OK)
+                .build()
+                .is_err()
+        );
+        assert!(
+            Policy::builder()
+                .on_concurrent(OnConcurrent::Wait {
+                    timeout: Duration::ZERO
+                })
                 .build()
                 .is_err()
         );

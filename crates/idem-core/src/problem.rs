@@ -171,7 +171,13 @@ impl Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.kind.title(), self.status, self.detail)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind.title(),
+            self.status,
+            self.detail
+        )
     }
 }
 
@@ -186,7 +192,10 @@ mod tests {
         slugs.sort_unstable();
         slugs.dedup();
         assert_eq!(slugs.len(), ProblemKind::ALL.len());
-        assert_ne!(ProblemKind::PayloadMismatch.type_uri(), ProblemKind::InFlight.type_uri());
+        assert_ne!(
+            ProblemKind::PayloadMismatch.type_uri(),
+            ProblemKind::InFlight.type_uri()
+        );
     }
 
     // R17

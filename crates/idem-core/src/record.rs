@@ -441,12 +441,18 @@ mod tests {
         assert!(Record::decode(&longer).is_err());
         let mut bad_version = bytes;
         bad_version[0] = 9;
-        assert_eq!(Record::decode(&bad_version), Err(Corrupt("unknown record version")));
+        assert_eq!(
+            Record::decode(&bad_version),
+            Err(Corrupt("unknown record version"))
+        );
     }
 
     #[test]
     fn record_id_round_trip() {
-        let id = RecordId::new(Scope::from_bytes([3; 16]), IdempotencyKey::new("k-1").unwrap());
+        let id = RecordId::new(
+            Scope::from_bytes([3; 16]),
+            IdempotencyKey::new("k-1").unwrap(),
+        );
         assert_eq!(RecordId::from_bytes(&id.to_bytes()).unwrap(), id);
         assert!(RecordId::from_bytes(&[0; 16]).is_err());
     }

@@ -1,1 +1,95 @@
-//! (in progress)
+//! The embedded, durable idem store: idempotency records in one [redb] file, the
+//! default store of the `idem` proxy (CLI scheme `file:PATH`).
+//!
+//! [`RedbStore`] implements the [`Store`] contract of `idem_core` by running the
+//! record state machine ([`idem_core::store::machine`]) inside redb write
+//! transactions. Records survive a restart (R16); expired ones are swept in the
+//! background (R14).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use idem_core::fingerprint::Fingerprint;
+//! use idem_core::record::{OwnerToken, RecordId, Snapshot, SnapshotBody};
+//! use idem_core::scope::Scope;
+//! use idem_core::store::{Claim, ClaimRequest, Finish, Store, StoreError};
+//! use idem_core::IdempotencyKey;
+//! use idem_redb::{RedbStore, RedbStoreConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), StoreError> {
+//! let dir = std::env::temp_dir().join(format!("idem-redb-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let store = RedbStore::open(&dir, RedbStoreConfig::default())?;
+//!
+//! // The first request claims the key and runs the operation …
+//! let id = RecordId::new(Scope::GLOBAL, IdempotencyKey::new("order-42").unwrap());
+//! let req = ClaimRequest {
+//!     id,
+//!     fingerprint: Fingerprint::from_bytes([7; 32]),
+//!     owner: OwnerToken::random(),
+//!     lease: Duration::from_secs(60),
+//! };
+//! let Claim::Acquired(lease) = store.claim(&req).await? else { unreachable!() };
+//! let snapshot = Snapshot {
+//!     status: 201_u16.try_into().unwrap(),
+//!     headers: Default::default(),
+//!     body: SnapshotBody::Full(b"charged"[..].into()),
+//! };
+//! let ttl = Duration::from_secs(24 * 60 * 60);
+//! assert_eq!(store.complete(&lease, &snapshot, ttl).await?, Finish::Done);
+//!
+//! // … and after a restart, a retry still gets the stored response.
+//! drop(store);
+//! let store = RedbStore::open(&dir, RedbStoreConfig::default())?;
+//! let retry = ClaimRequest { owner: OwnerToken::random(), ..req };
+//! assert_eq!(store.claim(&retry).await?, Claim::Completed(snapshot));
+//! # drop(store);
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Atomic.** Each `claim`, `renew`, `complete` and `release` is one redb write
+//!   transaction that reads the record, applies the transition and writes the result.
+//!   redb runs one write transaction at a time, so of any number of concurrent claims
+//!   exactly one acquires (R6), and a late completion is fenced by the owner token
+//!   (R11). Answers that change nothing (a replay, a mismatch, a duplicate in flight)
+//!   abort their transaction instead of committing.
+//! - **Durable.** Commits use redb's default durability, which fsyncs before the
+//!   commit returns: once a client has its response, its record survives a crash or
+//!   restart (R16). redb's copy-on-write commits mean a record is wholly stored or
+//!   absent, and a value that does not decode is [`StoreError::Corrupt`], never
+//!   replayed.
+//! - **Bounded.** A background task deletes records whose lease or expiry has passed,
+//!   `sweep_batch` records per write transaction every `sweep_interval`, found through
+//!   an expiry index instead of a full scan (see [`layout`]).
+//!   [`Store::purge_expired`] runs a whole sweep at once.
+//! - **Not blocking the runtime.** All redb work runs on tokio's blocking threads.
+//!
+//! # One process per directory
+//!
+//! redb locks its file, so a directory is used by one process at a time: a second
+//! [`RedbStore::open`] of a held directory fails at once with
+//! [`OpenError::DirectoryInUse`] (wrapped in a [`StoreError::Backend`]). Clone the
+//! store to share it within a process. Several instances that must behave as one
+//! (R18) need a networked store (Redis, PostgreSQL).
+//!
+//! [`watch`](Store::watch) wakes waiters of this process only, which is all a
+//! single-process store needs.
+//!
+//! [redb]: https://docs.rs/redb
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+pub mod layout;
+mod store;
+
+pub use error::OpenError;
+pub use store::{RedbStore, RedbStoreConfig};
+
+#[doc(no_inline)]
+pub use idem_core::store::{Store, StoreError};

@@ -28,7 +28,13 @@ fn ms(d: Duration) -> Millis {
 pub fn claim(existing: Option<&Record>, req: &ClaimRequest, now: Millis) -> (Claim, Write) {
     match existing.filter(|r| r.is_live(now)) {
         None => {
-            let taken_over = matches!(existing, Some(Record { state: State::InFlight { .. }, .. }));
+            let taken_over = matches!(
+                existing,
+                Some(Record {
+                    state: State::InFlight { .. },
+                    ..
+                })
+            );
             let record = Record {
                 fingerprint: req.fingerprint,
                 created_at: now,
@@ -69,7 +75,12 @@ fn owns(existing: Option<&Record>, lease: &Lease) -> bool {
 }
 
 /// R11: extends the owner's lease.
-pub fn renew(existing: Option<&Record>, lease: &Lease, lease_for: Duration, now: Millis) -> (Finish, Write) {
+pub fn renew(
+    existing: Option<&Record>,
+    lease: &Lease,
+    lease_for: Duration,
+    now: Millis,
+) -> (Finish, Write) {
     match existing {
         Some(r) if owns(existing, lease) => {
             let mut r = r.clone();

@@ -116,7 +116,9 @@ async fn sweep(inner: Weak<Inner>, every: Duration) {
 impl Inner {
     fn shard(&self, id: &RecordId) -> MutexGuard<'_, HashMap<RecordId, Record>> {
         let i = self.hasher.hash_one(id) as usize % self.shards.len();
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies one transition under the shard lock; the lock makes it atomic.
@@ -172,9 +174,13 @@ impl Inner {
 
 impl Store for MemoryStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
-        let result = self.inner.apply(&req.id, |r, now| machine::claim(r, req, now));
+        let result = self
+            .inner
+            .apply(&req.id, |r, now| machine::claim(r, req, now));
         if matches!(result, Err(StoreError::Full)) && self.inner.purge() > 0 {
-            return self.inner.apply(&req.id, |r, now| machine::claim(r, req, now));
+            return self
+                .inner
+                .apply(&req.id, |r, now| machine::claim(r, req, now));
         }
         result
     }
@@ -190,22 +196,29 @@ impl Store for MemoryStore {
         snapshot: &Snapshot,
         ttl: Duration,
     ) -> Result<Finish, StoreError> {
-        let done = self
-            .inner
-            .apply(&lease.id, |r, now| machine::complete(r, lease, snapshot, ttl, now))?;
+        let done = self.inner.apply(&lease.id, |r, now| {
+            machine::complete(r, lease, snapshot, ttl, now)
+        })?;
         self.inner.hub.notify(&lease.id);
         Ok(done)
     }
 
     async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
-        let done = self.inner.apply(&lease.id, |r, _| machine::release(r, lease))?;
+        let done = self
+            .inner
+            .apply(&lease.id, |r, _| machine::release(r, lease))?;
         self.inner.hub.notify(&lease.id);
         Ok(done)
     }
 
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.config.clock.now_ms();
-        Ok(self.inner.shard(id).get(id).filter(|r| r.is_live(now)).cloned())
+        Ok(self
+            .inner
+            .shard(id)
+            .get(id)
+            .filter(|r| r.is_live(now))
+            .cloned())
     }
 
     fn watch(&self, id: &RecordId) -> Watch {
@@ -253,9 +266,15 @@ mod tests {
             let Claim::Acquired(l) = store.claim(&claim_req(k, 1)).await.unwrap() else {
                 panic!()
             };
-            let _ = store.complete(&l, &snapshot(b"x"), Duration::from_secs(5)).await.unwrap();
+            let _ = store
+                .complete(&l, &snapshot(b"x"), Duration::from_secs(5))
+                .await
+                .unwrap();
         }
-        assert!(matches!(store.claim(&claim_req(&c, 1)).await, Err(StoreError::Full)));
+        assert!(matches!(
+            store.claim(&claim_req(&c, 1)).await,
+            Err(StoreError::Full)
+        ));
         // Live records were not evicted.
         assert!(store.lookup(&a).await.unwrap().is_some());
         assert!(store.lookup(&b).await.unwrap().is_some());

@@ -44,13 +44,17 @@ pub struct ManualFixture<St> {
 
 impl<St: fmt::Debug> fmt::Debug for ManualFixture<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManualFixture").field("store", &self.store).finish()
+        f.debug_struct("ManualFixture")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
 impl<St: fmt::Debug> fmt::Debug for RealTimeFixture<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RealTimeFixture").field("store", &self.store).finish()
+        f.debug_struct("RealTimeFixture")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
@@ -247,11 +251,19 @@ pub async fn r08_completed_replays_snapshot<F: Fixture>(fx: &F) {
     let lease = acquire(fx, &id, 1).await;
     let body: Vec<u8> = (0..65_536u32).map(|i| (i * 7 % 256) as u8).collect();
     let mut snap = snapshot(&body);
-    snap.headers.append("set-cookie", HeaderValue::from_static("a=1"));
-    snap.headers.append("set-cookie", HeaderValue::from_static("b=2"));
-    assert_eq!(fx.store().complete(&lease, &snap, ttl(fx)).await.unwrap(), Finish::Done);
+    snap.headers
+        .append("set-cookie", HeaderValue::from_static("a=1"));
+    snap.headers
+        .append("set-cookie", HeaderValue::from_static("b=2"));
+    assert_eq!(
+        fx.store().complete(&lease, &snap, ttl(fx)).await.unwrap(),
+        Finish::Done
+    );
     for _ in 0..2 {
-        assert_eq!(fx.store().claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snap.clone()));
+        assert_eq!(
+            fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
+            Claim::Completed(snap.clone())
+        );
     }
     let rec = fx.store().lookup(&id).await.unwrap().expect("record");
     assert_eq!(rec.fingerprint, fp(1));
@@ -269,7 +281,10 @@ pub async fn r13_not_retained_snapshots<F: Fixture>(fx: &F) {
             body: SnapshotBody::NotRetained(reason),
         };
         let _ = fx.store().complete(&lease, &snap, ttl(fx)).await.unwrap();
-        assert_eq!(fx.store().claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snap));
+        assert_eq!(
+            fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
+            Claim::Completed(snap)
+        );
     }
 }
 
@@ -278,11 +293,21 @@ pub async fn r09_mismatch_leaves_record_untouched<F: Fixture>(fx: &F) {
     let id = id("mismatch");
     let lease = acquire(fx, &id, 1).await;
     let before = fx.store().lookup(&id).await.unwrap();
-    assert_eq!(fx.store().claim(&req(fx, &id, 2)).await.unwrap(), Claim::Mismatch);
+    assert_eq!(
+        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
     assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
-    let _ = fx.store().complete(&lease, &snapshot(b"ok"), ttl(fx)).await.unwrap();
+    let _ = fx
+        .store()
+        .complete(&lease, &snapshot(b"ok"), ttl(fx))
+        .await
+        .unwrap();
     let before = fx.store().lookup(&id).await.unwrap();
-    assert_eq!(fx.store().claim(&req(fx, &id, 2)).await.unwrap(), Claim::Mismatch);
+    assert_eq!(
+        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
     assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
     assert_eq!(
         fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
@@ -310,9 +335,15 @@ pub async fn r07_release_frees_key<F: Fixture>(fx: &F) {
     let lease = acquire(fx, &id, 1).await;
     assert_eq!(fx.store().release(&lease).await.unwrap(), Finish::Done);
     assert_eq!(fx.store().lookup(&id).await.unwrap(), None);
-    assert_eq!(fx.store().release(&lease).await.unwrap(), Finish::Superseded);
     assert_eq!(
-        fx.store().complete(&lease, &snapshot(b"late"), ttl(fx)).await.unwrap(),
+        fx.store().release(&lease).await.unwrap(),
+        Finish::Superseded
+    );
+    assert_eq!(
+        fx.store()
+            .complete(&lease, &snapshot(b"late"), ttl(fx))
+            .await
+            .unwrap(),
         Finish::Superseded
     );
     // A retry after a release may even carry another payload: the key is free.
@@ -331,20 +362,38 @@ pub async fn r11_expired_lease_is_taken_over<F: Fixture>(fx: &F) {
     let new = acquire(fx, &id, 1).await;
     assert_ne!(new.owner, old.owner);
     let store = fx.store();
-    assert_eq!(store.renew(&old, fx.lease()).await.unwrap(), Finish::Superseded);
     assert_eq!(
-        store.complete(&old, &snapshot(b"stale"), ttl(fx)).await.unwrap(),
+        store.renew(&old, fx.lease()).await.unwrap(),
+        Finish::Superseded
+    );
+    assert_eq!(
+        store
+            .complete(&old, &snapshot(b"stale"), ttl(fx))
+            .await
+            .unwrap(),
         Finish::Superseded
     );
     assert_eq!(store.release(&old).await.unwrap(), Finish::Superseded);
     let rec = store.lookup(&id).await.unwrap().expect("record");
     assert!(matches!(rec.state, State::InFlight { owner, .. } if owner == new.owner));
-    assert_eq!(store.complete(&new, &snapshot(b"fresh"), ttl(fx)).await.unwrap(), Finish::Done);
     assert_eq!(
-        store.complete(&old, &snapshot(b"stale"), ttl(fx)).await.unwrap(),
+        store
+            .complete(&new, &snapshot(b"fresh"), ttl(fx))
+            .await
+            .unwrap(),
+        Finish::Done
+    );
+    assert_eq!(
+        store
+            .complete(&old, &snapshot(b"stale"), ttl(fx))
+            .await
+            .unwrap(),
         Finish::Superseded
     );
-    assert_eq!(store.claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snapshot(b"fresh")));
+    assert_eq!(
+        store.claim(&req(fx, &id, 1)).await.unwrap(),
+        Claim::Completed(snapshot(b"fresh"))
+    );
 }
 
 /// R11: of many late and current completions racing, only the owner's lands.
@@ -356,18 +405,32 @@ pub async fn r11_racing_completions_are_fenced<F: Fixture>(fx: &F) {
     let mut tasks = Vec::new();
     for i in 0..40 {
         let store = fx.store().clone();
-        let (lease, body): (Lease, &[u8]) = if i == 20 { (new.clone(), b"new") } else { (old.clone(), b"old") };
+        let (lease, body): (Lease, &[u8]) = if i == 20 {
+            (new.clone(), b"new")
+        } else {
+            (old.clone(), b"old")
+        };
         let ttl = ttl(fx);
         tasks.push(tokio::spawn(async move {
-            (i, store.complete(&lease, &snapshot(body), ttl).await.unwrap())
+            (
+                i,
+                store.complete(&lease, &snapshot(body), ttl).await.unwrap(),
+            )
         }));
     }
     for t in tasks {
         let (i, done) = t.await.unwrap();
-        let expected = if i == 20 { Finish::Done } else { Finish::Superseded };
+        let expected = if i == 20 {
+            Finish::Done
+        } else {
+            Finish::Superseded
+        };
         assert_eq!(done, expected, "completion {i}");
     }
-    assert_eq!(fx.store().claim(&req(fx, &id, 1)).await.unwrap(), Claim::Completed(snapshot(b"new")));
+    assert_eq!(
+        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
+        Claim::Completed(snapshot(b"new"))
+    );
 }
 
 /// R11: a renewed lease outlives its first deadline.
@@ -376,22 +439,38 @@ pub async fn r11_renew_keeps_lease_alive<F: Fixture>(fx: &F) {
     let lease = acquire(fx, &id, 1).await;
     let step = fx.lease() * 6 / 10;
     fx.advance(step).await;
-    assert_eq!(fx.store().renew(&lease, fx.lease()).await.unwrap(), Finish::Done);
+    assert_eq!(
+        fx.store().renew(&lease, fx.lease()).await.unwrap(),
+        Finish::Done
+    );
     fx.advance(step).await;
     assert!(matches!(
         fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
         Claim::InFlight { .. }
     ));
-    assert_eq!(fx.store().complete(&lease, &snapshot(b"ok"), ttl(fx)).await.unwrap(), Finish::Done);
+    assert_eq!(
+        fx.store()
+            .complete(&lease, &snapshot(b"ok"), ttl(fx))
+            .await
+            .unwrap(),
+        Finish::Done
+    );
 }
 
 /// R14: a completed record expires after its TTL; the key is then new again.
 pub async fn r14_completed_record_expires<F: Fixture>(fx: &F) {
     let id = id("expire");
     let lease = acquire(fx, &id, 1).await;
-    let _ = fx.store().complete(&lease, &snapshot(b"ok"), ttl(fx)).await.unwrap();
+    let _ = fx
+        .store()
+        .complete(&lease, &snapshot(b"ok"), ttl(fx))
+        .await
+        .unwrap();
     fx.advance(ttl(fx) / 2).await;
-    assert!(matches!(fx.store().claim(&req(fx, &id, 2)).await.unwrap(), Claim::Mismatch));
+    assert!(matches!(
+        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
+        Claim::Mismatch
+    ));
     fx.advance(ttl(fx) / 2 + Duration::from_millis(100)).await;
     assert_eq!(fx.store().lookup(&id).await.unwrap(), None);
     let again = acquire(fx, &id, 2).await;
@@ -403,18 +482,26 @@ pub async fn r14_purge_removes_expired<F: Fixture>(fx: &F) {
     let ids: Vec<_> = (0..20).map(|i| id(&format!("purge{i}"))).collect();
     for id in &ids {
         let lease = acquire(fx, id, 1).await;
-        let _ = fx.store().complete(&lease, &snapshot(b"x"), fx.lease()).await.unwrap();
+        let _ = fx
+            .store()
+            .complete(&lease, &snapshot(b"x"), fx.lease())
+            .await
+            .unwrap();
     }
     let live = id("purge-live");
     let _live = acquire(fx, &live, 1).await;
     fx.advance(fx.lease() / 2).await;
     let _ = fx.store().renew(&_live, fx.lease()).await.unwrap();
-    fx.advance(fx.lease() / 2 + Duration::from_millis(100)).await;
+    fx.advance(fx.lease() / 2 + Duration::from_millis(100))
+        .await;
     fx.store().purge_expired().await.unwrap();
     for id in &ids {
         assert_eq!(fx.store().lookup(id).await.unwrap(), None);
     }
-    assert!(fx.store().lookup(&live).await.unwrap().is_some(), "a live record was purged");
+    assert!(
+        fx.store().lookup(&live).await.unwrap().is_some(),
+        "a live record was purged"
+    );
 }
 
 /// R4: the same key under two scopes is two records.
@@ -423,11 +510,28 @@ pub async fn r04_scopes_are_independent<F: Fixture>(fx: &F) {
     let b = RecordId::new(Scope::from_bytes([1; 16]), a.key().clone());
     let la = acquire(fx, &a, 1).await;
     let lb = acquire(fx, &b, 2).await;
-    let _ = fx.store().complete(&la, &snapshot(b"tenant-a"), ttl(fx)).await.unwrap();
-    assert!(matches!(fx.store().claim(&req(fx, &b, 2)).await.unwrap(), Claim::InFlight { .. }));
-    let _ = fx.store().complete(&lb, &snapshot(b"tenant-b"), ttl(fx)).await.unwrap();
-    assert_eq!(fx.store().claim(&req(fx, &a, 1)).await.unwrap(), Claim::Completed(snapshot(b"tenant-a")));
-    assert_eq!(fx.store().claim(&req(fx, &b, 2)).await.unwrap(), Claim::Completed(snapshot(b"tenant-b")));
+    let _ = fx
+        .store()
+        .complete(&la, &snapshot(b"tenant-a"), ttl(fx))
+        .await
+        .unwrap();
+    assert!(matches!(
+        fx.store().claim(&req(fx, &b, 2)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    let _ = fx
+        .store()
+        .complete(&lb, &snapshot(b"tenant-b"), ttl(fx))
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.store().claim(&req(fx, &a, 1)).await.unwrap(),
+        Claim::Completed(snapshot(b"tenant-a"))
+    );
+    assert_eq!(
+        fx.store().claim(&req(fx, &b, 2)).await.unwrap(),
+        Claim::Completed(snapshot(b"tenant-b"))
+    );
 }
 
 /// R10: a watch taken before a completion or release wakes on it.
@@ -488,4 +592,3 @@ macro_rules! store_tests {
         )*
     };
 }
-

@@ -67,13 +67,18 @@ impl WaitHub {
 
     /// How many records have watchers.
     pub fn watched(&self) -> usize {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
 impl fmt::Debug for WaitHub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WaitHub").field("watched", &self.watched()).finish()
+        f.debug_struct("WaitHub")
+            .field("watched", &self.watched())
+            .finish()
     }
 }
 
@@ -144,7 +149,9 @@ mod tests {
         let hub = WaitHub::new();
         let mut w = hub.watch(&id("a"));
         hub.notify(&id("a"));
-        tokio::time::timeout(Duration::from_secs(5), w.changed()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -152,7 +159,11 @@ mod tests {
         let hub = WaitHub::new();
         let mut w = hub.watch(&id("a"));
         hub.notify(&id("b"));
-        assert!(tokio::time::timeout(Duration::from_secs(1), w.changed()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), w.changed())
+                .await
+                .is_err()
+        );
     }
 
     #[test]

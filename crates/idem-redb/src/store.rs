@@ -1,0 +1,414 @@
+//! [`RedbStore`]: the state machine of `idem_core::store::machine` applied inside redb
+//! write transactions.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use idem_core::clock::{Clock, Millis, SystemClock};
+use idem_core::record::{Record, RecordId, Snapshot};
+use idem_core::store::machine::{self, Write};
+use idem_core::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::error::{OpenError, STORE, backend};
+use crate::layout::{EXPIRY, FILE_NAME, RECORDS};
+
+/// Settings of a [`RedbStore`].
+#[derive(Clone, Debug)]
+pub struct RedbStoreConfig {
+    /// How often the background sweeper deletes expired records (default 10 s).
+    pub sweep_interval: Duration,
+    /// How many expired records one sweep transaction deletes at most (default 1000).
+    /// Smaller batches hold the single writer for less time, so claims queue behind
+    /// the sweeper for less long; a sweep runs as many batches as it needs.
+    pub sweep_batch: usize,
+    /// The time source for leases and expiry (default [`SystemClock`]).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for RedbStoreConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval: Duration::from_secs(10),
+            sweep_batch: 1000,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A durable, embedded [`Store`] in one redb file. Clones share one store.
+///
+/// See the [crate docs](crate) for an example and the guarantees.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    dir: PathBuf,
+    config: RedbStoreConfig,
+    hub: WaitHub,
+}
+
+impl RedbStore {
+    /// Opens the store kept in `dir`, creating the directory and its database file
+    /// ([`FILE_NAME`](crate::layout::FILE_NAME)) if missing.
+    ///
+    /// Starts the background sweeper when called inside a tokio runtime; it stops when
+    /// the last clone of the store is dropped. The database file is closed (and its
+    /// lock released) when the last clone is dropped and any sweep batch or operation
+    /// still running on a blocking thread has finished.
+    ///
+    /// This blocks on file I/O (opening a large file after a crash runs redb's repair):
+    /// call it at start-up, or inside `spawn_blocking`.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError::Backend`] whose source is an [`OpenError`]:
+    /// [`OpenError::DirectoryInUse`] when another process (or another `RedbStore` in
+    /// this one) has the directory open, [`OpenError::CreateDir`] or
+    /// [`OpenError::Database`] when the directory or file cannot be used. A failure to
+    /// create the tables is a [`StoreError::Backend`] with redb's error as its source.
+    pub fn open(dir: impl AsRef<Path>, config: RedbStoreConfig) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::CreateDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|source| match source {
+            // redb locks the file for one writer; a second opener (another process or
+            // another handle here) is refused at once instead of waiting.
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                OpenError::DirectoryInUse {
+                    dir: dir.clone(),
+                    source,
+                }
+            }
+            source => OpenError::Database { path, source },
+        })?;
+        // Create both tables up front: read transactions cannot open a table that was
+        // never created, and lookups should not need a write transaction.
+        let txn = db.begin_write().map_err(backend)?;
+        txn.open_table(RECORDS).map_err(backend)?;
+        txn.open_table(EXPIRY).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+
+        let inner = Arc::new(Inner {
+            db,
+            dir,
+            config,
+            hub: WaitHub::new(),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&inner), inner.config.sweep_interval));
+        }
+        tracing::debug!(store = STORE, dir = %inner.dir.display(), "opened");
+        Ok(Self { inner })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// How many records are stored, live or not yet swept.
+    pub async fn len(&self) -> Result<u64, StoreError> {
+        self.blocking(|inner| inner.count(RECORDS)).await
+    }
+
+    /// True when no record is stored.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// How many entries the expiry index holds; equal to [`RedbStore::len`] unless
+    /// the layout's invariant broke. For tests.
+    #[doc(hidden)]
+    pub async fn expiry_len(&self) -> Result<u64, StoreError> {
+        self.blocking(|inner| inner.count(EXPIRY)).await
+    }
+
+    /// Runs `f` on a blocking thread: redb reads may touch the disk and every commit
+    /// waits for fsync, which must not stall the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            // A panic inside redb (or a runtime shutting down) is an infrastructure
+            // failure like any other: answer it as an error, so the engine fails closed.
+            .map_err(|e| StoreError::backend(STORE, e))?
+    }
+}
+
+/// Reads a stored value; a value that does not decode is an error, never a replay (R16).
+fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
+    Record::decode(bytes).map_err(|e| {
+        // No key in the log: raw keys are the client's and never logged.
+        tracing::error!(store = STORE, error = %e, "stored record does not decode");
+        StoreError::Corrupt(e)
+    })
+}
+
+impl Inner {
+    /// Applies one transition in one write transaction. redb admits one write
+    /// transaction at a time, so reading the record, deciding and writing are atomic
+    /// with respect to every other claim, renew, complete, release and sweep.
+    fn apply<T>(
+        &self,
+        id: &RecordId,
+        f: impl FnOnce(Option<&Record>, Millis) -> (T, Write),
+    ) -> Result<T, StoreError> {
+        let key = id.to_bytes();
+        let key = key.as_slice();
+        let txn = self.db.begin_write().map_err(backend)?;
+        // Read the clock once the writer lock is held, so deadlines follow commit order.
+        let now = self.config.clock.now_ms();
+        let answer = {
+            let mut records = txn.open_table(RECORDS).map_err(backend)?;
+            let existing = match records.get(key).map_err(backend)? {
+                Some(value) => Some(decode(value.value())?),
+                None => None,
+            };
+            let (answer, write) = f(existing.as_ref(), now);
+            if write == Write::Keep {
+                drop(records);
+                // Nothing changed: abort instead of committing, which spares an fsync.
+                if let Err(e) = txn.abort() {
+                    tracing::warn!(store = STORE, error = %e, "aborting a read-only transaction failed");
+                }
+                return Ok(answer);
+            }
+            let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
+            // The old index entry goes in the same transaction as the record changes,
+            // so the index never points at a deadline the record no longer has.
+            if let Some(old) = &existing {
+                expiry.remove((old.ends_at(), key)).map_err(backend)?;
+            }
+            match write {
+                Write::Put(record) => {
+                    records
+                        .insert(key, record.encode().as_slice())
+                        .map_err(backend)?;
+                    expiry
+                        .insert((record.ends_at(), key), ())
+                        .map_err(backend)?;
+                }
+                Write::Delete => {
+                    records.remove(key).map_err(backend)?;
+                }
+                Write::Keep => {}
+            }
+            answer
+        };
+        // Default durability (Immediate): the commit returns after fsync, so a client
+        // that got a response finds its record after a crash or restart (R16).
+        txn.commit().map_err(backend)?;
+        Ok(answer)
+    }
+
+    fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let now = self.config.clock.now_ms();
+        let records = txn.open_table(RECORDS).map_err(backend)?;
+        let Some(value) = records.get(id.to_bytes().as_slice()).map_err(backend)? else {
+            return Ok(None);
+        };
+        Ok(Some(decode(value.value())?).filter(|r| r.is_live(now)))
+    }
+
+    fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<'_, K, V>,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(table).map_err(backend)?;
+        table.len().map_err(backend)
+    }
+
+    /// Deletes every expired record, one batch per write transaction.
+    fn purge(&self) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            let (n, more) = self.purge_batch()?;
+            removed += n;
+            if !more {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Deletes up to `sweep_batch` expired records in one write transaction. Answers
+    /// how many records it deleted and whether more index entries may be due.
+    fn purge_batch(&self) -> Result<(u64, bool), StoreError> {
+        let batch = self.config.sweep_batch.max(1);
+        let txn = self.db.begin_write().map_err(backend)?;
+        let now = self.config.clock.now_ms();
+        let mut removed = 0;
+        let more = {
+            let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
+            let mut records = txn.open_table(RECORDS).map_err(backend)?;
+            // Every entry due at or before `now`: keys sort by instant first, and
+            // `(now + 1, [])` is the smallest key of the next millisecond. (At
+            // `u64::MAX` ms, 584 million years out, the last millisecond is skipped.)
+            let bound = now.saturating_add(1);
+            let due = expiry
+                .range(..(bound, &[][..]))
+                .map_err(backend)?
+                .take(batch)
+                .map(|entry| {
+                    let (k, _) = entry.map_err(backend)?;
+                    let (at, id) = k.value();
+                    Ok((at, id.to_vec()))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            for (at, id) in &due {
+                let id = id.as_slice();
+                expiry.remove((*at, id)).map_err(backend)?;
+                let stored = records
+                    .get(id)
+                    .map_err(backend)?
+                    .map(|value| Record::decode(value.value()));
+                match stored {
+                    // The record is gone already: the entry was stale.
+                    None => {}
+                    // Renewed or completed since the entry was written: never delete a
+                    // live record; make sure its own deadline is indexed instead.
+                    Some(Ok(record)) if record.is_live(now) => {
+                        expiry.insert((record.ends_at(), id), ()).map_err(backend)?;
+                    }
+                    Some(Ok(_)) => {
+                        records.remove(id).map_err(backend)?;
+                        removed += 1;
+                    }
+                    // A damaged record past its indexed deadline would have been deleted
+                    // had it been readable; deleting it frees its key instead of
+                    // answering Corrupt for it forever.
+                    Some(Err(e)) => {
+                        tracing::warn!(store = STORE, error = %e, "sweeping an expired record that does not decode");
+                        records.remove(id).map_err(backend)?;
+                        removed += 1;
+                    }
+                }
+            }
+            due.len() == batch
+        };
+        txn.commit().map_err(backend)?;
+        Ok((removed, more))
+    }
+}
+
+/// The background sweeper (R14). It holds only a [`Weak`] reference, so it never keeps
+/// the store (and its file lock) alive: it stops at the first tick after the last
+/// handle is dropped.
+async fn sweep(inner: Weak<Inner>, every: Duration) {
+    // `interval` panics on zero; a zero setting means "as often as possible".
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let mut removed = 0;
+        // One blocking task per batch, re-checking the handle each time, so a sweep
+        // of a large backlog neither outlives the store nor blocks a thread for long.
+        loop {
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            match tokio::task::spawn_blocking(move || strong.purge_batch()).await {
+                Ok(Ok((n, more))) => {
+                    removed += n;
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(store = STORE, error = %e, "sweep failed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(store = STORE, error = %e, "sweep task failed");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(store = STORE, removed, "swept expired records");
+        }
+    }
+}
+
+impl Store for RedbStore {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        let req = req.clone();
+        self.blocking(move |inner| inner.apply(&req.id, |r, now| machine::claim(r, &req, now)))
+            .await
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<Finish, StoreError> {
+        let lease = lease.clone();
+        self.blocking(move |inner| {
+            inner.apply(&lease.id, |r, now| {
+                machine::renew(r, &lease, lease_for, now)
+            })
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        snapshot: &Snapshot,
+        ttl: Duration,
+    ) -> Result<Finish, StoreError> {
+        let (owned, snapshot) = (lease.clone(), snapshot.clone());
+        let done = self
+            .blocking(move |inner| {
+                inner.apply(&owned.id, |r, now| {
+                    machine::complete(r, &owned, &snapshot, ttl, now)
+                })
+            })
+            .await?;
+        // After the commit: a woken waiter re-claims and must find the snapshot.
+        self.inner.hub.notify(&lease.id);
+        Ok(done)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
+        let owned = lease.clone();
+        let done = self
+            .blocking(move |inner| inner.apply(&owned.id, |r, _| machine::release(r, &owned)))
+            .await?;
+        self.inner.hub.notify(&lease.id);
+        Ok(done)
+    }
+
+    async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |inner| inner.lookup(&id)).await
+    }
+
+    fn watch(&self, id: &RecordId) -> Watch {
+        self.inner.hub.watch(id)
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.blocking(Inner::purge).await
+    }
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("dir", &self.inner.dir)
+            .field("config", &self.inner.config)
+            .field("hub", &self.inner.hub)
+            .finish_non_exhaustive()
+    }
+}
