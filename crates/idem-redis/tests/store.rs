@@ -1,0 +1,707 @@
+//! The Redis store against the shared contract suite and what only a networked store
+//! must show: a standalone Redis (the shared server on 127.0.0.1:6379, which must be
+//! running: `scripts/test.sh` starts it), a 3-master cluster this binary starts for
+//! itself, recovery after an outage (R15) and wake-ups across instances (R10, R18).
+//!
+//! Every server this binary starts runs under a shell that kills it when the binary's
+//! pipe to it closes, which happens however the binary ends: no server outlives a run.
+//! The shared server on 6379 is never stopped.
+
+use std::time::Duration;
+
+use idem_core::store::testkit::{RealTimeFixture, claim_req, id, snapshot};
+use idem_core::store::{Claim, Finish, Lease, Store, StoreError};
+use idem_redis::{RedisStore, RedisStoreConfig};
+
+/// The lease the contract suite claims with: short, so expiry tests run in real time.
+const LEASE: Duration = Duration::from_millis(400);
+
+mod support {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use idem_core::record::OwnerToken;
+    use idem_redis::{RedisStore, RedisStoreConfig};
+
+    /// The shared Redis every developer and CI run has.
+    pub(crate) const SHARED_URL: &str = "redis://127.0.0.1:6379/0";
+
+    /// A prefix no other test uses, so tests share Redis without sharing records or
+    /// notification channels.
+    pub(crate) fn unique_prefix() -> String {
+        format!("idem-test-{}", OwnerToken::random().to_hex())
+    }
+
+    pub(crate) fn config(prefix: &str) -> RedisStoreConfig {
+        RedisStoreConfig {
+            prefix: prefix.to_owned(),
+            ..RedisStoreConfig::default()
+        }
+    }
+
+    /// A store on the shared Redis; fails loudly if it is not running.
+    pub(crate) async fn shared(prefix: &str) -> RedisStore {
+        RedisStore::connect(SHARED_URL, config(prefix))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the Redis at {SHARED_URL} is unreachable ({e}): start it (scripts/test.sh does)")
+            })
+    }
+
+    /// A port free now; with `bus`, one whose cluster bus port (+10000) is free too.
+    pub(crate) fn free_port(bus: bool) -> u16 {
+        loop {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            if !bus {
+                return port;
+            }
+            if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                return port;
+            }
+        }
+    }
+
+    /// A `redis-server` of this test binary's own, in a fresh directory, under a shell
+    /// that obeys `kill` and `start` lines on its stdin.
+    pub(crate) struct RedisServer {
+        pub(crate) port: u16,
+        child: Child,
+        stdin: Option<ChildStdin>,
+        stdout: BufReader<ChildStdout>,
+    }
+
+    /// Runs the server in `$1` with the other arguments. When our end of the pipe
+    /// closes (on drop, or when this process dies, however it dies), `read` fails: the
+    /// server is killed and its directory removed.
+    const WRAPPER: &str = r#"dir="$1"; shift
+redis-server "$@" & pid=$!
+while read -r line; do
+  case "$line" in
+    kill) kill "$pid" 2>/dev/null; kill -CONT "$pid" 2>/dev/null; wait "$pid"; echo killed ;;
+    freeze) kill -STOP "$pid"; echo frozen ;;
+    thaw) kill -CONT "$pid"; echo thawed ;;
+    start) redis-server "$@" & pid=$! ;;
+  esac
+done
+kill "$pid" 2>/dev/null
+kill -CONT "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$dir""#;
+
+    impl RedisServer {
+        /// Starts a server on `port` and waits until it answers PING.
+        pub(crate) fn start(port: u16, extra: &[&str]) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "idem-redis-test-{}-{port}-{}",
+                std::process::id(),
+                OwnerToken::random().to_hex()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let dir_arg = dir.to_str().unwrap().to_owned();
+            let port_arg = port.to_string();
+            let log = dir.join("redis.log");
+            let mut args = vec![
+                "--port",
+                &port_arg,
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &dir_arg,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--logfile",
+                log.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(WRAPPER)
+                .arg("redis-wrapper")
+                .arg(&dir_arg)
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn sh + redis-server");
+            let stdin = child.stdin.take();
+            let stdout = BufReader::new(child.stdout.take().unwrap());
+            let server = Self {
+                port,
+                child,
+                stdin,
+                stdout,
+            };
+            server.wait_for_ping();
+            server
+        }
+
+        fn wait_for_ping(&self) {
+            self.wait_until(|| cli(self.port, &["PING"]).is_some_and(|out| out.trim() == "PONG"));
+        }
+
+        fn wait_until(&self, ready: impl Fn() -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !ready() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on port {} did not get ready",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        fn send(&mut self, line: &str) {
+            let stdin = self.stdin.as_mut().expect("server running");
+            stdin.write_all(line.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+        }
+
+        /// Sends `command` to the wrapper and waits for its acknowledgement.
+        fn order(&mut self, command: &str, ack: &str) {
+            self.send(&format!("{command}\n"));
+            let mut line = String::new();
+            self.stdout.read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), ack);
+        }
+
+        /// Kills the server and waits until it is gone; its directory stays.
+        pub(crate) fn kill(&mut self) {
+            self.order("kill", "killed");
+        }
+
+        /// Stops the server process (SIGSTOP): connections stay open, nothing answers.
+        pub(crate) fn freeze(&mut self) {
+            self.order("freeze", "frozen");
+        }
+
+        /// Lets a frozen server go on (SIGCONT).
+        pub(crate) fn thaw(&mut self) {
+            self.order("thaw", "thawed");
+        }
+
+        /// Starts the server again, on the same port and directory.
+        pub(crate) fn restart(&mut self) {
+            self.send("start\n");
+            self.wait_for_ping();
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            drop(self.stdin.take());
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `redis-cli -p port args…`'s output, or `None` if it failed.
+    pub(crate) fn cli(port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .arg("-h")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A 3-master Redis Cluster, started once per test binary.
+    pub(crate) struct Cluster {
+        pub(crate) nodes: Vec<RedisServer>,
+    }
+
+    impl Cluster {
+        /// Starts three nodes and makes them a cluster.
+        pub(crate) fn start() -> Self {
+            let nodes: Vec<RedisServer> = (0..3)
+                .map(|_| {
+                    let port = free_port(true);
+                    let conf = format!("nodes-{port}.conf");
+                    RedisServer::start(
+                        port,
+                        &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+                    )
+                })
+                .collect();
+            let addrs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port))
+                .collect();
+            let mut create = vec!["--cluster", "create"];
+            create.extend(addrs.iter().map(String::as_str));
+            create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+            assert!(
+                cli(nodes[0].port, &create).is_some(),
+                "redis-cli --cluster create failed"
+            );
+            for node in &nodes {
+                node.wait_until(|| {
+                    cli(node.port, &["CLUSTER", "INFO"])
+                        .is_some_and(|info| info.contains("cluster_state:ok"))
+                });
+            }
+            Self { nodes }
+        }
+
+        /// `redis+cluster://` naming the nodes, starting at the `first`-th.
+        pub(crate) fn url(&self, first: usize) -> String {
+            let n = self.nodes.len();
+            let nodes: Vec<String> = (0..n)
+                .map(|i| format!("127.0.0.1:{}", self.nodes[(first + i) % n].port))
+                .collect();
+            format!("redis+cluster://{}", nodes.join(","))
+        }
+    }
+
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+    /// The binary's cluster, started by the first test that asks.
+    pub(crate) fn cluster() -> &'static Cluster {
+        // Starting blocks for a few seconds; keep the runtime's other workers free.
+        tokio::task::block_in_place(|| CLUSTER.get_or_init(Cluster::start))
+    }
+
+    /// A store on the binary's cluster.
+    pub(crate) async fn cluster_store(prefix: &str, first: usize) -> RedisStore {
+        let url = cluster().url(first);
+        RedisStore::connect(&url, config(prefix)).await.unwrap()
+    }
+}
+
+async fn acquire(store: &RedisStore, id: &idem_core::record::RecordId) -> Lease {
+    match store.claim(&claim_req(id, 1)).await.unwrap() {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// R10, R18: a watch on one instance wakes when another instance finishes the record.
+async fn watch_wakes_across_instances(waiter: &RedisStore, finisher: &RedisStore) {
+    for complete in [true, false, true, false, true, false] {
+        let id = id("cross-watch");
+        let lease = acquire(finisher, &id).await;
+        let mut watch = waiter.watch(&id);
+        let finisher = finisher.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if complete {
+                finisher
+                    .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            } else {
+                finisher.release(&lease).await.unwrap()
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the watch on the other instance woke");
+        assert_eq!(task.await.unwrap(), Finish::Done);
+    }
+}
+
+mod standalone {
+    use super::*;
+
+    idem_core::store_tests!(async {
+        RealTimeFixture::new(support::shared(&support::unique_prefix()).await, LEASE, ())
+    });
+
+    // R10, R18
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r10_watch_wakes_across_instances() {
+        let prefix = support::unique_prefix();
+        let a = support::shared(&prefix).await;
+        let b = support::shared(&prefix).await;
+        watch_wakes_across_instances(&a, &b).await;
+    }
+
+    // R18: two instances racing on one key: exactly one acquires, the other sees it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r18_instances_share_records() {
+        let prefix = support::unique_prefix();
+        let a = support::shared(&prefix).await;
+        let b = support::shared(&prefix).await;
+        let id = id("shared");
+        let (qa, qb) = (claim_req(&id, 1), claim_req(&id, 1));
+        let (ra, rb) = tokio::join!(a.claim(&qa), b.claim(&qb));
+        let acquired = [ra.unwrap(), rb.unwrap()]
+            .into_iter()
+            .filter(|c| matches!(c, Claim::Acquired(_)))
+            .count();
+        assert_eq!(acquired, 1);
+    }
+
+    // R8, R16: a stored snapshot that does not decode is an error, never a replay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r16_corrupt_snapshot_is_never_replayed() {
+        let prefix = support::unique_prefix();
+        let store = support::shared(&prefix).await;
+        let id = id("corrupt");
+        let lease = acquire(&store, &id).await;
+        let _ = store
+            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let client = redis::Client::open(support::SHARED_URL).unwrap();
+        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(idem_redis::redis_key(&prefix, &id))
+            .arg("sn")
+            .arg(&b"\x01garbage"[..])
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.claim(&claim_req(&id, 1)).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.lookup(&id).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    // R11: a completion sent again after a lost reply is not mistaken for a stale one,
+    // and a claim sent again is still the owner's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r11_repeated_commands_are_idempotent() {
+        let store = support::shared(&support::unique_prefix()).await;
+        let id = id("repeat");
+        let req = claim_req(&id, 1);
+        let Claim::Acquired(lease) = store.claim(&req).await.unwrap() else {
+            panic!("first claim")
+        };
+        assert!(matches!(
+            store.claim(&req).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        let ttl = Duration::from_secs(5);
+        assert_eq!(
+            store
+                .complete(&lease, &snapshot(b"one"), ttl)
+                .await
+                .unwrap(),
+            Finish::Done
+        );
+        assert_eq!(
+            store
+                .complete(&lease, &snapshot(b"two"), ttl)
+                .await
+                .unwrap(),
+            Finish::Done
+        );
+        assert_eq!(
+            store.claim(&claim_req(&id, 1)).await.unwrap(),
+            Claim::Completed(snapshot(b"one"))
+        );
+        assert_eq!(store.release(&lease).await.unwrap(), Finish::Superseded);
+    }
+
+    // One subscriber connection per store, whatever the number of clones, closed
+    // with the last handle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscriber_stops_with_the_last_handle() {
+        let prefix = support::unique_prefix();
+        let channel = format!("{prefix}:done");
+        let client = redis::Client::open(support::SHARED_URL).unwrap();
+        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+        let mut subscribers = async || -> i64 {
+            let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            n
+        };
+        let store = support::shared(&prefix).await;
+        let clone = store.clone();
+        assert_eq!(subscribers().await, 1);
+        drop(store);
+        assert_eq!(subscribers().await, 1);
+        drop(clone);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while subscribers().await != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the subscriber outlived the store"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_configuration_is_an_error() {
+        let mut config = support::config("a{b");
+        assert!(matches!(
+            RedisStore::connect(support::SHARED_URL, config.clone()).await,
+            Err(StoreError::Backend { .. })
+        ));
+        config.prefix = "idem".into();
+        assert!(matches!(
+            RedisStore::connect("memcached://127.0.0.1", config).await,
+            Err(StoreError::Backend { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn debug_hides_the_password() {
+        let url = "redis://:hunter2@127.0.0.1:6379/0";
+        // The shared server has no password: AUTH fails, or is accepted by a server
+        // configured otherwise. Either way the URL must not leak in the error or Debug.
+        match RedisStore::connect(url, support::config(&support::unique_prefix())).await {
+            Ok(store) => assert!(!format!("{store:?}").contains("hunter2")),
+            Err(e) => assert!(!format!("{e:?}").contains("hunter2")),
+        }
+    }
+}
+
+mod cluster {
+    use super::*;
+
+    idem_core::store_tests!(async {
+        RealTimeFixture::new(
+            support::cluster_store(&support::unique_prefix(), 0).await,
+            LEASE,
+            (),
+        )
+    });
+
+    // R10, R18: the instances subscribe at different nodes; the completing script runs
+    // on the record's node; the notification still reaches both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r10_watch_wakes_across_instances_and_nodes() {
+        let prefix = support::unique_prefix();
+        let a = support::cluster_store(&prefix, 1).await;
+        let b = support::cluster_store(&prefix, 2).await;
+        assert!(a.is_cluster());
+        watch_wakes_across_instances(&a, &b).await;
+    }
+
+    // The hash tag keeps a record on one node, while records spread over all nodes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_spread_over_the_nodes() {
+        let prefix = support::unique_prefix();
+        let store = support::cluster_store(&prefix, 0).await;
+        for i in 0..30 {
+            let _ = acquire(&store, &id(&format!("spread{i}"))).await;
+        }
+        let cluster = support::cluster();
+        for node in &cluster.nodes {
+            let keys =
+                support::cli(node.port, &["--scan", "--pattern", &format!("{prefix}:*")]).unwrap();
+            assert!(
+                keys.lines().count() > 0,
+                "node {} holds no record",
+                node.port
+            );
+        }
+    }
+}
+
+mod outage {
+    use super::*;
+    use support::RedisServer;
+
+    // R15: while Redis is down every call fails with a store error in bounded time (the
+    // engine's 503); once it is back, the same store serves again, wake-ups included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r15_store_fails_while_redis_is_down_and_recovers() {
+        let port = support::free_port(false);
+        let mut server = RedisServer::start(port, &[]);
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let config = RedisStoreConfig {
+            prefix: support::unique_prefix(),
+            command_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+        };
+        let store = RedisStore::connect(&url, config.clone()).await.unwrap();
+        let lease = acquire(&store, &id("before")).await;
+
+        server.kill();
+        let bound = Duration::from_secs(3);
+        for _ in 0..3 {
+            let claim = tokio::time::timeout(bound, store.claim(&claim_req(&id("down"), 1)))
+                .await
+                .expect("a claim answers while Redis is down");
+            assert!(
+                matches!(claim, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
+                "{claim:?}"
+            );
+        }
+        let complete = tokio::time::timeout(
+            bound,
+            store.complete(&lease, &snapshot(b"x"), Duration::from_secs(5)),
+        )
+        .await
+        .expect("a completion answers while Redis is down");
+        assert!(complete.is_err(), "{complete:?}");
+        let lookup = tokio::time::timeout(bound, store.lookup(&id("down")))
+            .await
+            .expect("a lookup answers while Redis is down");
+        assert!(lookup.is_err(), "{lookup:?}");
+
+        server.restart();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match store.claim(&claim_req(&id("back"), 1)).await {
+                Ok(Claim::Acquired(_)) => break,
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "no recovery: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+
+        // The subscriber reconnects too: a completion by a fresh instance wakes a watch
+        // on the recovered one (three times in a row, so the one wake-up every watcher
+        // gets on resubscribing cannot pass for it).
+        let other = RedisStore::connect(&url, config).await.unwrap();
+        let mut in_a_row = 0;
+        while in_a_row < 3 {
+            let id = id("after");
+            let lease = acquire(&other, &id).await;
+            let mut watch = store.watch(&id);
+            let _ = other
+                .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
+                .await
+                .unwrap();
+            if tokio::time::timeout(Duration::from_secs(1), watch.changed())
+                .await
+                .is_ok()
+            {
+                in_a_row += 1;
+            } else {
+                in_a_row = 0;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the subscriber did not come back"
+                );
+            }
+        }
+    }
+
+    // R15: a server that hangs (connections open, no answers) is a timeout within the
+    // command timeout, and the store serves again once it answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r15_hanging_redis_times_out_and_recovers() {
+        let mut server = RedisServer::start(support::free_port(false), &[]);
+        let url = format!("redis://127.0.0.1:{}/0", server.port);
+        let config = RedisStoreConfig {
+            prefix: support::unique_prefix(),
+            command_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(300),
+        };
+        let store = RedisStore::connect(&url, config).await.unwrap();
+        let _ = acquire(&store, &id("before-freeze")).await;
+
+        server.freeze();
+        let claim = tokio::time::timeout(
+            Duration::from_secs(3),
+            store.claim(&claim_req(&id("frozen"), 1)),
+        )
+        .await
+        .expect("a claim answers while Redis hangs");
+        server.thaw();
+        assert!(matches!(claim, Err(StoreError::Timeout)), "{claim:?}");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match store.claim(&claim_req(&id("thawed"), 1)).await {
+                Ok(Claim::Acquired(_)) => break,
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "no recovery: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    // R15: a store that cannot reach Redis at all does not connect, and says why.
+    #[tokio::test]
+    async fn r15_unreachable_redis_fails_to_connect() {
+        let port = support::free_port(false);
+        let config = RedisStoreConfig {
+            connect_timeout: Duration::from_millis(500),
+            ..support::config(&support::unique_prefix())
+        };
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            RedisStore::connect(&format!("redis://127.0.0.1:{port}/0"), config),
+        )
+        .await
+        .expect("connect answers in bounded time");
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::Unavailable(_) | StoreError::Timeout)
+            ),
+            "{result:?}"
+        );
+    }
+
+    // R15, cluster: while a node is down the records on its slots fail in bounded time,
+    // the others still serve; once it is back, the same store serves them all again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r15_cluster_store_recovers_when_a_node_returns() {
+        // A cluster of this test's own: the shared one stays up for the other tests.
+        let mut cluster = tokio::task::block_in_place(support::Cluster::start);
+        let config = RedisStoreConfig {
+            prefix: support::unique_prefix(),
+            command_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+        };
+        let store = RedisStore::connect(&cluster.url(1), config).await.unwrap();
+
+        // Claims of 30 fresh keys, at once: how many failed with a store error.
+        async fn failures(store: &RedisStore) -> usize {
+            let mut claims = tokio::task::JoinSet::new();
+            for i in 0..30 {
+                let store = store.clone();
+                let req = claim_req(&id(&format!("node{i}")), 1);
+                claims.spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(3), store.claim(&req))
+                        .await
+                        .expect("a claim answers while a node is down")
+                });
+            }
+            let mut failed = 0;
+            while let Some(claim) = claims.join_next().await {
+                match claim.unwrap() {
+                    Ok(Claim::Acquired(_)) => {}
+                    Err(StoreError::Unavailable(_) | StoreError::Timeout) => failed += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            failed
+        }
+
+        assert_eq!(failures(&store).await, 0);
+        tokio::task::block_in_place(|| cluster.nodes[0].kill());
+        let failed = failures(&store).await;
+        // A third of the slots are down: some of 30 keys land there, not all.
+        assert!(failed > 0 && failed < 30, "{failed} of 30 failed");
+
+        tokio::task::block_in_place(|| cluster.nodes[0].restart());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while failures(&store).await > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no recovery");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
