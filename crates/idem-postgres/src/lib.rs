@@ -1,1 +1,64 @@
-//! (in progress)
+//! The PostgreSQL [`Store`](idem_core::Store) for idem: idempotency records in one
+//! table, shared by any number of proxy instances or service replicas, so concurrent
+//! duplicates spread over them still run once (R18).
+//!
+//! ```no_run
+//! use idem_core::{Engine, Policy};
+//! use idem_postgres::{PostgresStore, PostgresStoreConfig};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // Creates the schema `idem` and its tables on first use (see `migrate`).
+//! let store = PostgresStore::connect(
+//!     "postgres://idem@db.internal:5432/app",
+//!     PostgresStoreConfig::default(),
+//! )
+//! .await?;
+//! let engine = Engine::new(store, Policy::default());
+//! # let _ = engine;
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! - **Table.** `<schema>.records`, primary key `(scope, key)`: the unique constraint
+//!   is the last line of defence. Versioned migrations are embedded
+//!   ([`PostgresStore::migrate`]) and tracked in `<schema>.idem_migrations`.
+//! - **Transitions.** Each operation of the [`Store`](idem_core::Store) contract is one
+//!   SQL statement, correct under READ COMMITTED; the reasoning is written as comments
+//!   beside each statement in the crate's `sql/` directory. A claim is one
+//!   `INSERT … ON CONFLICT DO UPDATE … WHERE <record not live>` that also reports the
+//!   live record; completion, renewal and release are fenced by the owner token
+//!   (R11). All time comes from the database's clock, never from the instances'.
+//! - **Waiting.** Completion and release send a `NOTIFY` in the same statement; one
+//!   dedicated `LISTEN` connection per store wakes the waiters (R10 `wait` mode),
+//!   which hold no pooled connection.
+//! - **Expiry.** A background task on every instance deletes expired records in
+//!   batches with `FOR UPDATE SKIP LOCKED` (R14).
+//! - **Transactions.** [`PostgresStore::complete_in`] completes a record inside the
+//!   caller's transaction, together with its business writes (R21).
+//! - **Failures.** Connection and pool failures are
+//!   [`StoreError::Unavailable`](idem_core::store::StoreError::Unavailable), operations
+//!   past [`PostgresStoreConfig::statement_timeout`] are
+//!   [`StoreError::Timeout`](idem_core::store::StoreError::Timeout) (R15).
+//!
+//! # Feature flags
+//! None.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod error;
+mod listener;
+mod migrate;
+mod sql;
+mod store;
+
+pub use config::{ConfigError, PostgresStoreConfig};
+pub use store::PostgresStore;
+
+/// The deadpool-postgres crate, whose [`Pool`](deadpool_postgres::Pool)
+/// [`PostgresStore::pool`] returns.
+pub use deadpool_postgres;
+/// The tokio-postgres crate, whose clients and transactions
+/// [`PostgresStore::complete_in`] takes.
+pub use tokio_postgres;

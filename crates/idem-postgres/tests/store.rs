@@ -1,0 +1,729 @@
+//! `PostgresStore` against a real PostgreSQL: the shared store contract, then what only
+//! this store has (migrations, the sweeper, wake-ups across instances, R15, R16, R18,
+//! R21).
+//!
+//! Needs PostgreSQL at `$IDEM_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); the tests fail if it is unreachable.
+//! Each test works in a fresh schema that is dropped when the test ends.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use idem_core::record::{OwnerToken, State};
+use idem_core::store::testkit::{claim_req, id, snapshot};
+use idem_core::store::{Claim, Finish, Lease, Store, StoreError};
+use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig};
+use tokio_postgres::NoTls;
+
+fn url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema, dropped (with everything in it) when the guard drops.
+struct PgSchema {
+    name: String,
+}
+
+impl PgSchema {
+    fn fresh() -> Self {
+        Self {
+            name: format!("idem_t_{}", &OwnerToken::random().to_hex()[..16]),
+        }
+    }
+
+    fn config(&self) -> PostgresStoreConfig {
+        PostgresStoreConfig {
+            schema: self.name.clone(),
+            // Tests run side by side on one server: leave connections for the others.
+            pool_size: 8,
+            ..PostgresStoreConfig::default()
+        }
+    }
+
+    async fn store(&self) -> PostgresStore {
+        self.store_with(self.config()).await
+    }
+
+    async fn store_with(&self, config: PostgresStoreConfig) -> PostgresStore {
+        PostgresStore::connect(&url(), config)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e:?}", url()))
+    }
+
+    /// `sql` with `{s}` replaced by the quoted schema.
+    fn sql(&self, sql: &str) -> String {
+        sql.replace("{s}", &format!("\"{}\"", self.name))
+    }
+
+    async fn count(&self, client: &tokio_postgres::Client, table: &str) -> i64 {
+        client
+            .query_one(
+                &self.sql(&format!("SELECT count(*) FROM {{s}}.{table}")),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        run_detached(format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
+    }
+}
+
+/// A login role for the test, dropped when the guard drops (declare it before the
+/// schema guard, so it outlives the objects it was granted).
+struct PgRole {
+    name: String,
+}
+
+impl PgRole {
+    async fn create(client: &tokio_postgres::Client) -> Self {
+        let role = Self {
+            name: format!("idem_r_{}", &OwnerToken::random().to_hex()[..16]),
+        };
+        client
+            .batch_execute(&format!("CREATE ROLE \"{}\" LOGIN", role.name))
+            .await
+            .unwrap();
+        role
+    }
+}
+
+impl Drop for PgRole {
+    fn drop(&mut self) {
+        run_detached(format!("DROP ROLE IF EXISTS \"{}\"", self.name));
+    }
+}
+
+/// Runs `sql` to completion from a `Drop`: that runs inside the test's runtime (or
+/// while unwinding), so a thread with its own small runtime does the async work.
+fn run_detached(sql: String) {
+    let statement = sql.clone();
+    let done = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
+            tokio::spawn(connection);
+            client.batch_execute(&statement).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    })
+    .join();
+    if !matches!(done, Ok(Ok(()))) {
+        eprintln!("test cleanup failed: {sql}: {done:?}");
+    }
+}
+
+/// A plain connection for looking at the tables behind the store's back.
+async fn client() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&url(), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e}", url()));
+    tokio::spawn(connection);
+    client
+}
+
+async fn acquire(store: &PostgresStore, id: &idem_core::record::RecordId) -> Lease {
+    match store.claim(&claim_req(id, 1)).await.unwrap() {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Inserts `n` completed records that expired a second ago, and `live` that have not.
+async fn insert_rows(schema: &PgSchema, client: &tokio_postgres::Client, n: i64, live: i64) {
+    let insert = schema.sql(
+        "INSERT INTO {s}.records (scope, key, fingerprint, owner, state, created_at, ends_at, snapshot)
+         SELECT decode(repeat('00', 16), 'hex'), $1::text || g, decode(repeat('01', 32), 'hex'),
+                decode(repeat('02', 16), 'hex'), 2, now() - interval '1 hour',
+                now() + $2::int8 * interval '1 second', '\\x01'::bytea
+         FROM generate_series(1, $3::int8) g",
+    );
+    client
+        .execute(&insert, &[&"dead-", &-1i64, &n])
+        .await
+        .unwrap();
+    client
+        .execute(&insert, &[&"live-", &3600i64, &live])
+        .await
+        .unwrap();
+}
+
+/// The shared store contract (R4, R6–R11, R13, R14), one named test per property.
+mod contract {
+    use super::*;
+    use idem_core::store::testkit::RealTimeFixture;
+
+    idem_core::store_tests!(async {
+        let schema = PgSchema::fresh();
+        let store = schema.store().await;
+        RealTimeFixture::new(store, Duration::from_millis(400), schema)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_apply_once() {
+    let schema = PgSchema::fresh();
+    let store = schema.store().await;
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    let again = schema.store().await;
+    assert_eq!(again.migrate().await.unwrap(), 0);
+    let c = client().await;
+    assert_eq!(schema.count(&c, "idem_migrations").await, 1);
+    let rows = c
+        .query(&schema.sql("SELECT version FROM {s}.idem_migrations"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
+        [1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_migrations_of_a_fresh_schema_all_succeed() {
+    let schema = PgSchema::fresh();
+    let config = schema.config();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move { PostgresStore::connect(&url(), config).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for t in tasks {
+        stores.push(t.await.unwrap().expect("every migrator succeeds"));
+    }
+    let c = client().await;
+    assert_eq!(schema.count(&c, "idem_migrations").await, 1);
+    assert_eq!(schema.count(&c, "records").await, 0);
+    // And the result works from every store.
+    let id = id("migrated");
+    let _lease = acquire(&stores[0], &id).await;
+    assert!(matches!(
+        stores[3].claim(&claim_req(&id, 1)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+}
+
+// A role that may only read and write the records starts with `migrate: true` once
+// the schema is in place: an up-to-date schema needs no DDL privileges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_to_date_schema_needs_no_ddl_privileges() {
+    let c = client().await;
+    let role = PgRole::create(&c).await;
+    let schema = PgSchema::fresh();
+    let _owner = schema.store().await;
+    c.batch_execute(&schema.sql(&format!(
+        "GRANT USAGE ON SCHEMA {{s}} TO \"{r}\";
+         GRANT SELECT ON {{s}}.idem_migrations TO \"{r}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {{s}}.records TO \"{r}\";",
+        r = role.name
+    )))
+    .await
+    .unwrap();
+    let limited_url = url().replacen(
+        "postgres://postgres@",
+        &format!("postgres://{}@", role.name),
+        1,
+    );
+    assert_ne!(limited_url, url(), "the test URL names the user postgres");
+    let store = PostgresStore::connect(&limited_url, schema.config())
+        .await
+        .unwrap();
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    let id = id("limited");
+    let lease = acquire(&store, &id).await;
+    assert_eq!(
+        store
+            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Done
+    );
+    drop(store);
+    // The same role cannot create a missing schema: that is an error, not a panic.
+    let missing = PgSchema::fresh();
+    assert!(
+        PostgresStore::connect(&limited_url, missing.config())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn invalid_settings_are_refused_before_connecting() {
+    for bad in ["Idem", "idem; DROP TABLE x", "\"idem\"", "pg_catalog", ""] {
+        let config = PostgresStoreConfig {
+            schema: bad.to_owned(),
+            ..PostgresStoreConfig::default()
+        };
+        match PostgresStore::connect(&url(), config).await {
+            Err(StoreError::Backend { source, .. }) => {
+                assert!(
+                    matches!(source.downcast_ref(), Some(ConfigError::Schema(_))),
+                    "{source:?}"
+                );
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let config = PostgresStoreConfig {
+        pool_size: 0,
+        ..PostgresStoreConfig::default()
+    };
+    assert!(PostgresStore::connect(&url(), config).await.is_err());
+    assert!(
+        PostgresStore::connect("postgres://[::1", PostgresStoreConfig::default())
+            .await
+            .is_err()
+    );
+}
+
+// R14
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r14_sweeper_deletes_expired_rows() {
+    let schema = PgSchema::fresh();
+    let store = schema
+        .store_with(PostgresStoreConfig {
+            sweep_interval: Duration::from_millis(200),
+            sweep_batch: 16,
+            ..schema.config()
+        })
+        .await;
+    let c = client().await;
+    insert_rows(&schema, &c, 100, 5).await;
+    // Records completed through the store expire and go too.
+    for i in 0..10 {
+        let lease = acquire(&store, &id(&format!("sweep{i}"))).await;
+        let done = store
+            .complete(&lease, &snapshot(b"x"), Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(done, Finish::Done);
+    }
+    let live = id("sweep-live");
+    let _live = acquire(&store, &live).await;
+    assert_eq!(schema.count(&c, "records").await, 116);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            schema.count(&c, "records").await == 6
+        })
+        .await,
+        "the sweeper left {} rows",
+        schema.count(&c, "records").await
+    );
+    assert!(store.lookup(&live).await.unwrap().is_some());
+}
+
+// R14
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r14_concurrent_sweeps_are_safe() {
+    let schema = PgSchema::fresh();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(
+            schema
+                .store_with(PostgresStoreConfig {
+                    sweep_interval: Duration::ZERO,
+                    sweep_batch: 37,
+                    ..schema.config()
+                })
+                .await,
+        );
+    }
+    let c = client().await;
+    insert_rows(&schema, &c, 2000, 30).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        for store in &stores {
+            let store = store.clone();
+            tasks.push(tokio::spawn(
+                async move { store.purge_expired().await.unwrap() },
+            ));
+        }
+    }
+    let mut removed = 0;
+    for t in tasks {
+        removed += t.await.unwrap();
+    }
+    // Short batches (rows locked by another sweeper) may end a sweep early; one more
+    // pass finishes the job.
+    removed += stores[0].purge_expired().await.unwrap();
+    assert_eq!(removed, 2000);
+    assert_eq!(schema.count(&c, "records").await, 30);
+    assert_eq!(stores[1].purge_expired().await.unwrap(), 0);
+}
+
+// R10, R18
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r10_watch_wakes_across_instances() {
+    let schema = PgSchema::fresh();
+    let a = schema.store().await;
+    let b = schema.store().await;
+    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    for complete in [true, false] {
+        let id = id("cross");
+        let lease = acquire(&b, &id).await;
+        // Taken once the listener is subscribed, so only a real notification wakes it.
+        let mut watch = a.watch(&id);
+        let finisher = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if complete {
+                    b.complete(&lease, &snapshot(b"done"), Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                } else {
+                    b.release(&lease).await.unwrap()
+                }
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the watch on the other instance woke");
+        // The notification is sent at commit: what woke the watch is visible now.
+        let seen = a.lookup(&id).await.unwrap();
+        if complete {
+            assert!(matches!(seen.unwrap().state, State::Completed { .. }));
+        } else {
+            assert_eq!(seen, None);
+        }
+        assert_eq!(finisher.await.unwrap(), Finish::Done);
+    }
+}
+
+// R10: after the listener's connection is killed it reconnects, wakes every waiter
+// (notifications may have been missed), and hears notifications again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r10_listener_reconnects_and_wakes_waiters() {
+    let schema = PgSchema::fresh();
+    let app = schema.name.clone();
+    let listener_url = format!("{}?application_name={app}", url());
+    let a = PostgresStore::connect(&listener_url, schema.config())
+        .await
+        .unwrap();
+    let b = schema.store().await;
+    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    let id = id("reconnect");
+    let lease = acquire(&b, &id).await;
+    let mut watch = a.watch(&id);
+    let c = client().await;
+    // The pool shares the application name; terminate every such backend.
+    let killed: i64 = c
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1);
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the reconnect woke the waiter");
+    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    let mut watch = a.watch(&id);
+    let _ = b
+        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("notifications flow again");
+    // The store's pool recovers from its killed connections too.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            matches!(a.claim(&claim_req(&id, 1)).await, Ok(Claim::Completed(_)))
+        })
+        .await
+    );
+}
+
+// The listener and sweeper stop with the last handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn background_tasks_stop_when_the_store_drops() {
+    let schema = PgSchema::fresh();
+    let app = schema.name.clone();
+    let store = PostgresStore::connect(
+        &format!("{}?application_name={app}", url()),
+        schema.config(),
+    )
+    .await
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), || async { store.is_listening() }).await);
+    let c = client().await;
+    let sessions = || async {
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    assert!(sessions().await >= 2, "pool and listener connections");
+    let clone = store.clone();
+    drop(store);
+    assert!(clone.is_listening());
+    drop(clone);
+    assert!(
+        eventually(Duration::from_secs(10), || async { sessions().await == 0 }).await,
+        "connections left behind"
+    );
+}
+
+// R18: concurrent duplicates spread over several instances run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r18_claims_over_instances_acquire_once() {
+    let schema = PgSchema::fresh();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(schema.store().await);
+    }
+    for round in 0..5 {
+        let id = id(&format!("spread{round}"));
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = stores[i % stores.len()].clone();
+                let req = claim_req(&id, 1);
+                tokio::spawn(async move { store.claim(&req).await.unwrap() })
+            })
+            .collect();
+        let mut acquired = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Claim::Acquired(_) => acquired += 1,
+                Claim::InFlight { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(acquired, 1);
+    }
+}
+
+// R15
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r15_unreachable_database_is_an_error() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+    let config = PostgresStoreConfig {
+        migrate: false,
+        connect_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(1),
+        ..PostgresStoreConfig::default()
+    };
+    let store = PostgresStore::connect(&url, config.clone()).await.unwrap();
+    let id = id("down");
+    let answer = tokio::time::timeout(Duration::from_secs(5), store.claim(&claim_req(&id, 1)))
+        .await
+        .expect("a refused connection answers within the timeout");
+    assert!(
+        matches!(answer, Err(StoreError::Unavailable(_))),
+        "{answer:?}"
+    );
+    assert!(store.lookup(&id).await.is_err());
+    assert!(store.purge_expired().await.is_err());
+    assert!(!store.is_listening());
+    let migrating = PostgresStore::connect(
+        &url,
+        PostgresStoreConfig {
+            migrate: true,
+            ..config
+        },
+    )
+    .await;
+    assert!(
+        matches!(migrating, Err(StoreError::Unavailable(_))),
+        "{migrating:?}"
+    );
+}
+
+// R15: a statement that cannot finish in time is a Timeout, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r15_slow_statement_times_out() {
+    let schema = PgSchema::fresh();
+    let store = schema
+        .store_with(PostgresStoreConfig {
+            statement_timeout: Duration::from_millis(300),
+            ..schema.config()
+        })
+        .await;
+    let id = id("locked");
+    let lease = acquire(&store, &id).await;
+    let mut c = client().await;
+    let tx = c.transaction().await.unwrap();
+    tx.execute(&schema.sql("SELECT 1 FROM {s}.records FOR UPDATE"), &[])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = store.claim(&claim_req(&id, 1)).await;
+    assert!(matches!(answer, Err(StoreError::Timeout)), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    tx.rollback().await.unwrap();
+    assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
+}
+
+// R16: a damaged record is an error, never a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r16_corrupt_records_are_never_replayed() {
+    let schema = PgSchema::fresh();
+    let store = schema.store().await;
+    let id = id("corrupt");
+    let lease = acquire(&store, &id).await;
+    let _ = store
+        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = client().await;
+    c.execute(
+        &schema.sql("UPDATE {s}.records SET snapshot = '\\x0900'::bytea"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let answer = store.claim(&claim_req(&id, 1)).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+    assert!(matches!(
+        store.lookup(&id).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // A mismatch needs no snapshot, and says so.
+    assert_eq!(
+        store.claim(&claim_req(&id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
+}
+
+// R21: the record completes with the caller's transaction, or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r21_complete_in_the_callers_transaction() {
+    let schema = PgSchema::fresh();
+    let store = schema.store().await;
+    let other = schema.store().await;
+    assert!(eventually(Duration::from_secs(10), || async { other.is_listening() }).await);
+    let c = client().await;
+    c.batch_execute(&schema.sql("CREATE TABLE {s}.charges (amount int NOT NULL)"))
+        .await
+        .unwrap();
+    let id = id("tx");
+    let lease = acquire(&store, &id).await;
+    let ttl = Duration::from_secs(60);
+    let insert = schema.sql("INSERT INTO {s}.charges (amount) VALUES (100)");
+
+    // Rolled back: neither the charge nor the completion happened.
+    {
+        let mut conn = store.pool().get().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        tx.execute(&insert, &[]).await.unwrap();
+        let done = store
+            .complete_in(&*tx, &lease, &snapshot(b"charged"), ttl)
+            .await
+            .unwrap();
+        assert_eq!(done, Finish::Done);
+        tx.rollback().await.unwrap();
+    }
+    assert_eq!(schema.count(&c, "charges").await, 0);
+    assert!(matches!(
+        other.lookup(&id).await.unwrap().unwrap().state,
+        State::InFlight { .. }
+    ));
+
+    // Committed: both, and waiters elsewhere wake at the commit.
+    let mut watch = other.watch(&id);
+    let mut conn = store.pool().get().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    tx.execute(&insert, &[]).await.unwrap();
+    let done = store
+        .complete_in(&*tx, &lease, &snapshot(b"charged"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(done, Finish::Done);
+    // Not visible before the commit.
+    assert!(matches!(
+        other.lookup(&id).await.unwrap().unwrap().state,
+        State::InFlight { .. }
+    ));
+    tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("the commit woke the waiter");
+    assert_eq!(schema.count(&c, "charges").await, 1);
+    assert_eq!(
+        other.claim(&claim_req(&id, 1)).await.unwrap(),
+        Claim::Completed(snapshot(b"charged"))
+    );
+
+    // A plain client works too, and a late owner is fenced as usual (R11).
+    assert_eq!(
+        store
+            .complete_in(&c, &lease, &snapshot(b"again"), ttl)
+            .await
+            .unwrap(),
+        Finish::Superseded
+    );
+}
+
+// The statements' reasoning assumes READ COMMITTED; the store pins it, and its
+// statement timeout, on its connections whatever the server's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pooled_connections_carry_the_store_settings() {
+    let schema = PgSchema::fresh();
+    let url = format!(
+        "{}?options=-c%20default_transaction_isolation%3Dserializable",
+        url()
+    );
+    let store = PostgresStore::connect(
+        &url,
+        PostgresStoreConfig {
+            statement_timeout: Duration::from_millis(1500),
+            ..schema.config()
+        },
+    )
+    .await
+    .unwrap();
+    let conn = store.pool().get().await.unwrap();
+    let show = |name: &'static str| {
+        let conn = &conn;
+        async move {
+            conn.query_one(&format!("SHOW {name}"), &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(
+        show("default_transaction_isolation").await,
+        "read committed"
+    );
+    assert_eq!(show("statement_timeout").await, "1500ms");
+}
