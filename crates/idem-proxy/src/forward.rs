@@ -1,0 +1,206 @@
+//! The service behind the layer: forwards a request to the upstream over pooled
+//! keep-alive connections and answers 502/504 problems when it cannot (R12).
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use idem::headers::strip_hop_by_hop;
+use idem::{Body, Problem, ProblemKind};
+use tower_service::Service;
+
+/// Where requests go: `http://host:port` with an optional path prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    authority: Authority,
+    prefix: String,
+}
+
+/// An upstream URL idem cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid upstream `{url}`: {reason}")]
+pub struct UpstreamError {
+    url: String,
+    reason: &'static str,
+}
+
+impl FromStr for Upstream {
+    type Err = UpstreamError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let err = |reason| UpstreamError {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|_| err("not a URL"))?;
+        match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => {}
+            Some(s) if *s == Scheme::HTTPS => {
+                return Err(err(
+                    "https upstreams are not supported; run idem beside the API and forward over http",
+                ));
+            }
+            _ => return Err(err("expected http://host:port")),
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| err("no host"))?;
+        if uri.query().is_some() {
+            return Err(err("an upstream URL cannot have a query"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self { authority, prefix })
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.prefix)
+    }
+}
+
+/// The peer's address, set on each request by the server for `X-Forwarded-For`.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// Forwards requests to one upstream.
+#[derive(Clone)]
+pub struct Forward {
+    client: Client<HttpConnector, Body>,
+    upstream: Upstream,
+    timeout: Duration,
+}
+
+impl Forward {
+    /// A forwarder to `upstream`, giving up on an answer after `timeout`.
+    pub fn new(upstream: Upstream, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            client,
+            upstream,
+            timeout,
+        }
+    }
+
+    fn rewrite(&self, req: Request<Body>) -> Result<Request<Body>, http::Error> {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.upstream.authority.clone())
+            .path_and_query(format!("{}{pq}", self.upstream.prefix))
+            .build()?;
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        if let Some(host) = original_host {
+            parts.headers.insert("x-forwarded-host", host);
+        }
+        if let Some(Peer(addr)) = parts.extensions.get::<Peer>()
+            && let Ok(v) = HeaderValue::from_str(&addr.ip().to_string())
+        {
+            parts.headers.append("x-forwarded-for", v);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("upstream", &self.upstream)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let req = match this.rewrite(req) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the upstream request");
+                    return Ok(problem(
+                        ProblemKind::Internal,
+                        "the request could not be forwarded",
+                    ));
+                }
+            };
+            match tokio::time::timeout(this.timeout, this.client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Ok(Response::from_parts(parts, Body::new(body)))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, upstream = %this.upstream, "upstream request failed");
+                    Ok(problem(
+                        ProblemKind::UpstreamUnavailable,
+                        "the upstream could not be reached or broke the connection; the request may be retried with the same key",
+                    ))
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %this.upstream, timeout = ?this.timeout, "upstream timed out");
+                    Ok(problem(
+                        ProblemKind::UpstreamTimeout,
+                        "the upstream did not answer in time; the request may be retried with the same key",
+                    ))
+                }
+            }
+        })
+    }
+}
+
+fn problem(kind: ProblemKind, detail: &str) -> Response<Body> {
+    Problem::new(kind, detail).to_response().map(Body::full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u: Upstream = "http://127.0.0.1:3000".parse().unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:3000");
+        let u: Upstream = "http://api.internal:80/v1/".parse().unwrap();
+        assert_eq!(u.prefix, "/v1");
+        assert!("https://x".parse::<Upstream>().is_err());
+        assert!("ftp://x".parse::<Upstream>().is_err());
+        assert!("nope".parse::<Upstream>().is_err());
+        assert!("http://x/?a=1".parse::<Upstream>().is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! `idem serve`: an idempotency-key reverse proxy in front of any HTTP API.
+//!
+//! The proxy is the `idem` crate's [`IdempotencyLayer`](idem::IdempotencyLayer) in front
+//! of a [`Forward`](forward::Forward) service on hyper-util, so the library and the
+//! proxy share one engine path. This library half exists so tests (and embedders) can
+//! run the proxy in-process:
+//!
+//! ```no_run
+//! use idem::store::MemoryStore;
+//! use idem_proxy::config::ProxyConfig;
+//!
+//! # #[tokio::main] async fn main() -> anyhow::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let config = ProxyConfig::new("http://127.0.0.1:3000".parse()?);
+//! idem_proxy::serve(listener, MemoryStore::new(), config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod server;
+
+pub use server::serve;

@@ -1,0 +1,95 @@
+//! SPEC.md over HTTP against `idem serve`, in-process, on each single-machine store.
+
+mod process;
+mod proxy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem::clock::ManualClock;
+use idem::policy::Policy;
+use idem::redb::{RedbStore, RedbStoreConfig};
+use idem::store::testkit::ManualFixture;
+use idem::store::{MemoryStore, Store};
+use idem_proxy::config::ProxyConfig;
+use idem_testkit::{CountingUpstream, Front, Target};
+use tokio::net::TcpListener;
+
+/// Starts `idem serve` in-process over `store`; dropping the front shuts it down.
+pub async fn start_proxy<St: Store>(
+    store: St,
+    upstream: &CountingUpstream,
+    policy: Policy,
+) -> Front {
+    let mut config = ProxyConfig::new(format!("http://{}", upstream.addr()).parse().unwrap());
+    config.policy = policy;
+    start_with(store, config).await
+}
+
+/// Starts `idem serve` in-process with a whole config.
+pub async fn start_with<St: Store>(store: St, config: ProxyConfig) -> Front {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(idem_proxy::serve(listener, store, config, async move {
+        let _ = stopped.await;
+    }));
+    Front::new(addr, stop)
+}
+
+/// The proxy on the memory store.
+#[derive(Debug)]
+pub struct MemoryProxy;
+
+impl Target for MemoryProxy {
+    type Fixture = ManualFixture<MemoryStore>;
+    async fn fixture(&self) -> Self::Fixture {
+        ManualFixture::memory()
+    }
+    async fn start(
+        &self,
+        store: MemoryStore,
+        upstream: &CountingUpstream,
+        policy: Policy,
+    ) -> Front {
+        start_proxy(store, upstream, policy).await
+    }
+}
+
+/// The proxy on the embedded redb store, in a fresh directory.
+#[derive(Debug)]
+pub struct RedbProxy;
+
+/// A redb store in a temporary directory on a manual clock.
+pub fn redb_fixture() -> ManualFixture<RedbStore> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = RedbStore::open(
+        dir.path(),
+        RedbStoreConfig {
+            clock: Arc::new(clock.clone()),
+            sweep_interval: Duration::from_secs(1),
+            ..RedbStoreConfig::default()
+        },
+    )
+    .unwrap();
+    ManualFixture::new(store, clock, dir)
+}
+
+impl Target for RedbProxy {
+    type Fixture = ManualFixture<RedbStore>;
+    async fn fixture(&self) -> Self::Fixture {
+        redb_fixture()
+    }
+    async fn start(&self, store: RedbStore, upstream: &CountingUpstream, policy: Policy) -> Front {
+        start_proxy(store, upstream, policy).await
+    }
+}
+
+mod memory {
+    idem_testkit::spec_tests!(super::MemoryProxy);
+}
+
+mod redb {
+    idem_testkit::spec_tests!(super::RedbProxy);
+}

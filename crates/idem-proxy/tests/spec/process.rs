@@ -1,0 +1,183 @@
+//! The `idem` binary as a user runs it: flags, errors, crash and restart (R16).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use idem_testkit::{Client, CountingUpstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_idem");
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Runs `idem serve` and waits until it accepts connections.
+async fn serve(args: &[&str]) -> (Child, SocketAddr) {
+    let listen = free_port();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .args(["--listen", &listen.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(listen).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "idem did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, listen)
+}
+
+// R16: a completed record survives a crash (SIGKILL) of the proxy on the embedded store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r16_replay_after_kill_and_restart() {
+    let upstream = CountingUpstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().display());
+    let up = format!("http://{}", upstream.addr());
+    let args = ["--upstream", up.as_str(), "--store", store.as_str()];
+
+    let (mut first, addr) = serve(&args).await;
+    let original = Client::new(addr)
+        .post("/charges", "survive", "{\"amount\":7}")
+        .await;
+    assert_eq!(original.status, 201);
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let (mut second, addr) = serve(&args).await;
+    let replay = Client::new(addr)
+        .post("/charges", "survive", "{\"amount\":7}")
+        .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert!(replay.replayed());
+    assert_eq!(replay.body, original.body);
+    assert_eq!(upstream.executions(), 1);
+}
+
+// SIGTERM shuts down gracefully: exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().display());
+    let (child, _) = serve(&[
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--store",
+        store.as_str(),
+    ])
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// A bad flag, value or store URL is a short error and exit code 2, never a backtrace.
+#[test]
+fn bad_input_is_a_one_line_error() {
+    for args in [
+        &["serve", "--upstream", "nope"][..],
+        &[
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--store",
+            "bogus:x",
+        ],
+        &[
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--store",
+            "memory",
+            "--mismatch-status",
+            "418",
+        ],
+        &[
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--store",
+            "memory",
+            "--lease",
+            "1ms",
+        ],
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(lines[0].starts_with("idem: "), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let (code, stderr) = run(&[
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--ttl",
+        "forever",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--ttl"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+// Two proxies cannot share one embedded store directory: the second says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_proxy_on_a_held_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().display());
+    let (mut first, _) = serve(&[
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--store",
+        store.as_str(),
+    ])
+    .await;
+    let (code, stderr) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--store",
+        store.as_str(),
+    ]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("another idem process"), "{stderr}");
+}
+
+// The README's first command: the demo shows the double charge and its prevention.
+#[test]
+fn demo_prevents_the_double_charge() {
+    let out = Command::new(BIN).args(["demo", "--once"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("charged 16 times without idem, 2 with it"),
+        "{stdout}"
+    );
+}

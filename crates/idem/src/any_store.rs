@@ -1,0 +1,155 @@
+//! A store chosen at run time from a URL.
+
+use std::fmt;
+use std::time::Duration;
+
+use idem_core::record::{Record, RecordId, Snapshot};
+use idem_core::store::{
+    Claim, ClaimRequest, Finish, Lease, MemoryStore, MemoryStoreConfig, Store, StoreError, Watch,
+};
+
+/// Any of the stores compiled in, chosen by URL with [`AnyStore::from_url`].
+///
+/// | URL | store |
+/// |---|---|
+/// | `memory` | [`MemoryStore`]: volatile, bounded, one process |
+/// | `file:PATH` | `RedbStore` (feature `redb`): embedded, durable, one machine; `PATH` is a directory |
+/// | `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` | `RedisStore` (feature `redis`) |
+/// | `postgres://…`, `postgresql://…` | `PostgresStore` (feature `postgres`) |
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// The volatile in-process store.
+    Memory(MemoryStore),
+    /// The embedded durable store.
+    #[cfg(feature = "redb")]
+    Redb(idem_redb::RedbStore),
+}
+
+/// Why a store URL could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreUrlError {
+    /// The scheme names no store.
+    #[error(
+        "unknown store `{0}` (expected memory, file:PATH, redis://…, redis+cluster://…, or postgres://…)"
+    )]
+    Unknown(String),
+    /// The store exists but this build left it out.
+    #[error("the {0} store is not compiled into this build (cargo feature `{0}`)")]
+    NotCompiled(&'static str),
+    /// The URL is malformed.
+    #[error("invalid store URL: {0}")]
+    Invalid(String),
+    /// The store could not be opened or reached.
+    #[error("cannot open the store")]
+    Open(#[source] StoreError),
+}
+
+impl AnyStore {
+    /// Opens or connects to the store a URL names.
+    pub async fn from_url(url: &str) -> Result<Self, StoreUrlError> {
+        let url = url.trim();
+        if url == "memory" || url == "memory:" {
+            return Ok(Self::Memory(MemoryStore::new()));
+        }
+        if let Some(rest) = url.strip_prefix("memory:") {
+            let capacity = rest
+                .strip_prefix("capacity=")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    StoreUrlError::Invalid(format!("`{url}`: expected memory or memory:capacity=N"))
+                })?;
+            return Ok(Self::Memory(MemoryStore::with_config(MemoryStoreConfig {
+                capacity,
+                ..MemoryStoreConfig::default()
+            })));
+        }
+        if let Some(path) = url.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(StoreUrlError::Invalid(
+                    "file: needs a directory, e.g. file:./idem-data".into(),
+                ));
+            }
+            #[cfg(feature = "redb")]
+            {
+                let store = idem_redb::RedbStore::open(path, idem_redb::RedbStoreConfig::default())
+                    .map_err(StoreUrlError::Open)?;
+                return Ok(Self::Redb(store));
+            }
+            #[cfg(not(feature = "redb"))]
+            return Err(StoreUrlError::NotCompiled("redb"));
+        }
+        let scheme = url.split("://").next().unwrap_or_default();
+        match scheme {
+            "redis" | "rediss" | "redis+cluster" => Err(StoreUrlError::NotCompiled("redis")),
+            "postgres" | "postgresql" => Err(StoreUrlError::NotCompiled("postgres")),
+            _ => Err(StoreUrlError::Unknown(url.to_owned())),
+        }
+    }
+
+    /// The store's short name: `memory`, `redb`, `redis` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            #[cfg(feature = "redb")]
+            Self::Redb(_) => "redb",
+        }
+    }
+}
+
+impl fmt::Debug for AnyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory(s) => s.fmt(f),
+            #[cfg(feature = "redb")]
+            Self::Redb(s) => s.fmt(f),
+        }
+    }
+}
+
+/// Dispatches a call to whichever store this is.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Memory($s) => $call,
+            #[cfg(feature = "redb")]
+            AnyStore::Redb($s) => $call,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        each!(self, s => s.claim(req).await)
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<Finish, StoreError> {
+        each!(self, s => s.renew(lease, lease_for).await)
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        snapshot: &Snapshot,
+        ttl: Duration,
+    ) -> Result<Finish, StoreError> {
+        each!(self, s => s.complete(lease, snapshot, ttl).await)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
+        each!(self, s => s.release(lease).await)
+    }
+
+    async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        each!(self, s => s.lookup(id).await)
+    }
+
+    fn watch(&self, id: &RecordId) -> Watch {
+        each!(self, s => s.watch(id))
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        each!(self, s => s.purge_expired().await)
+    }
+}

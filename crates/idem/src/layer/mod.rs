@@ -1,0 +1,13 @@
+//! The tower middleware: [`IdempotencyLayer`] → [`Idempotency`] → [`ResponseFuture`].
+//!
+//! The same path serves the `idem serve` proxy (in front of a forwarding service) and a
+//! Rust service (in front of its router), so one test suite proves both.
+
+mod future;
+#[allow(clippy::module_inception)]
+mod layer;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::IdempotencyLayer;
+pub use service::Idempotency;
