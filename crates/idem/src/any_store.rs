@@ -14,7 +14,7 @@ use idem_core::store::{
 /// |---|---|
 /// | `memory` | [`MemoryStore`]: volatile, bounded, one process |
 /// | `file:PATH` | `RedbStore` (feature `redb`): embedded, durable, one machine; `PATH` is a directory |
-/// | `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` | `RedisStore` (feature `redis`) |
+/// | `redis://…`, `redis+unix://…`, `redis+cluster://h1:p1,h2:p2` | `RedisStore` (feature `redis`) |
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` (feature `postgres`) |
 #[derive(Clone)]
 #[non_exhaustive]
@@ -24,6 +24,12 @@ pub enum AnyStore {
     /// The embedded durable store.
     #[cfg(feature = "redb")]
     Redb(idem_redb::RedbStore),
+    /// The Redis / Redis Cluster store.
+    #[cfg(feature = "redis")]
+    Redis(idem_redis::RedisStore),
+    /// The PostgreSQL store.
+    #[cfg(feature = "postgres")]
+    Postgres(idem_postgres::PostgresStore),
 }
 
 /// Why a store URL could not be used.
@@ -80,10 +86,36 @@ impl AnyStore {
             #[cfg(not(feature = "redb"))]
             return Err(StoreUrlError::NotCompiled("redb"));
         }
-        let scheme = url.split("://").next().unwrap_or_default();
+        let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
-            "redis" | "rediss" | "redis+cluster" => Err(StoreUrlError::NotCompiled("redis")),
-            "postgres" | "postgresql" => Err(StoreUrlError::NotCompiled("postgres")),
+            "redis" | "rediss" | "redis+cluster" | "redis+unix" | "unix" => {
+                #[cfg(feature = "redis")]
+                {
+                    let store = idem_redis::RedisStore::connect(
+                        url,
+                        idem_redis::RedisStoreConfig::default(),
+                    )
+                    .await
+                    .map_err(StoreUrlError::Open)?;
+                    Ok(Self::Redis(store))
+                }
+                #[cfg(not(feature = "redis"))]
+                Err(StoreUrlError::NotCompiled("redis"))
+            }
+            "postgres" | "postgresql" => {
+                #[cfg(feature = "postgres")]
+                {
+                    let store = idem_postgres::PostgresStore::connect(
+                        url,
+                        idem_postgres::PostgresStoreConfig::default(),
+                    )
+                    .await
+                    .map_err(StoreUrlError::Open)?;
+                    Ok(Self::Postgres(store))
+                }
+                #[cfg(not(feature = "postgres"))]
+                Err(StoreUrlError::NotCompiled("postgres"))
+            }
             _ => Err(StoreUrlError::Unknown(url.to_owned())),
         }
     }
@@ -94,6 +126,10 @@ impl AnyStore {
             Self::Memory(_) => "memory",
             #[cfg(feature = "redb")]
             Self::Redb(_) => "redb",
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => "postgres",
         }
     }
 }
@@ -104,6 +140,10 @@ impl fmt::Debug for AnyStore {
             Self::Memory(s) => s.fmt(f),
             #[cfg(feature = "redb")]
             Self::Redb(s) => s.fmt(f),
+            #[cfg(feature = "redis")]
+            Self::Redis(s) => s.fmt(f),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.fmt(f),
         }
     }
 }
@@ -115,6 +155,10 @@ macro_rules! each {
             AnyStore::Memory($s) => $call,
             #[cfg(feature = "redb")]
             AnyStore::Redb($s) => $call,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis($s) => $call,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($s) => $call,
         }
     };
 }

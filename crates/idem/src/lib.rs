@@ -13,13 +13,13 @@
 //! use http_body_util::{BodyExt, Full};
 //! use idem::{Body, IdempotencyLayer};
 //! use idem::store::MemoryStore;
-//! use tower::{Layer, Service, ServiceExt, service_fn};
+//! use tower::{Layer, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let charge = service_fn(|_req: Request<Body>| async {
 //!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("charged"))))
 //! });
-//! let mut svc = IdempotencyLayer::new(MemoryStore::new()).layer(charge);
+//! let svc = IdempotencyLayer::new(MemoryStore::new()).layer(charge);
 //!
 //! let request = || {
 //!     Request::post("/charges")
@@ -27,10 +27,10 @@
 //!         .body(Full::new(Bytes::from("{\"amount\":100}")))
 //!         .unwrap()
 //! };
-//! let first = svc.ready().await.unwrap().call(request()).await.unwrap();
+//! let first = svc.clone().oneshot(request()).await.unwrap();
 //! assert!(first.headers().get("idempotent-replayed").is_none());
 //!
-//! let retry = svc.ready().await.unwrap().call(request()).await.unwrap();
+//! let retry = svc.clone().oneshot(request()).await.unwrap();
 //! assert_eq!(retry.headers()["idempotent-replayed"], "true");
 //! assert_eq!(retry.into_body().collect().await.unwrap().to_bytes(), "charged");
 //! # }
@@ -56,5 +56,9 @@ pub use idem_core::{
 };
 pub use layer::{Idempotency, IdempotencyLayer};
 
+#[cfg(feature = "postgres")]
+pub use idem_postgres as postgres;
 #[cfg(feature = "redb")]
 pub use idem_redb as redb;
+#[cfg(feature = "redis")]
+pub use idem_redis as redis;
