@@ -6,7 +6,7 @@
 //!    or protect it.
 //! 2. [`Engine::begin`] with the buffered body: execute it under a [`Ticket`], replay a
 //!    stored response (R8), or refuse it (R9, R10, R15).
-//! 3. After the upstream answered, per [`Ticket::disposition`]: [`Engine::complete`] the
+//! 3. After the upstream answered, per [`Engine::disposition`]: [`Engine::complete`] the
 //!    record with what the client will receive (R7, R13, R19), or [`Engine::release`] it
 //!    (R7, R12). Both happen *before* the client gets the response, so a fast retry
 //!    sees the record's final state.

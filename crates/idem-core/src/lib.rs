@@ -4,8 +4,8 @@
 //!
 //! This crate holds the rules of `SPEC.md` (R1–R19) independent of any HTTP server and
 //! any store: [`key`], [`scope`], [`fingerprint`], [`record`] and its codec, the
-//! [`Store`](store::Store) contract with its shared test kit, the volatile
-//! [`MemoryStore`](store::MemoryStore), and the [`Engine`](engine::Engine) that drives a
+//! [`Store`] contract with its shared test kit, the volatile
+//! [`MemoryStore`](store::MemoryStore), and the [`Engine`] that drives a
 //! request through them. The `idem` crate wraps it in a tower layer; `idem-proxy` puts
 //! that layer in front of any HTTP API.
 //!
@@ -41,7 +41,7 @@
 //! ```
 //!
 //! # Feature flags
-//! - `testkit`: the store contract suite ([`store_tests!`]) and `ManualClock`.
+//! - `testkit`: the store contract suite (`store_tests!`) and `ManualClock`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
