@@ -21,10 +21,10 @@ fn key(c: &mut Criterion) {
     let bare = HeaderValue::from_static("0195f0e4-7b7c-7c3a-9b1e-5f3c2a1d4e6f");
     let quoted = HeaderValue::from_static("\"0195f0e4-7b7c-7c3a-9b1e-5f3c2a1d4e6f\"");
     c.bench_function("key/parse_bare", |b| {
-        b.iter(|| IdempotencyKey::parse(black_box(&bare), 255))
+        b.iter(|| IdempotencyKey::parse(black_box(&bare), 255));
     });
     c.bench_function("key/parse_quoted", |b| {
-        b.iter(|| IdempotencyKey::parse(black_box(&quoted), 255))
+        b.iter(|| IdempotencyKey::parse(black_box(&quoted), 255));
     });
 }
 
@@ -44,7 +44,7 @@ fn fingerprint(c: &mut Criterion) {
                     &[],
                     black_box(BODY),
                 )
-            })
+            });
         });
     }
 }
@@ -70,10 +70,10 @@ fn codec(c: &mut Criterion) {
     };
     let bytes = record.encode();
     c.bench_function("codec/encode_200b", |b| {
-        b.iter(|| black_box(&record).encode())
+        b.iter(|| black_box(&record).encode());
     });
     c.bench_function("codec/decode_200b", |b| {
-        b.iter(|| Record::decode(black_box(&bytes)))
+        b.iter(|| Record::decode(black_box(&bytes)));
     });
 }
 
