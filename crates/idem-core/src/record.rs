@@ -59,6 +59,18 @@ impl RecordId {
     }
 }
 
+impl RecordId {
+    /// [`RecordId::to_bytes`] as lower-case hex: a text form for notification payloads.
+    pub fn to_hex(&self) -> String {
+        crate::hex(&self.to_bytes())
+    }
+
+    /// Reads [`RecordId::to_hex`] output back; `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        Self::from_bytes(&crate::unhex(hex)?).ok()
+    }
+}
+
 impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.scope, self.key)
@@ -454,6 +466,9 @@ mod tests {
             IdempotencyKey::new("k-1").unwrap(),
         );
         assert_eq!(RecordId::from_bytes(&id.to_bytes()).unwrap(), id);
+        assert_eq!(RecordId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(RecordId::from_hex("abc"), None);
+        assert_eq!(RecordId::from_hex("zz"), None);
         assert!(RecordId::from_bytes(&[0; 16]).is_err());
     }
 

@@ -137,20 +137,10 @@ fn ended_with(joined: Result<BoxError, tokio::task::JoinError>) -> BoxError {
 /// Wakes the waiters of the record a payload names, or everyone when it names none
 /// (an id too long for a NOTIFY payload is sent as '').
 fn wake(hub: &WaitHub, payload: &str) {
-    match unhex(payload).and_then(|b| RecordId::from_bytes(&b).ok()) {
+    match RecordId::from_hex(payload) {
         Some(id) => hub.notify(&id),
         None => hub.notify_all(),
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Displays an error with its causes, `a: b: c`.
@@ -180,13 +170,9 @@ mod tests {
             Scope::from_bytes([7; 16]),
             IdempotencyKey::new("k-1").unwrap(),
         );
+        // What `encode(scope || key, 'hex')` sends.
         let hex: String = id.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            unhex(&hex).and_then(|b| RecordId::from_bytes(&b).ok()),
-            Some(id)
-        );
-        assert_eq!(unhex("abc"), None);
-        assert_eq!(unhex("zz"), None);
-        assert!(unhex("").is_some_and(|b| RecordId::from_bytes(&b).is_err()));
+        assert_eq!(RecordId::from_hex(&hex), Some(id));
+        assert_eq!(RecordId::from_hex(""), None);
     }
 }
