@@ -25,4 +25,4 @@ pub mod demo;
 pub mod forward;
 pub mod server;
 
-pub use server::serve;
+pub use server::{Running, serve, spawn};

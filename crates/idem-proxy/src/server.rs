@@ -83,3 +83,53 @@ pub async fn serve<St: Store>(
     }
     Ok(())
 }
+
+/// A proxy started by [`spawn`]; dropping it shuts the proxy down.
+#[derive(Debug)]
+pub struct Running {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Shuts down gracefully and waits until the server, and with it the store handle
+    /// it held, is gone.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        drop(self.stop.take());
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+/// Starts the proxy on `addr` (port 0 picks a free one) on a task of its own.
+pub async fn spawn<St: Store>(
+    addr: std::net::SocketAddr,
+    store: St,
+    config: ProxyConfig,
+) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, store, config, async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}

@@ -16,6 +16,10 @@ use idem_core::store::{
 /// | `file:PATH` | `RedbStore` (feature `redb`): embedded, durable, one machine; `PATH` is a directory |
 /// | `redis://…`, `redis+unix://…`, `redis+cluster://h1:p1,h2:p2` | `RedisStore` (feature `redis`) |
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` (feature `postgres`) |
+///
+/// Options ride in the query string and are taken out before the URL reaches the
+/// driver: `memory:capacity=N`; Redis `?prefix=idem&command_timeout=2s&connect_timeout=2s`;
+/// PostgreSQL `?schema=idem&pool_size=16&statement_timeout=2s&sweep_interval=10s&sweep_batch=500&migrate=true`.
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum AnyStore {
@@ -105,12 +109,39 @@ impl AnyStore {
             "postgres" | "postgresql" => {
                 #[cfg(feature = "postgres")]
                 {
-                    let store = idem_postgres::PostgresStore::connect(
-                        url,
-                        idem_postgres::PostgresStoreConfig::default(),
-                    )
-                    .await
-                    .map_err(StoreUrlError::Open)?;
+                    let mut opts = Options::split(url);
+                    let mut config = idem_postgres::PostgresStoreConfig::default();
+                    if let Some(schema) = opts.take("schema") {
+                        config.schema = schema;
+                    }
+                    if let Some(n) = opts.number("pool_size")? {
+                        config.pool_size = n;
+                    }
+                    if let Some(t) = opts.duration("statement_timeout")? {
+                        config.statement_timeout = t;
+                    }
+                    if let Some(t) = opts.duration("sweep_interval")? {
+                        config.sweep_interval = t;
+                    }
+                    if let Some(n) = opts.number("sweep_batch")? {
+                        config.sweep_batch = u32::try_from(n).map_err(|_| {
+                            StoreUrlError::Invalid(format!("sweep_batch {n} is too large"))
+                        })?;
+                    }
+                    if let Some(m) = opts.take("migrate") {
+                        config.migrate = match m.as_str() {
+                            "true" => true,
+                            "false" => false,
+                            _ => {
+                                return Err(StoreUrlError::Invalid(format!(
+                                    "migrate={m}: expected true or false"
+                                )));
+                            }
+                        };
+                    }
+                    let store = idem_postgres::PostgresStore::connect(&opts.rest(), config)
+                        .await
+                        .map_err(StoreUrlError::Open)?;
                     Ok(Self::Postgres(store))
                 }
                 #[cfg(not(feature = "postgres"))]
@@ -131,6 +162,66 @@ impl AnyStore {
             #[cfg(feature = "postgres")]
             Self::Postgres(_) => "postgres",
         }
+    }
+}
+
+/// The `?name=value` options of a store URL: idem's own are taken out, the rest are
+/// handed to the store's driver.
+#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
+struct Options {
+    base: String,
+    pairs: Vec<(String, String)>,
+}
+
+#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
+impl Options {
+    fn split(url: &str) -> Self {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let pairs = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        Self {
+            base: base.to_owned(),
+            pairs,
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.pairs.iter().position(|(k, _)| k == name)?;
+        Some(self.pairs.remove(i).1)
+    }
+
+    fn number(&mut self, name: &str) -> Result<Option<usize>, StoreUrlError> {
+        self.take(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| StoreUrlError::Invalid(format!("{name}={v}: expected a number")))
+            })
+            .transpose()
+    }
+
+    fn duration(&mut self, name: &str) -> Result<Option<Duration>, StoreUrlError> {
+        self.take(name)
+            .map(|v| {
+                humantime::parse_duration(&v).map_err(|_| {
+                    StoreUrlError::Invalid(format!("{name}={v}: expected a duration like 2s"))
+                })
+            })
+            .transpose()
+    }
+
+    /// The URL without idem's options.
+    fn rest(&self) -> String {
+        if self.pairs.is_empty() {
+            return self.base.clone();
+        }
+        let query: Vec<String> = self.pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{}?{}", self.base, query.join("&"))
     }
 }
 

@@ -1,5 +1,7 @@
 //! SPEC.md over HTTP against `idem serve`, in-process, on each single-machine store.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod process;
 mod proxy;
 
@@ -13,7 +15,6 @@ use idem::store::testkit::ManualFixture;
 use idem::store::{MemoryStore, Store};
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{CountingUpstream, Front, Target};
-use tokio::net::TcpListener;
 
 /// Starts `idem serve` in-process over `store`; dropping the front shuts it down.
 pub async fn start_proxy<St: Store>(
@@ -28,13 +29,10 @@ pub async fn start_proxy<St: Store>(
 
 /// Starts `idem serve` in-process with a whole config.
 pub async fn start_with<St: Store>(store: St, config: ProxyConfig) -> Front {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(idem_proxy::serve(listener, store, config, async move {
-        let _ = stopped.await;
-    }));
-    Front::new(addr, stop)
+    let running = idem_proxy::spawn("127.0.0.1:0".parse().unwrap(), store, config)
+        .await
+        .unwrap();
+    Front::new(running.addr(), running)
 }
 
 /// The proxy on the memory store.

@@ -1,36 +1,10 @@
 //! The `idem` binary as a user runs it: flags, errors, crash and restart (R16).
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use idem_testkit::{Client, CountingUpstream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_idem");
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// Runs `idem serve` and waits until it accepts connections.
-async fn serve(args: &[&str]) -> (Child, SocketAddr) {
-    let listen = free_port();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .args(["--listen", &listen.to_string()])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(listen).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "idem did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, listen)
-}
+use crate::common::{BIN, serve};
 
 // R16: a completed record survives a crash (SIGKILL) of the proxy on the embedded store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,20 +15,18 @@ async fn r16_replay_after_kill_and_restart() {
     let up = format!("http://{}", upstream.addr());
     let args = ["--upstream", up.as_str(), "--store", store.as_str()];
 
-    let (mut first, addr) = serve(&args).await;
-    let original = Client::new(addr)
+    let first = serve(&args).await;
+    let original = Client::new(first.addr)
         .post("/charges", "survive", "{\"amount\":7}")
         .await;
     assert_eq!(original.status, 201);
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
 
-    let (mut second, addr) = serve(&args).await;
-    let replay = Client::new(addr)
+    let second = serve(&args).await;
+    let replay = Client::new(second.addr)
         .post("/charges", "survive", "{\"amount\":7}")
         .await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
     assert!(replay.replayed());
     assert_eq!(replay.body, original.body);
     assert_eq!(upstream.executions(), 1);
@@ -65,7 +37,7 @@ async fn r16_replay_after_kill_and_restart() {
 async fn sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file:{}", dir.path().display());
-    let (child, _) = serve(&[
+    let mut proc = serve(&[
         "--upstream",
         "http://127.0.0.1:9",
         "--store",
@@ -73,12 +45,12 @@ async fn sigterm_exits_cleanly() {
     ])
     .await;
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &proc.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}", out.status);
+    let exit = proc.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
 }
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -144,7 +116,7 @@ fn bad_input_is_a_one_line_error() {
 async fn second_proxy_on_a_held_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file:{}", dir.path().display());
-    let (mut first, _) = serve(&[
+    let first = serve(&[
         "--upstream",
         "http://127.0.0.1:9",
         "--store",
@@ -160,8 +132,7 @@ async fn second_proxy_on_a_held_directory_is_refused() {
         "--store",
         store.as_str(),
     ]);
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     assert_eq!(code, 2);
     assert!(stderr.contains("another idem process"), "{stderr}");
 }
