@@ -11,20 +11,25 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-const BODY: &[u8] = br#"{"id":"ch_0123456789","status":"succeeded","amount":4200,"currency":"eur"}"#;
+const BODY: &[u8] =
+    br#"{"id":"ch_0123456789","status":"succeeded","amount":4200,"currency":"eur"}"#;
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let _ = req.into_body().collect().await;
     let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
     *resp.status_mut() = hyper::StatusCode::CREATED;
-    resp.headers_mut()
-        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18081".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18081".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
