@@ -580,15 +580,18 @@ pub async fn r11_lease_renewed_while_upstream_runs<T: Target>(t: &T) {
     let w = world(t, policy).await;
     let slow = {
         let c = w.client.clone();
-        tokio::spawn(async move { c.post("/charges?delay_ms=1500", "renew", "{}").await })
+        tokio::spawn(async move { c.post("/charges?delay_ms=2500", "renew", "{}").await })
     };
     eventually("the first execution", || w.upstream.executions() == 1).await;
-    // Let 3 leases' worth of store time pass, in steps the renewals keep up with.
+    // Let 3 leases' worth of store time pass, in steps the renewals keep up with (real
+    // time passes alongside, so a store on a manual clock sees renewals too).
     for _ in 0..9 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        w.fx.advance(Duration::from_millis(100)).await;
+        tokio::join!(
+            tokio::time::sleep(Duration::from_millis(100)),
+            w.fx.advance(Duration::from_millis(100))
+        );
     }
-    let dup = w.client.post("/charges?delay_ms=1500", "renew", "{}").await;
+    let dup = w.client.post("/charges?delay_ms=2500", "renew", "{}").await;
     assert_eq!(dup.status, 409, "{dup:?}");
     assert_eq!(slow.await.unwrap().status, 201);
     assert_eq!(w.upstream.executions(), 1);
