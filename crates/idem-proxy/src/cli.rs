@@ -25,6 +25,17 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Show the double charge idem prevents, with a demo payments API, then keep serving.
     Demo(DemoArgs),
+    /// Apply the store's schema migrations (PostgreSQL) and exit; `serve` applies them at
+    /// start unless the URL says `?migrate=false`.
+    Migrate(MigrateArgs),
+}
+
+/// Flags of `idem migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The store, e.g. postgres://user@host/db?schema=idem
+    #[arg(long, env = "IDEM_STORE")]
+    pub store: String,
 }
 
 /// Log output.

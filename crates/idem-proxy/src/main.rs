@@ -64,6 +64,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             idem_proxy::serve(listener, store, config.proxy, shutdown_signal()).await?;
             Ok(())
         }
+        Command::Migrate(args) => {
+            // Open without migrating, then migrate explicitly, so the count is real.
+            let sep = if args.store.contains('?') { '&' } else { '?' };
+            let url = if args.store.starts_with("postgres") {
+                format!("{}{sep}migrate=false", args.store)
+            } else {
+                args.store.clone()
+            };
+            let store = AnyStore::from_url(&url)
+                .await
+                .with_context(|| format!("store `{}`", args.store))?;
+            let applied = store.migrate().await.context("migration failed")?;
+            println!("{}: {applied} migration(s) applied", store.kind());
+            Ok(())
+        }
         Command::Demo(args) => {
             idem_proxy::demo::run(&args, shutdown_signal()).await?;
             Ok(())

@@ -151,6 +151,17 @@ impl AnyStore {
         }
     }
 
+    /// Applies the store's schema migrations now, for teams that migrate separately
+    /// from start-up (open the PostgreSQL store with `?migrate=false` first). Answers
+    /// how many were applied; stores without a schema answer 0.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.migrate().await,
+            _ => Ok(0),
+        }
+    }
+
     /// The store's short name: `memory`, `redb`, `redis` or `postgres`.
     pub fn kind(&self) -> &'static str {
         match self {

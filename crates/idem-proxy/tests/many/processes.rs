@@ -223,3 +223,28 @@ async fn r16_replay_through_another_instance_redis() {
 async fn r16_replay_through_another_instance_postgres() {
     r16_replay_through_another("postgres").await;
 }
+
+// `idem migrate` applies the PostgreSQL schema alone, once.
+#[test]
+fn migrate_command_applies_once() {
+    let schema = Schema::fresh();
+    let url = format!("{POSTGRES}?schema={}", schema.0);
+    let run = || {
+        let out = std::process::Command::new(crate::common::BIN)
+            .args(["migrate", "--store", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run();
+    assert!(
+        first.starts_with("postgres: ") && !first.starts_with("postgres: 0 "),
+        "{first}"
+    );
+    assert_eq!(run().trim(), "postgres: 0 migration(s) applied");
+}
