@@ -256,17 +256,11 @@ mod tests {
             let err = parse(args).unwrap_err();
             assert!(!err.trim().is_empty(), "{args:?}");
         }
-        let err = ServeConfig::try_from(
-            match Cli::try_parse_from(["idem", "serve", "--upstream", "https://x"])
-                .unwrap()
-                .command
-            {
-                Command::Serve(a) => a,
-                Command::Demo(_) => unreachable!(),
-            }
-            .as_ref(),
-        )
-        .unwrap_err();
+        let cli = Cli::try_parse_from(["idem", "serve", "--upstream", "https://x"]).unwrap();
+        let Command::Serve(a) = cli.command else {
+            unreachable!()
+        };
+        let err = ServeConfig::try_from(a.as_ref()).unwrap_err();
         assert!(err.to_string().contains("https"));
     }
 }
