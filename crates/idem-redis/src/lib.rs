@@ -27,9 +27,9 @@
 //!
 //! # URLs
 //! - `redis://[[user]:password@]host[:port][/db]`, `redis+unix:///path/to.sock`,
-//!   `unix:///path/to.sock`: one server, read by redis-rs. `rediss://…` (TLS) works only
-//!   in a build that enables a redis-rs TLS feature (`tokio-rustls-comp` or
-//!   `tokio-native-tls-comp`); this crate enables none.
+//!   `unix:///path/to.sock`: one server, read by redis-rs. `rediss://…` is TLS (the
+//!   system's OpenSSL and trust store; `rediss://host/#insecure` skips certificate
+//!   checks, for tests only).
 //! - `redis+cluster://[[user]:password@]host:port,host:port,…`: a Redis Cluster, named by
 //!   one or more seed nodes (the rest are discovered). A cluster has database 0 only.
 //!

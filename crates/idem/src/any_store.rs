@@ -14,7 +14,7 @@ use idem_core::store::{
 /// |---|---|
 /// | `memory` | [`MemoryStore`]: volatile, bounded, one process |
 /// | `file:PATH` | `RedbStore` (feature `redb`): embedded, durable, one machine; `PATH` is a directory |
-/// | `redis://…`, `redis+unix://…`, `redis+cluster://h1:p1,h2:p2` | `RedisStore` (feature `redis`) |
+/// | `redis://…`, `rediss://…` (TLS), `redis+unix://…`, `redis+cluster://h1:p1,h2:p2` | `RedisStore` (feature `redis`) |
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` (feature `postgres`) |
 ///
 /// Options ride in the query string and are taken out before the URL reaches the
