@@ -10,7 +10,10 @@ use idem::store::{MemoryStore, MemoryStoreConfig};
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{Client, CountingUpstream};
 
-use crate::{start_proxy, start_with};
+use idem::Store;
+use idem::store::testkit::Fixture;
+
+use crate::{redb_fixture, start_proxy, start_with};
 
 /// A loopback port with nothing listening on it.
 async fn closed_port() -> SocketAddr {
@@ -18,13 +21,11 @@ async fn closed_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-// R12
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r12_upstream_refused_is_502_and_released() {
+/// R12: refused → 502, and the key is released, so a retry is a new attempt, not 409.
+async fn upstream_refused<St: Store>(store: St) {
     let upstream = closed_port().await;
-    let store = MemoryStore::new();
     let front = start_with(
-        store.clone(),
+        store,
         ProxyConfig::new(format!("http://{upstream}").parse().unwrap()),
     )
     .await;
@@ -35,10 +36,57 @@ async fn r12_upstream_refused_is_502_and_released() {
         first.problem_type(),
         ProblemKind::UpstreamUnavailable.type_uri()
     );
-    // Released: a retry is not a 409 in-flight but a new attempt.
     let retry = client.post("/charges", "down", "{}").await;
-    assert_eq!(retry.status, 502);
+    assert_eq!(retry.status, 502, "released, so not 409: {retry:?}");
+}
+
+/// R12: too slow → 504, and the key is released.
+async fn upstream_timeout<St: Store>(store: St) {
+    let upstream = CountingUpstream::spawn().await;
+    let mut config = ProxyConfig::new(format!("http://{}", upstream.addr()).parse().unwrap());
+    config.upstream_timeout = Duration::from_millis(200);
+    let front = start_with(store, config).await;
+    let client = Client::new(front.addr);
+    let slow = client.post("/charges?delay_ms=1000", "slow", "{}").await;
+    assert_eq!(slow.status, 504);
+    assert_eq!(slow.problem_type(), ProblemKind::UpstreamTimeout.type_uri());
+    let retry = client.post("/charges?delay_ms=1000", "slow", "{}").await;
+    assert_eq!(
+        retry.status, 504,
+        "released, so a retry runs again rather than 409"
+    );
+}
+
+// R12
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r12_upstream_refused_is_502_and_released_memory() {
+    let store = MemoryStore::new();
+    upstream_refused(store.clone()).await;
     assert!(store.is_empty());
+}
+
+// R12
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r12_upstream_refused_is_502_and_released_redb() {
+    let fx = redb_fixture();
+    upstream_refused(fx.store().clone()).await;
+    assert_eq!(fx.store().len().await.unwrap(), 0);
+}
+
+// R12
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r12_upstream_timeout_is_504_and_released_memory() {
+    let store = MemoryStore::new();
+    upstream_timeout(store.clone()).await;
+    assert!(store.is_empty());
+}
+
+// R12
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r12_upstream_timeout_is_504_and_released_redb() {
+    let fx = redb_fixture();
+    upstream_timeout(fx.store().clone()).await;
+    assert_eq!(fx.store().len().await.unwrap(), 0);
 }
 
 // R12: a sidecar may start before its upstream; once the upstream is up, requests work.
@@ -56,23 +104,6 @@ async fn r12_upstream_that_starts_later() {
     let ok = client.post("/charges", "later", "{}").await;
     assert_eq!(ok.status, 201);
     assert_eq!(upstream.executions(), 1);
-}
-
-// R12
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r12_upstream_timeout_is_504_and_released() {
-    let upstream = CountingUpstream::spawn().await;
-    let store = MemoryStore::new();
-    let mut config = ProxyConfig::new(format!("http://{}", upstream.addr()).parse().unwrap());
-    config.upstream_timeout = Duration::from_millis(200);
-    let front = start_with(store.clone(), config).await;
-    let client = Client::new(front.addr);
-    let slow = client.post("/charges?delay_ms=1000", "slow", "{}").await;
-    assert_eq!(slow.status, 504);
-    assert_eq!(slow.problem_type(), ProblemKind::UpstreamTimeout.type_uri());
-    assert!(store.is_empty(), "the record was released");
-    let retry = client.post("/charges?delay_ms=1000", "slow", "{}").await;
-    assert_eq!(retry.status, 504, "a retry runs again rather than 409");
 }
 
 // R15: a store that refuses (here: full) fails closed with 503 and Retry-After, and the
