@@ -141,6 +141,9 @@ pub struct ServeArgs {
         default_value = "text/event-stream"
     )]
     pub streaming_types: Vec<String>,
+    /// Address of the admin listener (/healthz, /readyz, /metrics); off unless set.
+    #[arg(long, env = "IDEM_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// On shutdown, how long open requests may take to finish.
     #[arg(long, env = "IDEM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,

@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The store URL.
     pub store: String,
+    /// Where the admin listener listens, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
     /// Everything else.
     pub proxy: ProxyConfig,
 }
@@ -168,6 +170,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         Ok(Self {
             listen: a.listen,
             store: a.store.clone(),
+            admin_listen: a.admin_listen,
             proxy: ProxyConfig {
                 upstream,
                 policy,

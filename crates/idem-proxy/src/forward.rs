@@ -159,13 +159,18 @@ impl Service<Request<Body>> for Forward {
                     ));
                 }
             };
-            match tokio::time::timeout(this.timeout, this.client.request(req)).await {
+            let started = std::time::Instant::now();
+            let result = tokio::time::timeout(this.timeout, this.client.request(req)).await;
+            metrics::histogram!(crate::admin::names::UPSTREAM_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            match result {
                 Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     Ok(Response::from_parts(parts, Body::new(body)))
                 }
                 Ok(Err(e)) => {
+                    metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "unavailable").increment(1);
                     tracing::warn!(error = %e, upstream = %this.upstream, "upstream request failed");
                     Ok(problem(
                         ProblemKind::UpstreamUnavailable,
@@ -173,6 +178,8 @@ impl Service<Request<Body>> for Forward {
                     ))
                 }
                 Err(_) => {
+                    metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "timeout")
+                        .increment(1);
                     tracing::warn!(upstream = %this.upstream, timeout = ?this.timeout, "upstream timed out");
                     Ok(problem(
                         ProblemKind::UpstreamTimeout,

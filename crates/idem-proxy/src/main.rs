@@ -52,6 +52,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = AnyStore::from_url(&config.store)
                 .await
                 .with_context(|| format!("store `{}`", config.store))?;
+            if let Some(addr) = config.admin_listen {
+                let metrics = idem_proxy::admin::install_recorder()?;
+                let admin = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+                let app = idem_proxy::admin::router(store.clone(), metrics);
+                tracing::info!(admin = %admin.local_addr()?, "admin listening");
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(admin, app).await {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                });
+            }
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;

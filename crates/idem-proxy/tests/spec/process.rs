@@ -152,3 +152,52 @@ fn demo_prevents_the_double_charge() {
         "{stdout}"
     );
 }
+
+// The admin listener: health, readiness, and the request outcomes as Prometheus metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_reports_health_and_metrics() {
+    let upstream = CountingUpstream::spawn().await;
+    let admin = crate::common::free_addr();
+    let up = format!("http://{}", upstream.addr());
+    let admin_arg = admin.to_string();
+    let proc = serve(&[
+        "--upstream",
+        &up,
+        "--store",
+        "memory",
+        "--admin-listen",
+        &admin_arg,
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin listener did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let client = Client::new(proc.addr);
+    assert_eq!(client.post("/charges", "m1", "{}").await.status, 201);
+    assert!(client.post("/charges", "m1", "{}").await.replayed());
+    assert_eq!(client.post("/charges", "m1", "other").await.status, 422);
+
+    let admin = Client::new(admin);
+    let get = |path: &'static str| {
+        let admin = admin.clone();
+        async move { admin.send(http::Method::GET, path, &[], b"").await }
+    };
+    assert_eq!(get("/healthz").await.status, 200);
+    assert_eq!(get("/readyz").await.status, 200);
+    let metrics = get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        "idem_requests_total{outcome=\"executed\"} 1",
+        "idem_requests_total{outcome=\"replayed\"} 1",
+        "idem_requests_total{outcome=\"mismatch\"} 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(text.contains("idem_upstream_duration_seconds"), "{text}");
+    proc.kill();
+}
