@@ -117,6 +117,13 @@ impl<St: Store> Ticket<St> {
             .unwrap_or_else(|| unreachable!("ticket used after finish"))
     }
 
+    /// Gives up the ticket without completing or releasing the record: renewal stops and
+    /// the record is left as it is. For a caller that finished the record itself, e.g.
+    /// completed it inside its own database transaction (R21).
+    pub fn disown(self) -> Lease {
+        self.take()
+    }
+
     fn take(mut self) -> Lease {
         self.renewal.abort();
         // Present: only `take` and `drop` remove it, and `take` consumes the ticket.

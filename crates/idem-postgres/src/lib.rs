@@ -50,10 +50,12 @@ mod config;
 mod error;
 mod listener;
 mod migrate;
+mod recovery;
 mod sql;
 mod store;
 
 pub use config::{ConfigError, PostgresStoreConfig};
+pub use recovery::RecoveryPoint;
 pub use store::PostgresStore;
 
 /// The deadpool-postgres crate, whose [`Pool`](deadpool_postgres::Pool)

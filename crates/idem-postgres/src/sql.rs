@@ -11,6 +11,9 @@ const COMPLETE: &str = include_str!("../sql/complete.sql");
 const RELEASE: &str = include_str!("../sql/release.sql");
 const LOOKUP: &str = include_str!("../sql/lookup.sql");
 const SWEEP: &str = include_str!("../sql/sweep.sql");
+const ADVANCE: &str = include_str!("../sql/advance.sql");
+const RECOVERY: &str = include_str!("../sql/recovery.sql");
+const SWEEP_RECOVERY: &str = include_str!("../sql/sweep_recovery.sql");
 
 /// The statements of one store, for its schema.
 #[derive(Debug)]
@@ -21,6 +24,9 @@ pub(crate) struct Sql {
     pub(crate) release: String,
     pub(crate) lookup: String,
     pub(crate) sweep: String,
+    pub(crate) advance: String,
+    pub(crate) recovery: String,
+    pub(crate) sweep_recovery: String,
 }
 
 /// Replaces `{schema}` with the quoted schema name; the name was validated as a plain
@@ -38,6 +44,9 @@ impl Sql {
             release: in_schema(RELEASE, schema),
             lookup: in_schema(LOOKUP, schema),
             sweep: in_schema(SWEEP, schema),
+            advance: in_schema(ADVANCE, schema),
+            recovery: in_schema(RECOVERY, schema),
+            sweep_recovery: in_schema(SWEEP_RECOVERY, schema),
         }
     }
 }

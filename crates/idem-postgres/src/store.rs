@@ -42,13 +42,13 @@ const CLAIM_ATTEMPTS: usize = 8;
 /// Clones share one pool, one listener and one sweeper.
 #[derive(Clone)]
 pub struct PostgresStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     pool: Pool,
     schema: Schema,
-    sql: Sql,
+    pub(crate) sql: Sql,
     channel: String,
     timeout: Duration,
     sweep_batch: u32,
@@ -487,16 +487,25 @@ impl Store for PostgresStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let points = self.purge_sql(&self.inner.sql.sweep_recovery).await?;
+        if points > 0 {
+            tracing::debug!(removed = points, "swept expired recovery points");
+        }
+        self.purge_sql(&self.inner.sql.sweep).await
+    }
+}
+
+impl PostgresStore {
+    /// Runs a batched sweep statement until a batch comes back short; answers how many
+    /// rows it deleted.
+    async fn purge_sql(&self, sql: &str) -> Result<u64, StoreError> {
         let batch = i64::from(self.inner.sweep_batch);
         let mut total = 0;
         loop {
             let deleted = self
                 .timed(async {
                     let client = self.inner.pool.get().await.map_err(error::pool)?;
-                    let statement = client
-                        .prepare_cached(&self.inner.sql.sweep)
-                        .await
-                        .map_err(error::pg)?;
+                    let statement = client.prepare_cached(sql).await.map_err(error::pg)?;
                     client
                         .execute(&statement, &[&batch])
                         .await

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use idem_core::record::{OwnerToken, State};
 use idem_core::store::testkit::{claim_req, id, snapshot};
 use idem_core::store::{Claim, Finish, Lease, Store, StoreError};
-use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig};
+use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
 use tokio_postgres::NoTls;
 
 fn url() -> String {
@@ -194,14 +194,14 @@ async fn migrations_apply_once() {
     let again = schema.store().await;
     assert_eq!(again.migrate().await.unwrap(), 0);
     let c = client().await;
-    assert_eq!(schema.count(&c, "idem_migrations").await, 1);
+    assert_eq!(schema.count(&c, "idem_migrations").await, 2);
     let rows = c
         .query(&schema.sql("SELECT version FROM {s}.idem_migrations"), &[])
         .await
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
-        [1]
+        [1, 2]
     );
 }
 
@@ -220,7 +220,7 @@ async fn concurrent_migrations_of_a_fresh_schema_all_succeed() {
         stores.push(t.await.unwrap().expect("every migrator succeeds"));
     }
     let c = client().await;
-    assert_eq!(schema.count(&c, "idem_migrations").await, 1);
+    assert_eq!(schema.count(&c, "idem_migrations").await, 2);
     assert_eq!(schema.count(&c, "records").await, 0);
     // And the result works from every store.
     let id = id("migrated");
@@ -242,7 +242,8 @@ async fn up_to_date_schema_needs_no_ddl_privileges() {
     c.batch_execute(&schema.sql(&format!(
         "GRANT USAGE ON SCHEMA {{s}} TO \"{r}\";
          GRANT SELECT ON {{s}}.idem_migrations TO \"{r}\";
-         GRANT SELECT, INSERT, UPDATE, DELETE ON {{s}}.records TO \"{r}\";",
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {{s}}.records TO \"{r}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {{s}}.recovery_points TO \"{r}\";",
         r = role.name
     )))
     .await
@@ -726,4 +727,152 @@ async fn pooled_connections_carry_the_store_settings() {
         "read committed"
     );
     assert_eq!(show("statement_timeout").await, "1500ms");
+}
+
+/// Claims `id` with fingerprint `n` and a lease of `lease`.
+async fn acquire_for(
+    store: &PostgresStore,
+    id: &idem_core::record::RecordId,
+    n: u8,
+    lease: Duration,
+) -> Lease {
+    let mut req = claim_req(id, n);
+    req.lease = lease;
+    match store.claim(&req).await.unwrap() {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// Advances `lease` to `point` in a transaction that also writes a row to `app`.
+async fn advance(
+    schema: &PgSchema,
+    store: &PostgresStore,
+    lease: &Lease,
+    point: &RecoveryPoint,
+) -> Finish {
+    let mut c = store.pool().get().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    tx.execute(
+        &schema.sql("INSERT INTO {s}.app (step) VALUES ($1)"),
+        &[&point.step],
+    )
+    .await
+    .unwrap();
+    let finish = store
+        .advance_in(&*tx, lease, point, Duration::from_secs(60))
+        .await
+        .unwrap();
+    if finish == Finish::Done {
+        tx.commit().await.unwrap();
+    } else {
+        tx.rollback().await.unwrap();
+    }
+    finish
+}
+
+async fn point_of(store: &PostgresStore, lease: &Lease) -> Option<RecoveryPoint> {
+    let c = store.pool().get().await.unwrap();
+    store.recovery_point(&**c, lease).await.unwrap()
+}
+
+async fn with_app_table(schema: &PgSchema) -> PostgresStore {
+    let store = schema.store().await;
+    client()
+        .await
+        .batch_execute(&schema.sql("CREATE TABLE {s}.app (step text NOT NULL)"))
+        .await
+        .unwrap();
+    store
+}
+
+// R20: a recovery point commits with the phase's writes and outlives a crash: the
+// lease ends, the sweeper deletes the dead record, a retry claims afresh and resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r20_recovery_point_survives_lease_end_and_sweep() {
+    let schema = PgSchema::fresh();
+    let store = with_app_table(&schema).await;
+    let id = id("r20-sweep");
+    let first = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
+    assert_eq!(point_of(&store, &first).await, None);
+    let point = RecoveryPoint::with_data("order_created", b"{\"order\":7}".to_vec());
+    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
+
+    // The owner "crashes": its lease ends and the sweeper removes the record.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.purge_expired().await.unwrap();
+    let c = client().await;
+    assert_eq!(schema.count(&c, "records").await, 0);
+
+    let retry = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    assert_eq!(point_of(&store, &retry).await, Some(point));
+    assert_eq!(schema.count(&c, "app").await, 1);
+}
+
+// R20: a release (e.g. a 5xx after a committed phase) keeps the progress too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r20_recovery_point_survives_release() {
+    let schema = PgSchema::fresh();
+    let store = with_app_table(&schema).await;
+    let id = id("r20-release");
+    let first = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    let point = RecoveryPoint::new("charged");
+    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
+    assert_eq!(store.release(&first).await.unwrap(), Finish::Done);
+    let retry = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    assert_eq!(point_of(&store, &retry).await, Some(point));
+}
+
+// R20, R11: after a takeover the old owner cannot advance (its phase rolls back), and
+// the new owner resumes from the last committed point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r20_advance_is_fenced_by_owner() {
+    let schema = PgSchema::fresh();
+    let store = with_app_table(&schema).await;
+    let id = id("r20-fence");
+    let old = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
+    let p1 = RecoveryPoint::new("order_created");
+    assert_eq!(advance(&schema, &store, &old, &p1).await, Finish::Done);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let new = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    assert!(new.taken_over);
+    let late = RecoveryPoint::new("charged");
+    assert_eq!(
+        advance(&schema, &store, &old, &late).await,
+        Finish::Superseded
+    );
+    let c = client().await;
+    assert_eq!(
+        schema.count(&c, "app").await,
+        1,
+        "the late phase rolled back"
+    );
+    assert_eq!(point_of(&store, &new).await, Some(p1));
+    // A completed record cannot be advanced either.
+    assert_eq!(
+        store
+            .complete(&new, &snapshot(b"done"), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Done
+    );
+    assert_eq!(
+        advance(&schema, &store, &new, &late).await,
+        Finish::Superseded
+    );
+}
+
+// R20, R9: a request with another payload under the same key never resumes the
+// first one's progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r20_other_fingerprint_does_not_resume() {
+    let schema = PgSchema::fresh();
+    let store = with_app_table(&schema).await;
+    let id = id("r20-fp");
+    let first = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    let point = RecoveryPoint::new("order_created");
+    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
+    assert_eq!(store.release(&first).await.unwrap(), Finish::Done);
+    let other = acquire_for(&store, &id, 2, Duration::from_secs(10)).await;
+    assert_eq!(point_of(&store, &other).await, None);
 }

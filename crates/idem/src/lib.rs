@@ -3,7 +3,7 @@
 //! A client sends an `Idempotency-Key` with a POST; the first request runs, every retry
 //! gets the stored response replayed byte for byte, a concurrent duplicate never runs
 //! twice, a key reused with another payload is refused, and keys expire. The rules are
-//! `SPEC.md`'s R1–R19; [`IdempotencyLayer`] applies them to any tower service, and
+//! `SPEC.md`'s R1–R21; [`IdempotencyLayer`] applies them to any tower service, and
 //! the `idem serve` proxy is this same layer in front of a forwarding service.
 //!
 //! ```
@@ -36,25 +36,66 @@
 //! # }
 //! ```
 //!
+//! # With axum
+//!
+//! Configure the layer with [`IdempotencyLayer::builder`] (checked once, errors instead
+//! of panics) or the infallible setters on the layer; handlers read the request's key
+//! and their [`IdempotencyHandle`] through the [`IdempotencyContext`] extractor
+//! (feature `axum`):
+//!
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use std::time::Duration;
+//! use axum::{Router, routing::post};
+//! use idem::{IdempotencyContext, IdempotencyLayer};
+//! use idem::store::MemoryStore;
+//!
+//! async fn create_order(ctx: IdempotencyContext) -> String {
+//!     match ctx.handle() {
+//!         // A protected request: derive keys for the calls it makes (R20).
+//!         Some(handle) => format!("charging with key {}", handle.derived_key("charge")),
+//!         None => "unprotected".to_owned(),
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), idem::policy::ConfigError> {
+//! let layer = IdempotencyLayer::builder(MemoryStore::new())
+//!     .ttl(Duration::from_secs(3600))
+//!     .require_key(true)
+//!     .build()?;
+//! let app: Router = Router::new().route("/orders", post(create_order)).layer(layer);
+//! # let _ = app; Ok(()) }
+//! # }
+//! ```
+//!
+//! With PostgreSQL, a handler can complete the record in its own transaction
+//! ([`IdempotencyHandle::complete_in`], R21) and split multi-step work into atomic
+//! phases with recovery points ([`IdempotencyHandle::advance_in`], R20); see
+//! [`context`].
+//!
 //! # Feature flags
 //! - `redb` (default): the embedded durable store, `file:PATH` in [`AnyStore`].
 //! - `redis`: the Redis / Redis Cluster store.
-//! - `postgres`: the PostgreSQL store.
+//! - `postgres`: the PostgreSQL store, transactional completion (R21) and recovery
+//!   points (R20) on [`IdempotencyHandle`].
+//! - `axum`: [`IdempotencyContext`] as an axum extractor.
 //! - `full`: all of the above.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod any_store;
 mod body;
+pub mod context;
 pub mod layer;
 
 pub use any_store::{AnyStore, StoreUrlError};
 pub use body::{Body, BoxError};
+pub use context::{IdempotencyContext, IdempotencyHandle};
 pub use idem_core::{
     Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
     headers, key, metrics, policy, problem, record, scope, store,
 };
-pub use layer::{Idempotency, IdempotencyLayer};
+pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder};
 
 #[cfg(feature = "postgres")]
 pub use idem_postgres as postgres;

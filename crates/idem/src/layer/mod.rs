@@ -9,5 +9,5 @@ mod layer;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::IdempotencyLayer;
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use service::Idempotency;

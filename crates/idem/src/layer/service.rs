@@ -7,7 +7,7 @@ use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::engine::{Begin, Disposition, Inspect, Ticket};
-use idem_core::record::NotRetained;
+use idem_core::record::{NotRetained, Record, Snapshot, SnapshotBody, State};
 use idem_core::{Problem, ProblemKind, Store};
 use tokio::sync::oneshot;
 use tower_service::Service;
@@ -15,6 +15,7 @@ use tower_service::Service;
 use super::ResponseFuture;
 use super::layer::Shared;
 use crate::body::{Body, BoxError};
+use crate::context::{IdempotencyContext, IdempotencyHandle};
 
 /// The middleware made by [`IdempotencyLayer`](super::IdempotencyLayer).
 ///
@@ -113,9 +114,10 @@ where
     ResB::Error: Into<BoxError>,
 {
     let engine = &shared.engine;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let pending = match engine.inspect(&parts) {
         Inspect::Pass => {
+            parts.extensions.insert(IdempotencyContext::unprotected());
             let resp = inner
                 .call(Request::from_parts(parts, Body::new(body)))
                 .await?;
@@ -150,9 +152,15 @@ where
         }
     };
 
+    let id = pending.id().clone();
     match engine.begin(pending, &parts, &bytes).await {
         Begin::Respond(resp) => Ok(respond(resp)),
         Begin::Unprotected => {
+            parts.extensions.insert(IdempotencyContext {
+                key: Some(id.key().clone()),
+                scope: Some(*id.scope()),
+                handle: None,
+            });
             let resp = inner
                 .call(Request::from_parts(parts, Body::full(bytes)))
                 .await?;
@@ -161,11 +169,23 @@ where
         Begin::Execute(ticket) => {
             // Run the exchange and its recording on a task of its own (R6): dropping this
             // future (the client went away) does not cancel them.
+            let policy = engine.policy();
+            let handle = IdempotencyHandle::new(
+                ticket.lease().clone(),
+                policy.ttl(),
+                policy.deny_headers().to_vec(),
+                engine.store().clone(),
+            );
+            parts.extensions.insert(IdempotencyContext {
+                key: Some(id.key().clone()),
+                scope: Some(*id.scope()),
+                handle: Some(handle.clone()),
+            });
             let (tx, rx) = oneshot::channel();
             let task_shared = shared.clone();
             let req = Request::from_parts(parts, Body::full(bytes));
             shared.tracker.spawn(async move {
-                let result = execute(&task_shared, inner, req, ticket).await;
+                let result = execute(&task_shared, inner, req, ticket, &handle).await;
                 let _ = tx.send(result);
             });
             match rx.await {
@@ -177,6 +197,18 @@ where
             }
         }
     }
+}
+
+/// The response a snapshot stands for (not a replay: no `Idempotent-Replayed`).
+fn from_snapshot(snapshot: Snapshot) -> Response<Body> {
+    let body = match snapshot.body {
+        SnapshotBody::Full(b) => b,
+        SnapshotBody::NotRetained(_) => Bytes::new(),
+    };
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = snapshot.status;
+    *resp.headers_mut() = snapshot.headers;
+    resp
 }
 
 fn too_large(limit: usize, id: &idem_core::record::RecordId) -> Problem {
@@ -194,6 +226,7 @@ async fn execute<S, St, ResB>(
     mut inner: S,
     req: Request<Body>,
     ticket: Ticket<St>,
+    handle: &IdempotencyHandle,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResB>>,
@@ -209,6 +242,34 @@ where
             return Err(e);
         }
     };
+    // R21: the handler completed the record in its own transaction. Once the store
+    // shows it completed (the transaction committed), answer exactly that snapshot and
+    // leave the record alone; otherwise (rolled back) finish as usual.
+    // The stored snapshot is answered (not the handler's copy), so the client gets
+    // byte for byte what every replay will get.
+    if let Some(snapshot) = handle.completed() {
+        match engine.store().lookup(&handle.lease().id).await {
+            Ok(Some(Record {
+                state: State::Completed {
+                    snapshot: stored, ..
+                },
+                ..
+            })) => {
+                ticket.disown();
+                return Ok(from_snapshot(stored));
+            }
+            Ok(_) => {
+                tracing::warn!("record completed in a transaction that did not commit");
+            }
+            Err(e) => {
+                // Unknown: do not risk a second write; the lease lapses if the
+                // transaction did not commit, as after a crash (R11).
+                tracing::warn!(error = %e, "could not check a transactional completion");
+                ticket.disown();
+                return Ok(from_snapshot(snapshot));
+            }
+        }
+    }
     let (head, body) = resp.into_parts();
     let mut body = Body::new(body);
     match engine.disposition(&head) {

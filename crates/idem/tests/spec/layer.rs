@@ -1,0 +1,107 @@
+//! The layer builder and per-route layers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use http::{Method, StatusCode};
+use idem::IdempotencyLayer;
+use idem::fingerprint::FingerprintMode;
+use idem::policy::OnConcurrent;
+use idem::store::MemoryStore;
+use idem_testkit::Client;
+
+use super::serve;
+
+#[test]
+fn builder_sets_every_setting() {
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .ttl(Duration::from_secs(3600))
+        .lease(Duration::from_secs(10))
+        .require_key(true)
+        .methods([Method::POST])
+        .on_concurrent(OnConcurrent::Wait {
+            timeout: Duration::from_secs(5),
+        })
+        .fingerprint(FingerprintMode::Json)
+        .build()
+        .unwrap();
+    let p = layer.policy();
+    assert_eq!(p.ttl(), Duration::from_secs(3600));
+    assert_eq!(p.lease(), Duration::from_secs(10));
+    assert!(p.require_key());
+    assert_eq!(p.methods(), &[Method::POST]);
+    assert_eq!(
+        p.on_concurrent(),
+        OnConcurrent::Wait {
+            timeout: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(p.fingerprint(), FingerprintMode::Json);
+}
+
+#[test]
+fn builder_refuses_invalid_values_without_panicking() {
+    let b = || IdempotencyLayer::builder(MemoryStore::new());
+    assert!(b().ttl(Duration::ZERO).build().is_err());
+    assert!(b().lease(Duration::ZERO).build().is_err());
+    assert!(b().methods([]).build().is_err());
+    assert!(
+        b().on_concurrent(OnConcurrent::Wait {
+            timeout: Duration::ZERO
+        })
+        .build()
+        .is_err()
+    );
+    assert!(b().mismatch_status(StatusCode::OK).build().is_err());
+}
+
+#[test]
+fn layer_setters_are_infallible() {
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .require_key(true)
+        .fingerprint(FingerprintMode::Json);
+    assert!(layer.policy().require_key());
+    assert_eq!(layer.policy().fingerprint(), FingerprintMode::Json);
+    // Untouched settings keep their defaults.
+    assert_eq!(layer.policy().ttl(), Duration::from_secs(24 * 3600));
+}
+
+// R3: a route can require a key while another one, sharing the store, does not.
+#[tokio::test]
+async fn r03_per_route_layers_share_one_store() {
+    let store = MemoryStore::new();
+    let runs = Arc::new(AtomicU64::new(0));
+    let counter = |runs: Arc<AtomicU64>| {
+        move || {
+            let runs = runs.clone();
+            async move { format!("run {}", runs.fetch_add(1, Ordering::SeqCst) + 1) }
+        }
+    };
+    let payments = Router::new()
+        .route("/payments", post(counter(runs.clone())))
+        .route_layer(IdempotencyLayer::new(store.clone()).require_key(true));
+    let notes = Router::new()
+        .route("/notes", post(counter(runs.clone())))
+        .route_layer(IdempotencyLayer::new(store));
+    let front = serve(payments.merge(notes)).await;
+    let client = Client::new(front.addr);
+
+    // /payments requires a key, /notes does not.
+    let missing = client.send(Method::POST, "/payments", &[], b"{}").await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    let unkeyed = client.send(Method::POST, "/notes", &[], b"{}").await;
+    assert_eq!(unkeyed.status, StatusCode::OK);
+
+    // Both routes replay (R8).
+    let first = client.post("/payments", "p-1", "{}").await;
+    let again = client.post("/payments", "p-1", "{}").await;
+    assert!(again.replayed());
+    assert_eq!(first.body, again.body);
+    let note = client.post("/notes", "n-1", "{}").await;
+    assert!(client.post("/notes", "n-1", "{}").await.replayed());
+    assert_eq!(note.status, StatusCode::OK);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}

@@ -1,0 +1,104 @@
+//! SPEC.md over HTTP against an axum app with the layer (the library issue: the same
+//! suite as the proxy, not a second one), on each single-machine store, plus the
+//! library's own tests.
+
+mod context;
+mod layer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use idem::IdempotencyLayer;
+use idem::clock::ManualClock;
+use idem::policy::Policy;
+use idem::redb::{RedbStore, RedbStoreConfig};
+use idem::store::testkit::ManualFixture;
+use idem::store::{MemoryStore, Store};
+use idem_testkit::{CountingUpstream, Front, Target};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Aborts the server task when the front is dropped.
+struct ServerGuard(JoinHandle<()>);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves `app` on `127.0.0.1:0`; dropping the front stops it.
+pub async fn serve(app: Router) -> Front {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Front::new(addr, ServerGuard(task))
+}
+
+/// The app of a Rust service: the upstream's own routes behind the layer.
+pub async fn start_app<St: Store>(store: St, upstream: &CountingUpstream, policy: Policy) -> Front {
+    let app = upstream
+        .router()
+        .layer(IdempotencyLayer::with_policy(store, policy));
+    serve(app).await
+}
+
+/// The axum app on the memory store.
+#[derive(Debug)]
+pub struct MemoryApp;
+
+impl Target for MemoryApp {
+    type Fixture = ManualFixture<MemoryStore>;
+    async fn fixture(&self) -> Self::Fixture {
+        ManualFixture::memory()
+    }
+    async fn start(
+        &self,
+        store: MemoryStore,
+        upstream: &CountingUpstream,
+        policy: Policy,
+    ) -> Front {
+        start_app(store, upstream, policy).await
+    }
+}
+
+/// The axum app on the embedded redb store, in a fresh directory.
+#[derive(Debug)]
+pub struct RedbApp;
+
+impl Target for RedbApp {
+    type Fixture = ManualFixture<RedbStore>;
+    async fn fixture(&self) -> Self::Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = RedbStore::open(
+            dir.path(),
+            RedbStoreConfig {
+                clock: Arc::new(clock.clone()),
+                sweep_interval: Duration::from_secs(1),
+                ..RedbStoreConfig::default()
+            },
+        )
+        .unwrap();
+        ManualFixture::new(store, clock, dir)
+    }
+    async fn start(&self, store: RedbStore, upstream: &CountingUpstream, policy: Policy) -> Front {
+        start_app(store, upstream, policy).await
+    }
+}
+
+mod memory {
+    idem_testkit::spec_tests!(super::MemoryApp);
+}
+
+mod redb {
+    idem_testkit::spec_tests!(super::RedbApp);
+}
+
+#[cfg(feature = "postgres")]
+mod r20_postgres;
+#[cfg(feature = "postgres")]
+mod r21_postgres;

@@ -1,0 +1,260 @@
+//! A checkout service built on `idem` as a library: axum + PostgreSQL.
+//!
+//! `POST /checkout` with an `Idempotency-Key` runs four atomic phases (SPEC R20):
+//! create the order → charge at the bank (a separate service that itself honours
+//! `Idempotency-Key`, called with a key derived from the request's) → write the ledger
+//! entry → write the receipt and complete the idempotency record in the same
+//! transaction (R21). Each phase commits its local writes with the next recovery
+//! point, so a retry after a crash resumes where the crashed attempt stopped, and
+//! nothing happens twice. [`Payments::crash_at`] injects a crash at a phase boundary
+//! for the crash tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use idem::postgres::{PostgresStore, RecoveryPoint};
+use idem::store::{Finish, MemoryStore};
+use idem::{IdempotencyContext, IdempotencyHandle, IdempotencyLayer};
+
+/// A phase boundary where [`Payments::crash_at`] can inject a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundary {
+    /// After the order committed.
+    OrderCreated,
+    /// After the bank charged, before the charge was recorded.
+    ChargedNotRecorded,
+    /// After the charge was recorded.
+    Charged,
+    /// After the ledger entry committed.
+    Ledgered,
+    /// After the receipt and the idempotency record committed.
+    Completed,
+}
+
+impl Boundary {
+    /// Every boundary, in order.
+    pub const ALL: [Self; 5] = [
+        Self::OrderCreated,
+        Self::ChargedNotRecorded,
+        Self::Charged,
+        Self::Ledgered,
+        Self::Completed,
+    ];
+}
+
+/// The fake bank: `POST /charges` answers a new charge id; it sits behind its own
+/// `IdempotencyLayer` (memory store, key required), so a retried charge with the same
+/// key is replayed, not charged again.
+#[derive(Clone, Debug, Default)]
+pub struct Bank {
+    charges: Arc<AtomicU64>,
+}
+
+impl Bank {
+    /// How many charges the bank executed.
+    pub fn charges(&self) -> u64 {
+        self.charges.load(Ordering::SeqCst)
+    }
+
+    /// The bank's routes.
+    pub fn router(&self) -> Router {
+        let bank = self.clone();
+        Router::new()
+            .route(
+                "/charges",
+                post(move || async move {
+                    let n = bank.charges.fetch_add(1, Ordering::SeqCst) + 1;
+                    (StatusCode::CREATED, format!("ch_{n}"))
+                }),
+            )
+            .layer(IdempotencyLayer::new(MemoryStore::new()).require_key(true))
+    }
+}
+
+/// The checkout service's state.
+#[derive(Clone, Debug)]
+pub struct Payments {
+    schema: String,
+    bank: SocketAddr,
+    http: Client<HttpConnector, Full<Bytes>>,
+    crash: Arc<Mutex<Option<Boundary>>>,
+}
+
+/// What went wrong in a phase: the handler answers 500 and the record is released,
+/// so a retry resumes at the last committed phase.
+#[derive(Debug)]
+pub struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, self.0).into_response()
+    }
+}
+
+impl Payments {
+    /// A service whose tables live in `schema` and whose bank listens at `bank`.
+    pub fn new(schema: &str, bank: SocketAddr) -> Self {
+        Self {
+            schema: schema.to_owned(),
+            bank,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            crash: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Crashes (panics) the next request that reaches `boundary`, once.
+    pub fn crash_at(&self, boundary: Boundary) {
+        *self.crash.lock().unwrap_or_else(PoisonError::into_inner) = Some(boundary);
+    }
+
+    fn boundary(&self, here: Boundary) {
+        let mut crash = self.crash.lock().unwrap_or_else(PoisonError::into_inner);
+        if *crash == Some(here) {
+            *crash = None;
+            drop(crash);
+            // The injected crash of the tests: the layer answers 500 and releases.
+            panic!("injected crash at {here:?}");
+        }
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        sql.replace("{s}", &format!("\"{}\"", self.schema))
+    }
+
+    /// Creates the business tables.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn migrate(&self, store: &PostgresStore) -> Result<(), Failure> {
+        let client = store.pool().get().await?;
+        client
+            .batch_execute(&self.sql(
+                "CREATE TABLE IF NOT EXISTS {s}.orders (key text PRIMARY KEY);
+                 CREATE TABLE IF NOT EXISTS {s}.ledger (key text PRIMARY KEY, charge text NOT NULL);
+                 CREATE TABLE IF NOT EXISTS {s}.receipts (key text PRIMARY KEY, charge text NOT NULL);",
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// The service: `POST /checkout` behind the idempotency layer over `store`.
+    pub fn router(&self, store: PostgresStore) -> Router {
+        Router::new()
+            .route("/checkout", post(checkout))
+            .with_state(self.clone())
+            .layer(IdempotencyLayer::new(store).require_key(true))
+    }
+
+    /// Charges at the bank under `key`; the bank replays a retried charge.
+    async fn charge(&self, key: &str) -> Result<String, Failure> {
+        let req = http::Request::post(format!("http://{}/charges", self.bank))
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from_static(b"{\"amount\":100}")))?;
+        let resp = self.http.request(req).await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(Failure(format!("bank answered {}", resp.status())));
+        }
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8(body.to_vec())?)
+    }
+}
+
+/// The checkout: one atomic phase per arm, in order.
+async fn checkout(
+    State(app): State<Payments>,
+    ctx: IdempotencyContext,
+) -> Result<Response, Failure> {
+    let handle: &IdempotencyHandle = ctx.handle().ok_or(Failure("no key".into()))?;
+    let store = handle.postgres().ok_or(Failure("not postgres".into()))?;
+    let key = handle.key().as_str().to_owned();
+    let mut client = store.pool().get().await?;
+    let mut point = handle.recovery_point(&**client).await?;
+    loop {
+        let data = point
+            .as_ref()
+            .and_then(|p| p.data.clone())
+            .map(String::from_utf8)
+            .transpose()?;
+        let tx = client.transaction().await?;
+        let (next, boundary) = match point.as_ref().map(|p| p.step.as_str()) {
+            // 1. The order.
+            None => {
+                tx.execute(
+                    &app.sql("INSERT INTO {s}.orders (key) VALUES ($1)"),
+                    &[&key],
+                )
+                .await?;
+                (RecoveryPoint::new("order_created"), Boundary::OrderCreated)
+            }
+            // 2. The charge, at the bank, under a key derived from the request's.
+            Some("order_created") => {
+                let charge = app.charge(&handle.derived_key("charge")).await?;
+                app.boundary(Boundary::ChargedNotRecorded);
+                (
+                    RecoveryPoint::with_data("charged", charge),
+                    Boundary::Charged,
+                )
+            }
+            // 3. The ledger entry.
+            Some("charged") => {
+                let charge = data.unwrap_or_default();
+                tx.execute(
+                    &app.sql("INSERT INTO {s}.ledger (key, charge) VALUES ($1, $2)"),
+                    &[&key, &charge],
+                )
+                .await?;
+                (
+                    RecoveryPoint::with_data("ledgered", charge),
+                    Boundary::Ledgered,
+                )
+            }
+            // 4. The receipt, and the idempotency record in the same transaction.
+            Some("ledgered") => {
+                let charge = data.unwrap_or_default();
+                tx.execute(
+                    &app.sql("INSERT INTO {s}.receipts (key, charge) VALUES ($1, $2)"),
+                    &[&key, &charge],
+                )
+                .await?;
+                let response = http::Response::builder()
+                    .status(StatusCode::CREATED)
+                    .header("content-type", "application/json")
+                    .body(Bytes::from(format!(
+                        "{{\"receipt\":\"{key}\",\"charge\":\"{charge}\"}}"
+                    )))?;
+                if handle.complete_in(&*tx, &response).await? != Finish::Done {
+                    return Err(Failure("the key was taken over".into()));
+                }
+                tx.commit().await?;
+                app.boundary(Boundary::Completed);
+                return Ok(response.map(Body::from));
+            }
+            Some(other) => return Err(Failure(format!("unknown step {other}"))),
+        };
+        if handle.advance_in(&*tx, &next).await? != Finish::Done {
+            return Err(Failure("the key was taken over".into()));
+        }
+        tx.commit().await?;
+        app.boundary(boundary);
+        point = Some(next);
+    }
+}

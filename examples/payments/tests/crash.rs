@@ -1,0 +1,134 @@
+//! Crash tests of the checkout (R20, R21): for each phase boundary, crash there, retry
+//! with the same key, and check that exactly one order, bank charge, ledger entry and
+//! receipt exist and that every successful answer is the same.
+//!
+//! Needs PostgreSQL at `$IDEM_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); fails if it is unreachable.
+
+use std::time::Duration;
+
+use axum::Router;
+use http::StatusCode;
+use idem::postgres::tokio_postgres::{self, NoTls};
+use idem::postgres::{PostgresStore, PostgresStoreConfig};
+use idem::record::OwnerToken;
+use idem_testkit::Client;
+use payments::{Bank, Boundary, Payments};
+use tokio::net::TcpListener;
+
+fn url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema, dropped when the guard drops.
+struct Schema(String);
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+                tokio::spawn(conn);
+                client.batch_execute(&sql).await.unwrap();
+            });
+        })
+        .join();
+    }
+}
+
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn count(store: &PostgresStore, schema: &str, table: &str) -> i64 {
+    let c = store.pool().get().await.unwrap();
+    c.query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn world() -> (Schema, PostgresStore, Bank, Payments, Client) {
+    let schema = Schema(format!("pay_{}", &OwnerToken::random().to_hex()[..16]));
+    let store = PostgresStore::connect(
+        &url(),
+        PostgresStoreConfig {
+            schema: schema.0.clone(),
+            pool_size: 4,
+            ..PostgresStoreConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e:?}", url()));
+    let bank = Bank::default();
+    let bank_addr = serve(bank.router()).await;
+    let payments = Payments::new(&schema.0, bank_addr);
+    payments.migrate(&store).await.unwrap();
+    let addr = serve(payments.router(store.clone())).await;
+    (schema, store, bank, payments, Client::new(addr))
+}
+
+async fn assert_once(store: &PostgresStore, schema: &Schema, bank: &Bank, why: &str) {
+    for table in ["orders", "ledger", "receipts"] {
+        assert_eq!(count(store, &schema.0, table).await, 1, "{why}: {table}");
+    }
+    assert_eq!(bank.charges(), 1, "{why}: bank");
+}
+
+// R20: the happy path runs every phase once; the retry replays (R8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r20_checkout_runs_once() {
+    let (schema, store, bank, _payments, client) = world().await;
+    let first = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.body, "{\"receipt\":\"cart-1\",\"charge\":\"ch_1\"}");
+    let again = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_once(&store, &schema, &bank, "happy path").await;
+}
+
+// R20, R21: a crash at each phase boundary, then retries with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r20_crash_at_each_boundary_then_retry() {
+    for boundary in Boundary::ALL {
+        let (schema, store, bank, payments, client) = world().await;
+        payments.crash_at(boundary);
+        let crashed = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
+        assert_eq!(
+            crashed.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{boundary:?}"
+        );
+
+        // The abandoned record is released in the background: 409 until then (R10).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let ok = loop {
+            let r = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
+            if r.status != StatusCode::CONFLICT {
+                break r;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{boundary:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(ok.status, StatusCode::CREATED, "{boundary:?}: {ok:?}");
+        assert_eq!(
+            ok.body, "{\"receipt\":\"cart-1\",\"charge\":\"ch_1\"}",
+            "{boundary:?}"
+        );
+        let replay = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
+        assert!(replay.replayed(), "{boundary:?}");
+        assert_eq!(replay.status, ok.status, "{boundary:?}");
+        assert_eq!(replay.body, ok.body, "{boundary:?}");
+        assert_once(&store, &schema, &bank, &format!("{boundary:?}")).await;
+    }
+}
