@@ -3,6 +3,7 @@
 //! client ([`client`]). Not published.
 
 pub mod client;
+pub mod postgres;
 pub mod spec;
 pub mod upstream;
 

@@ -9,38 +9,11 @@ use std::time::Duration;
 
 use axum::Router;
 use http::StatusCode;
-use idem::postgres::tokio_postgres::{self, NoTls};
 use idem::postgres::{PostgresStore, PostgresStoreConfig};
-use idem::record::OwnerToken;
 use idem_testkit::Client;
+use idem_testkit::postgres::{Schema, url};
 use payments::{Bank, Boundary, Payments};
 use tokio::net::TcpListener;
-
-fn url() -> String {
-    std::env::var("IDEM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A fresh schema, dropped when the guard drops.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
-                tokio::spawn(conn);
-                client.batch_execute(&sql).await.unwrap();
-            });
-        })
-        .join();
-    }
-}
 
 async fn serve(app: Router) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -58,11 +31,11 @@ async fn count(store: &PostgresStore, schema: &str, table: &str) -> i64 {
 }
 
 async fn world() -> (Schema, PostgresStore, Bank, Payments, Client) {
-    let schema = Schema(format!("pay_{}", &OwnerToken::random().to_hex()[..16]));
+    let schema = Schema::fresh("pay");
     let store = PostgresStore::connect(
         &url(),
         PostgresStoreConfig {
-            schema: schema.0.clone(),
+            schema: schema.name().to_owned(),
             pool_size: 4,
             ..PostgresStoreConfig::default()
         },
@@ -71,7 +44,7 @@ async fn world() -> (Schema, PostgresStore, Bank, Payments, Client) {
     .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e:?}", url()));
     let bank = Bank::default();
     let bank_addr = serve(bank.router()).await;
-    let payments = Payments::new(&schema.0, bank_addr);
+    let payments = Payments::new(schema.name(), bank_addr);
     payments.migrate(&store).await.unwrap();
     let addr = serve(payments.router(store.clone())).await;
     (schema, store, bank, payments, Client::new(addr))
@@ -79,7 +52,11 @@ async fn world() -> (Schema, PostgresStore, Bank, Payments, Client) {
 
 async fn assert_once(store: &PostgresStore, schema: &Schema, bank: &Bank, why: &str) {
     for table in ["orders", "ledger", "receipts"] {
-        assert_eq!(count(store, &schema.0, table).await, 1, "{why}: {table}");
+        assert_eq!(
+            count(store, schema.name(), table).await,
+            1,
+            "{why}: {table}"
+        );
     }
     assert_eq!(bank.charges(), 1, "{why}: bank");
 }

@@ -18,6 +18,7 @@ use idem::record::OwnerToken;
 use idem::redis::{RedisStore, RedisStoreConfig};
 use idem::store::testkit::RealTimeFixture;
 use idem_proxy::config::ProxyConfig;
+use idem_testkit::postgres::Schema;
 use idem_testkit::{CountingUpstream, Front, Target};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -36,39 +37,6 @@ async fn start(store: impl idem::Store, upstream: &CountingUpstream, policy: Pol
         .await
         .unwrap();
     Front::new(running.addr(), running)
-}
-
-/// A PostgreSQL schema dropped when the guard drops.
-#[derive(Debug)]
-pub struct Schema(pub String);
-
-impl Schema {
-    /// A fresh schema name.
-    pub fn fresh() -> Self {
-        Self(unique("idem_t"))
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
-        // Drop may run outside any runtime (or inside one that is shutting down): use a
-        // thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(POSTGRES, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                client.batch_execute(&sql).await.ok()
-            })
-        })
-        .join();
-    }
 }
 
 /// The proxy on the shared Redis, a fresh key prefix per test.
@@ -99,9 +67,9 @@ pub struct PostgresProxy;
 impl Target for PostgresProxy {
     type Fixture = RealTimeFixture<PostgresStore>;
     async fn fixture(&self) -> Self::Fixture {
-        let schema = Schema::fresh();
+        let schema = Schema::fresh("idem_t");
         let config = PostgresStoreConfig {
-            schema: schema.0.clone(),
+            schema: schema.name().to_owned(),
             pool_size: 4,
             ..PostgresStoreConfig::default()
         };

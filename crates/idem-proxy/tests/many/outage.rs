@@ -15,7 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::common::free_addr;
-use crate::{Schema, unique};
+use idem_testkit::postgres::Schema;
+
+use crate::unique;
 
 /// A `redis-server` of the test's own, killed on drop.
 struct OwnRedis(Child);
@@ -167,11 +169,12 @@ impl Switch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_postgres_cut_fails_closed_and_recovers() {
     let switch = Switch::start("127.0.0.1:5432".parse().unwrap()).await;
-    let schema = Schema::fresh();
+    let schema = Schema::fresh("idem_t");
     let upstream = CountingUpstream::spawn().await;
     let url = format!(
         "postgres://postgres@{}/test?schema={}&pool_size=4&statement_timeout=1s&connect_timeout=1",
-        switch.addr, schema.0
+        switch.addr,
+        schema.name()
     );
     let proxy = front(&url, &upstream).await;
     let client = Client::new(proxy.addr());

@@ -8,7 +8,9 @@ use idem_testkit::{Client, CountingUpstream, Resp};
 use tokio::sync::Semaphore;
 
 use crate::common::{Proc, serve};
-use crate::{POSTGRES, REDIS, Schema, unique};
+use idem_testkit::postgres::Schema;
+
+use crate::{POSTGRES, REDIS, unique};
 
 /// A small deterministic generator, seeded per run.
 struct Rng(u64);
@@ -30,9 +32,9 @@ fn store_url(kind: &str) -> (String, Option<Schema>) {
     match kind {
         "redis" => (format!("{REDIS}/0?prefix={}", unique("idem-r18")), None),
         _ => {
-            let schema = Schema::fresh();
+            let schema = Schema::fresh("idem_t");
             (
-                format!("{POSTGRES}?schema={}&pool_size=4", schema.0),
+                format!("{POSTGRES}?schema={}&pool_size=4", schema.name()),
                 Some(schema),
             )
         }
@@ -227,8 +229,8 @@ async fn r16_replay_through_another_instance_postgres() {
 // `idem migrate` applies the PostgreSQL schema alone, once.
 #[test]
 fn migrate_command_applies_once() {
-    let schema = Schema::fresh();
-    let url = format!("{POSTGRES}?schema={}", schema.0);
+    let schema = Schema::fresh("idem_t");
+    let url = format!("{POSTGRES}?schema={}", schema.name());
     let run = || {
         let out = std::process::Command::new(crate::common::BIN)
             .args(["migrate", "--store", &url])

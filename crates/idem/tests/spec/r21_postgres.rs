@@ -12,28 +12,26 @@ use bytes::Bytes;
 use http::StatusCode;
 use idem::IdempotencyContext;
 use idem::IdempotencyLayer;
-use idem::postgres::tokio_postgres::{self, NoTls};
 use idem::postgres::{PostgresStore, PostgresStoreConfig};
-use idem::record::OwnerToken;
 use idem::store::Finish;
 use idem_testkit::Client;
 
-use super::serve;
+use idem_testkit::postgres::{Schema, url};
 
-fn url() -> String {
-    std::env::var("IDEM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+use super::serve;
 
 /// A fresh schema holding the store's tables and the app's `charges`.
 pub(crate) struct PgSchema {
     pub(crate) name: String,
+    _guard: Schema,
 }
 
 impl PgSchema {
     pub(crate) async fn fresh() -> (Self, PostgresStore) {
+        let guard = Schema::fresh("idem_l");
         let schema = Self {
-            name: format!("idem_l_{}", &OwnerToken::random().to_hex()[..16]),
+            name: guard.name().to_owned(),
+            _guard: guard,
         };
         let store = PostgresStore::connect(
             &url(),
@@ -66,27 +64,6 @@ impl PgSchema {
             .await
             .unwrap()
             .get(0)
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
-                tokio::spawn(connection);
-                client.batch_execute(&sql).await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("test cleanup failed: {done:?}");
-        }
     }
 }
 

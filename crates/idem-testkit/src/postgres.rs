@@ -1,0 +1,55 @@
+//! A PostgreSQL schema per test, dropped afterwards, so tests run side by side on one
+//! server and leave nothing behind.
+
+use idem_core::record::OwnerToken;
+
+/// The test server: `$IDEM_TEST_POSTGRES_URL`, by default
+/// `postgres://postgres@127.0.0.1:5432/test`.
+pub fn url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema name, dropped with everything in it when the guard drops.
+#[derive(Debug)]
+pub struct Schema {
+    name: String,
+}
+
+impl Schema {
+    /// A schema named `<prefix>_<random hex>` (not created: the store creates it).
+    pub fn fresh(prefix: &str) -> Self {
+        Self {
+            name: format!("{prefix}_{}", &OwnerToken::random().to_hex()[..16]),
+        }
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        // Drop may run outside any runtime, or inside one that is shutting down: use a
+        // thread with a small runtime of its own.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let (client, connection) =
+                    tokio_postgres::connect(&url(), tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client.batch_execute(&sql).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("test cleanup: could not drop schema: {done:?}");
+        }
+    }
+}
