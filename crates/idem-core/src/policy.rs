@@ -178,7 +178,11 @@ impl Default for Policy {
             lease: Duration::from_secs(60),
             ttl: Duration::from_secs(24 * 3600),
             on_concurrent: OnConcurrent::Conflict,
-            wait_poll: Duration::from_secs(1),
+            // Waiters are woken by the store's notifications (and all of them after a
+            // reconnect, when messages may have been lost) and when the owner's lease
+            // ends; the poll is only the last resort, so it can be rare: 1000 waiters
+            // cost 200 store round trips a second, not 1000.
+            wait_poll: Duration::from_secs(5),
             cacheable: StatusSet::default(),
             mismatch_status: StatusCode::UNPROCESSABLE_ENTITY,
             max_request_body: 1 << 20,
@@ -336,7 +340,7 @@ impl PolicyBuilder {
         self.0.on_concurrent = mode;
         self
     }
-    /// The fallback re-check interval of waiting duplicates (default 1 s).
+    /// The fallback re-check interval of waiting duplicates (default 5 s).
     pub fn wait_poll(mut self, d: Duration) -> Self {
         self.0.wait_poll = d;
         self
