@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod postgres;
+pub mod redb;
 pub mod spec;
 pub mod upstream;
 

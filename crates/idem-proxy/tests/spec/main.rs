@@ -5,12 +5,8 @@ mod common;
 mod process;
 mod proxy;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use idem::clock::ManualClock;
 use idem::policy::Policy;
-use idem::redb::{RedbStore, RedbStoreConfig};
+use idem::redb::RedbStore;
 use idem::store::testkit::ManualFixture;
 use idem::store::{MemoryStore, Store};
 use idem_proxy::config::ProxyConfig;
@@ -60,18 +56,7 @@ pub struct RedbProxy;
 
 /// A redb store in a temporary directory on a manual clock.
 pub fn redb_fixture() -> ManualFixture<RedbStore> {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new();
-    let store = RedbStore::open(
-        dir.path(),
-        RedbStoreConfig {
-            clock: Arc::new(clock.clone()),
-            sweep_interval: Duration::from_secs(1),
-            ..RedbStoreConfig::default()
-        },
-    )
-    .unwrap();
-    ManualFixture::new(store, clock, dir)
+    idem_testkit::redb::fixture()
 }
 
 impl Target for RedbProxy {

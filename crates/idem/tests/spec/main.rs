@@ -5,14 +5,10 @@
 mod context;
 mod layer;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::Router;
 use idem::IdempotencyLayer;
-use idem::clock::ManualClock;
 use idem::policy::Policy;
-use idem::redb::{RedbStore, RedbStoreConfig};
+use idem::redb::RedbStore;
 use idem::store::testkit::ManualFixture;
 use idem::store::{MemoryStore, Store};
 use idem_testkit::{CountingUpstream, Front, Target};
@@ -72,18 +68,7 @@ pub struct RedbApp;
 impl Target for RedbApp {
     type Fixture = ManualFixture<RedbStore>;
     async fn fixture(&self) -> Self::Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new();
-        let store = RedbStore::open(
-            dir.path(),
-            RedbStoreConfig {
-                clock: Arc::new(clock.clone()),
-                sweep_interval: Duration::from_secs(1),
-                ..RedbStoreConfig::default()
-            },
-        )
-        .unwrap();
-        ManualFixture::new(store, clock, dir)
+        idem_testkit::redb::fixture()
     }
     async fn start(&self, store: RedbStore, upstream: &CountingUpstream, policy: Policy) -> Front {
         start_app(store, upstream, policy).await
