@@ -424,10 +424,10 @@ pub async fn r10_conflict_has_retry_after<T: Target>(t: &T) {
     let w = world(t, Policy::default()).await;
     let slow = {
         let c = w.client.clone();
-        tokio::spawn(async move { c.post("/charges?delay_ms=400", "c1", "{}").await })
+        tokio::spawn(async move { c.post("/charges?delay_ms=1500", "c1", "{}").await })
     };
     eventually("the first execution", || w.upstream.executions() == 1).await;
-    let dup = w.client.post("/charges?delay_ms=400", "c1", "{}").await;
+    let dup = w.client.post("/charges?delay_ms=1500", "c1", "{}").await;
     assert_eq!(dup.status, 409);
     kind(&dup, ProblemKind::InFlight);
     let secs: u64 = dup
@@ -523,7 +523,7 @@ pub async fn r11_frozen_owner_is_taken_over<T: Target>(t: &T) {
     let client = Client::new(front.addr);
 
     // The frozen owner: it claimed, then stopped (no renewal, no answer).
-    let (id, fingerprint) = request_identity("frozen", "/charges?delay_ms=400", b"{}");
+    let (id, fingerprint) = request_identity("frozen", "/charges?delay_ms=1500", b"{}");
     let frozen = match fx
         .store()
         .claim(&ClaimRequest {
@@ -540,7 +540,7 @@ pub async fn r11_frozen_owner_is_taken_over<T: Target>(t: &T) {
     };
     assert_eq!(
         client
-            .post("/charges?delay_ms=400", "frozen", "{}")
+            .post("/charges?delay_ms=1500", "frozen", "{}")
             .await
             .status,
         409
@@ -549,7 +549,7 @@ pub async fn r11_frozen_owner_is_taken_over<T: Target>(t: &T) {
     // The next request takes the record over and runs (slowly) …
     let taking = {
         let c = client.clone();
-        tokio::spawn(async move { c.post("/charges?delay_ms=400", "frozen", "{}").await })
+        tokio::spawn(async move { c.post("/charges?delay_ms=1500", "frozen", "{}").await })
     };
     eventually("the takeover's execution", || upstream.executions() == 1).await;
     // … while the frozen owner wakes up and tries to record its own result: refused.
@@ -559,14 +559,14 @@ pub async fn r11_frozen_owner_is_taken_over<T: Target>(t: &T) {
         .await
         .unwrap();
     assert_eq!(late, Finish::Superseded);
-    let during = client.post("/charges?delay_ms=400", "frozen", "{}").await;
+    let during = client.post("/charges?delay_ms=1500", "frozen", "{}").await;
     assert_eq!(during.status, 409, "{during:?}");
     let taken = taking.await.unwrap();
     assert_eq!(taken.status, 201);
     assert!(!taken.replayed());
     let late = fx.store().release(&frozen).await.unwrap();
     assert_eq!(late, Finish::Superseded);
-    let retry = client.post("/charges?delay_ms=400", "frozen", "{}").await;
+    let retry = client.post("/charges?delay_ms=1500", "frozen", "{}").await;
     assert!(retry.replayed());
     assert_eq!(retry.body, taken.body);
     assert_eq!(upstream.executions(), 1);
