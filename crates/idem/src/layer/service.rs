@@ -1,8 +1,10 @@
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -184,8 +186,22 @@ where
             let (tx, rx) = oneshot::channel();
             let task_shared = shared.clone();
             let req = Request::from_parts(parts, Body::full(bytes));
+            let lease = ticket.lease().clone();
             shared.tracker.spawn(async move {
-                let result = execute(&task_shared, inner, req, ticket, &handle).await;
+                let run = execute(&task_shared, inner, req, ticket, &handle);
+                let result = match AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // The service panicked. Release the key (fenced by owner: a
+                        // record it already completed stays) before the 500 leaves, so
+                        // an immediate retry runs again instead of meeting a 409 (R7).
+                        let _ = task_shared.engine.store().release(&lease).await;
+                        Ok(problem(&Problem::new(
+                            ProblemKind::Internal,
+                            "the service failed while handling the request; it may be retried with the same key",
+                        )))
+                    }
+                };
                 let _ = tx.send(result);
             });
             match rx.await {

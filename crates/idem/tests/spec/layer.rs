@@ -10,7 +10,8 @@ use http::{Method, StatusCode};
 use idem::IdempotencyLayer;
 use idem::fingerprint::FingerprintMode;
 use idem::policy::OnConcurrent;
-use idem::store::MemoryStore;
+use idem::record::{Record, RecordId, Snapshot};
+use idem::store::{Claim, ClaimRequest, Finish, Lease, MemoryStore, Store, StoreError, Watch};
 use idem_testkit::Client;
 
 use super::serve;
@@ -104,4 +105,69 @@ async fn r03_per_route_layers_share_one_store() {
     assert!(client.post("/notes", "n-1", "{}").await.replayed());
     assert_eq!(note.status, StatusCode::OK);
     assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+// R7, R12: a service that panics answers 500 only after its key is released, so the
+// client's immediate retry runs the operation again instead of meeting a 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r07_panicking_handler_releases_before_answering() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = Router::new()
+        .route(
+            "/charges",
+            post(move || {
+                let counter = counter.clone();
+                async move {
+                    if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                        panic!("injected failure in the handler");
+                    }
+                    (StatusCode::CREATED, "charged")
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(SlowRelease(MemoryStore::new())));
+    let front = serve(app).await;
+    let client = Client::new(front.addr);
+    let failed = client.post("/charges", "boom", "{}").await;
+    assert_eq!(failed.status, 500);
+    let retry = client.post("/charges", "boom", "{}").await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(!retry.replayed());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// The memory store with a slow release, so a release that is not awaited before the
+/// answer is still running when the client retries.
+#[derive(Clone, Debug)]
+struct SlowRelease(MemoryStore);
+
+impl Store for SlowRelease {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        self.0.claim(req).await
+    }
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<Finish, StoreError> {
+        self.0.renew(lease, lease_for).await
+    }
+    async fn complete(
+        &self,
+        lease: &Lease,
+        snapshot: &Snapshot,
+        ttl: Duration,
+    ) -> Result<Finish, StoreError> {
+        self.0.complete(lease, snapshot, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.0.release(lease).await
+    }
+    async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.0.lookup(id).await
+    }
+    fn watch(&self, id: &RecordId) -> Watch {
+        self.0.watch(id)
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.0.purge_expired().await
+    }
 }
