@@ -9,5 +9,5 @@ pub mod spec;
 pub mod upstream;
 
 pub use client::{Client, Resp};
-pub use spec::{Front, Target};
+pub use spec::{Front, On, Start, Target};
 pub use upstream::CountingUpstream;

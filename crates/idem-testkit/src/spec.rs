@@ -58,6 +58,43 @@ pub trait Target: Send + Sync + 'static {
     ) -> impl Future<Output = Front> + Send;
 }
 
+/// A way to start a front over any store: the proxy, an app with the layer.
+pub trait Start: Send + Sync + 'static {
+    /// Starts a front over `store` with `policy`, in front of `upstream`.
+    fn start<St: Store>(
+        &self,
+        store: St,
+        upstream: &CountingUpstream,
+        policy: Policy,
+    ) -> impl Future<Output = Front> + Send;
+}
+
+/// A [`Target`]: fronts started by `S` on stores made by a plain function (stores on a
+/// manual clock, say). Networked stores, made asynchronously, implement [`Target`]
+/// themselves.
+#[derive(Debug)]
+pub struct On<S, F> {
+    start: S,
+    make: fn() -> F,
+}
+
+impl<S, F> On<S, F> {
+    /// Fronts started by `start` on fixtures made by `make`.
+    pub fn new(start: S, make: fn() -> F) -> Self {
+        Self { start, make }
+    }
+}
+
+impl<S: Start, F: Fixture> Target for On<S, F> {
+    type Fixture = F;
+    async fn fixture(&self) -> F {
+        (self.make)()
+    }
+    async fn start(&self, store: F::Store, upstream: &CountingUpstream, policy: Policy) -> Front {
+        self.start.start(store, upstream, policy).await
+    }
+}
+
 /// One test's world: store fixture, counting upstream, front and client.
 #[allow(missing_debug_implementations)] // holds an arbitrary fixture
 pub struct World<F> {

@@ -7,10 +7,10 @@ mod proxy;
 
 use idem::policy::Policy;
 use idem::redb::RedbStore;
+use idem::store::Store;
 use idem::store::testkit::ManualFixture;
-use idem::store::{MemoryStore, Store};
 use idem_proxy::config::ProxyConfig;
-use idem_testkit::{CountingUpstream, Front, Target};
+use idem_testkit::{CountingUpstream, Front, Start};
 
 /// Starts `idem serve` in-process over `store`; dropping the front shuts it down.
 pub async fn start_proxy<St: Store>(
@@ -31,18 +31,14 @@ pub async fn start_with<St: Store>(store: St, config: ProxyConfig) -> Front {
     Front::new(running.addr(), running)
 }
 
-/// The proxy on the memory store.
+/// `idem serve`, in-process.
 #[derive(Debug)]
-pub struct MemoryProxy;
+pub struct Proxy;
 
-impl Target for MemoryProxy {
-    type Fixture = ManualFixture<MemoryStore>;
-    async fn fixture(&self) -> Self::Fixture {
-        ManualFixture::memory()
-    }
-    async fn start(
+impl Start for Proxy {
+    async fn start<St: Store>(
         &self,
-        store: MemoryStore,
+        store: St,
         upstream: &CountingUpstream,
         policy: Policy,
     ) -> Front {
@@ -50,29 +46,21 @@ impl Target for MemoryProxy {
     }
 }
 
-/// The proxy on the embedded redb store, in a fresh directory.
-#[derive(Debug)]
-pub struct RedbProxy;
-
 /// A redb store in a temporary directory on a manual clock.
 pub fn redb_fixture() -> ManualFixture<RedbStore> {
     idem_testkit::redb::fixture()
 }
 
-impl Target for RedbProxy {
-    type Fixture = ManualFixture<RedbStore>;
-    async fn fixture(&self) -> Self::Fixture {
-        redb_fixture()
-    }
-    async fn start(&self, store: RedbStore, upstream: &CountingUpstream, policy: Policy) -> Front {
-        start_proxy(store, upstream, policy).await
-    }
-}
-
 mod memory {
-    idem_testkit::spec_tests!(super::MemoryProxy);
+    idem_testkit::spec_tests!(idem_testkit::On::new(
+        super::Proxy,
+        idem::store::testkit::ManualFixture::memory
+    ));
 }
 
 mod redb {
-    idem_testkit::spec_tests!(super::RedbProxy);
+    idem_testkit::spec_tests!(idem_testkit::On::new(
+        super::Proxy,
+        idem_testkit::redb::fixture
+    ));
 }

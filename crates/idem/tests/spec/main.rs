@@ -8,10 +8,8 @@ mod layer;
 use axum::Router;
 use idem::IdempotencyLayer;
 use idem::policy::Policy;
-use idem::redb::RedbStore;
-use idem::store::testkit::ManualFixture;
-use idem::store::{MemoryStore, Store};
-use idem_testkit::{CountingUpstream, Front, Target};
+use idem::store::Store;
+use idem_testkit::{CountingUpstream, Front, Start};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -42,18 +40,14 @@ pub async fn start_app<St: Store>(store: St, upstream: &CountingUpstream, policy
     serve(app).await
 }
 
-/// The axum app on the memory store.
+/// An axum app with the layer in front of the upstream's routes.
 #[derive(Debug)]
-pub struct MemoryApp;
+pub struct App;
 
-impl Target for MemoryApp {
-    type Fixture = ManualFixture<MemoryStore>;
-    async fn fixture(&self) -> Self::Fixture {
-        ManualFixture::memory()
-    }
-    async fn start(
+impl Start for App {
+    async fn start<St: Store>(
         &self,
-        store: MemoryStore,
+        store: St,
         upstream: &CountingUpstream,
         policy: Policy,
     ) -> Front {
@@ -61,26 +55,18 @@ impl Target for MemoryApp {
     }
 }
 
-/// The axum app on the embedded redb store, in a fresh directory.
-#[derive(Debug)]
-pub struct RedbApp;
-
-impl Target for RedbApp {
-    type Fixture = ManualFixture<RedbStore>;
-    async fn fixture(&self) -> Self::Fixture {
-        idem_testkit::redb::fixture()
-    }
-    async fn start(&self, store: RedbStore, upstream: &CountingUpstream, policy: Policy) -> Front {
-        start_app(store, upstream, policy).await
-    }
-}
-
 mod memory {
-    idem_testkit::spec_tests!(super::MemoryApp);
+    idem_testkit::spec_tests!(idem_testkit::On::new(
+        super::App,
+        idem::store::testkit::ManualFixture::memory
+    ));
 }
 
 mod redb {
-    idem_testkit::spec_tests!(super::RedbApp);
+    idem_testkit::spec_tests!(idem_testkit::On::new(
+        super::App,
+        idem_testkit::redb::fixture
+    ));
 }
 
 #[cfg(feature = "postgres")]
