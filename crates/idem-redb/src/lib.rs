@@ -52,22 +52,28 @@
 //!
 //! # Guarantees
 //!
-//! - **Atomic.** Each `claim`, `renew`, `complete` and `release` is one redb write
-//!   transaction that reads the record, applies the transition and writes the result.
+//! - **Atomic.** Each `claim`, `renew`, `complete` and `release` reads the record,
+//!   applies the transition and writes the result inside a redb write transaction.
 //!   redb runs one write transaction at a time, so of any number of concurrent claims
 //!   exactly one acquires (R6), and a late completion is fenced by the owner token
-//!   (R11). Answers that change nothing (a replay, a mismatch, a duplicate in flight)
-//!   abort their transaction instead of committing.
-//! - **Durable.** Commits use redb's default durability, which fsyncs before the
-//!   commit returns: once a client has its response, its record survives a crash or
-//!   restart (R16). redb's copy-on-write commits mean a record is wholly stored or
-//!   absent, and a value that does not decode is [`StoreError::Corrupt`], never
-//!   replayed.
+//!   (R11). A claim whose answer changes nothing (a replay, a mismatch, a duplicate in
+//!   flight) is answered from a read transaction, which never waits for a writer.
+//! - **Durable, with group commit.** Commits use redb's default durability, which
+//!   fsyncs before the commit returns, and no caller is answered before the commit
+//!   holding its write has returned: once a client has its response, its record
+//!   survives a crash or restart (R16). One writer thread applies every transition that
+//!   queued up during the previous commit in a single transaction, one after another,
+//!   so concurrent requests share an fsync instead of paying one each; a transition
+//!   whose record does not decode fails alone, and a failed write aborts the whole
+//!   batch rather than commit part of it. redb's copy-on-write commits mean a record is
+//!   wholly stored or absent, and a value that does not decode is
+//!   [`StoreError::Corrupt`], never replayed.
 //! - **Bounded.** A background task deletes records whose lease or expiry has passed,
 //!   `sweep_batch` records per write transaction every `sweep_interval`, found through
 //!   an expiry index instead of a full scan (see [`layout`]).
 //!   [`Store::purge_expired`] runs a whole sweep at once.
-//! - **Not blocking the runtime.** All redb work runs on tokio's blocking threads.
+//! - **Not blocking the runtime.** Writes run on the store's writer thread, reads and
+//!   sweeps on tokio's blocking threads.
 //!
 //! # One process per directory
 //!
@@ -87,6 +93,7 @@
 mod error;
 pub mod layout;
 mod store;
+mod writer;
 
 pub use error::OpenError;
 pub use store::{RedbStore, RedbStoreConfig};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use idem_core::clock::{Clock, Millis, SystemClock};
+use idem_core::clock::{Clock, SystemClock};
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::machine::{self, Write};
 use idem_core::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
@@ -14,6 +14,7 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTab
 
 use crate::error::{OpenError, STORE, backend};
 use crate::layout::{EXPIRY, FILE_NAME, RECORDS};
+use crate::writer::Writer;
 
 /// Settings of a [`RedbStore`].
 #[derive(Clone, Debug)]
@@ -46,11 +47,12 @@ pub struct RedbStore {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    db: Database,
+pub(crate) struct Inner {
+    pub(crate) db: Database,
     dir: PathBuf,
-    config: RedbStoreConfig,
+    pub(crate) config: RedbStoreConfig,
     hub: WaitHub,
+    writer: Writer,
 }
 
 impl RedbStore {
@@ -97,12 +99,17 @@ impl RedbStore {
         txn.open_table(EXPIRY).map_err(backend)?;
         txn.commit().map_err(backend)?;
 
+        let (writer, writer_thread) = Writer::new();
         let inner = Arc::new(Inner {
             db,
             dir,
             config,
             hub: WaitHub::new(),
+            writer,
         });
+        writer_thread
+            .spawn(Arc::downgrade(&inner))
+            .map_err(|e| StoreError::backend(STORE, e))?;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&inner), inner.config.sweep_interval));
         }
@@ -148,7 +155,7 @@ impl RedbStore {
 }
 
 /// Reads a stored value; a value that does not decode is an error, never a replay (R16).
-fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
     Record::decode(bytes).map_err(|e| {
         // No key in the log: raw keys are the client's and never logged.
         tracing::error!(store = STORE, error = %e, "stored record does not decode");
@@ -157,70 +164,33 @@ fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
 }
 
 impl Inner {
-    /// Applies one transition in one write transaction. redb admits one write
-    /// transaction at a time, so reading the record, deciding and writing are atomic
-    /// with respect to every other claim, renew, complete, release and sweep.
-    fn apply<T>(
-        &self,
-        id: &RecordId,
-        f: impl FnOnce(Option<&Record>, Millis) -> (T, Write),
-    ) -> Result<T, StoreError> {
-        let key = id.to_bytes();
-        let key = key.as_slice();
-        let txn = self.db.begin_write().map_err(backend)?;
-        // Read the clock once the writer lock is held, so deadlines follow commit order.
+    fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let now = self.config.clock.now_ms();
-        let answer = {
-            let mut records = txn.open_table(RECORDS).map_err(backend)?;
-            let existing = match records.get(key).map_err(backend)? {
-                Some(value) => Some(decode(value.value())?),
-                None => None,
-            };
-            let (answer, write) = f(existing.as_ref(), now);
-            if write == Write::Keep {
-                drop(records);
-                // Nothing changed: abort instead of committing, which spares an fsync.
-                if let Err(e) = txn.abort() {
-                    tracing::warn!(store = STORE, error = %e, "aborting a read-only transaction failed");
-                }
-                return Ok(answer);
-            }
-            let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
-            // The old index entry goes in the same transaction as the record changes,
-            // so the index never points at a deadline the record no longer has.
-            if let Some(old) = &existing {
-                expiry.remove((old.ends_at(), key)).map_err(backend)?;
-            }
-            match write {
-                Write::Put(record) => {
-                    records
-                        .insert(key, record.encode().as_slice())
-                        .map_err(backend)?;
-                    expiry
-                        .insert((record.ends_at(), key), ())
-                        .map_err(backend)?;
-                }
-                Write::Delete => {
-                    records.remove(key).map_err(backend)?;
-                }
-                Write::Keep => {}
-            }
-            answer
-        };
-        // Default durability (Immediate): the commit returns after fsync, so a client
-        // that got a response finds its record after a crash or restart (R16).
-        txn.commit().map_err(backend)?;
-        Ok(answer)
+        Ok(self.read(id)?.filter(|r| r.is_live(now)))
     }
 
-    fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+    /// The stored record of `id`, live or not, from a read transaction.
+    fn read(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
-        let now = self.config.clock.now_ms();
         let records = txn.open_table(RECORDS).map_err(backend)?;
-        let Some(value) = records.get(id.to_bytes().as_slice()).map_err(backend)? else {
-            return Ok(None);
-        };
-        Ok(Some(decode(value.value())?).filter(|r| r.is_live(now)))
+        match records.get(id.to_bytes().as_slice()).map_err(backend)? {
+            Some(value) => Ok(Some(decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A claim answered from a read transaction, when the answer changes nothing: a
+    /// replay, a mismatch, a duplicate in flight. `None` when the claim must write.
+    /// Read transactions run side by side and never wait for a commit, so replays
+    /// do not queue behind the fsyncs of new keys. Answering from a snapshot is as
+    /// good as answering at the instant it was taken: the record was in that state.
+    fn claim_without_writing(&self, req: &ClaimRequest) -> Result<Option<Claim>, StoreError> {
+        let now = self.config.clock.now_ms();
+        let existing = self.read(&req.id)?;
+        Ok(match machine::claim(existing.as_ref(), req, now) {
+            (answer, Write::Keep) => Some(answer),
+            _ => None,
+        })
     }
 
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -346,19 +316,28 @@ async fn sweep(inner: Weak<Inner>, every: Duration) {
 
 impl Store for RedbStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        let read = req.clone();
+        if let Some(answer) = self
+            .blocking(move |inner| inner.claim_without_writing(&read))
+            .await?
+        {
+            return Ok(answer);
+        }
         let req = req.clone();
-        self.blocking(move |inner| inner.apply(&req.id, |r, now| machine::claim(r, &req, now)))
+        self.inner
+            .writer
+            .apply(&req.id.clone(), move |r, now| machine::claim(r, &req, now))
             .await
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<Finish, StoreError> {
-        let lease = lease.clone();
-        self.blocking(move |inner| {
-            inner.apply(&lease.id, |r, now| {
-                machine::renew(r, &lease, lease_for, now)
+        let owned = lease.clone();
+        self.inner
+            .writer
+            .apply(&lease.id, move |r, now| {
+                machine::renew(r, &owned, lease_for, now)
             })
-        })
-        .await
+            .await
     }
 
     async fn complete(
@@ -369,10 +348,10 @@ impl Store for RedbStore {
     ) -> Result<Finish, StoreError> {
         let (owned, snapshot) = (lease.clone(), snapshot.clone());
         let done = self
-            .blocking(move |inner| {
-                inner.apply(&owned.id, |r, now| {
-                    machine::complete(r, &owned, &snapshot, ttl, now)
-                })
+            .inner
+            .writer
+            .apply(&lease.id, move |r, now| {
+                machine::complete(r, &owned, &snapshot, ttl, now)
             })
             .await?;
         // After the commit: a woken waiter re-claims and must find the snapshot.
@@ -383,7 +362,9 @@ impl Store for RedbStore {
     async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
         let owned = lease.clone();
         let done = self
-            .blocking(move |inner| inner.apply(&owned.id, |r, _| machine::release(r, &owned)))
+            .inner
+            .writer
+            .apply(&lease.id, move |r, _| machine::release(r, &owned))
             .await?;
         self.inner.hub.notify(&lease.id);
         Ok(done)

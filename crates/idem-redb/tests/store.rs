@@ -317,3 +317,69 @@ async fn r16_garbage_bytes_are_corrupt() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+// R16 with group commit: transitions that arrive together share one write transaction,
+// yet each keeps its own answer. A record that does not decode fails its own
+// transitions only; every other claim and completion of the same moment succeeds and
+// is on disk once answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r16_concurrent_transitions_commit_together_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    drop(open(dir.path(), &clock));
+    let bad = id("garbage-in-a-batch");
+    {
+        let db = redb::Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(RECORDS)
+            .unwrap()
+            .insert(bad.to_bytes().as_slice(), &b"\x01not a record"[..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = open(dir.path(), &clock);
+    let stranger = Lease {
+        id: bad.clone(),
+        fingerprint: claim_req(&bad, 1).fingerprint,
+        owner: OwnerToken::random(),
+        taken_over: false,
+    };
+    let ttl = Duration::from_secs(3600);
+    let ids: Vec<_> = (0..64).map(|n| id(&format!("batched-{n}"))).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, rid) in (0..).zip(ids.clone()) {
+        let owner = store.clone();
+        tasks.spawn(async move {
+            let store = owner;
+            let lease = acquire(&store, &claim_req(&rid, n)).await;
+            let body = format!("done {n}");
+            let done = store
+                .complete(&lease, &snapshot(body.as_bytes()), ttl)
+                .await;
+            assert_eq!(done.unwrap(), Finish::Done);
+        });
+        let (store, stranger) = (store.clone(), stranger.clone());
+        tasks.spawn(async move {
+            let done = store.complete(&stranger, &snapshot(b"x"), ttl).await;
+            assert!(matches!(done, Err(StoreError::Corrupt(_))), "{done:?}");
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    drop(store);
+    let store = open(dir.path(), &clock);
+    for rid in &ids {
+        let Some(record) = store.lookup(rid).await.unwrap() else {
+            panic!("{rid} was answered but is not on disk");
+        };
+        assert!(
+            matches!(record.state, State::Completed { .. }),
+            "{record:?}"
+        );
+    }
+    assert!(matches!(
+        store.lookup(&bad).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
