@@ -64,6 +64,50 @@ def rss_mib(pid):
     return float("nan")
 
 
+PG_URL = "postgres://postgres@127.0.0.1:5432/test"
+PG_BENCH_SCHEMA = "idem_bench_limit"
+
+
+def pgbench_script(tmp):
+    """idem's own claim and complete statements as one pgbench transaction on a new key."""
+    sql_dir = os.path.join(ROOT, "crates", "idem-postgres", "sql")
+    args = {
+        "claim": {1: r"'\x09090909090909090909090909090909'::bytea", 2: ":k::text",
+                  3: "'\\x" + "07" * 32 + "'::bytea",
+                  4: r"'\x0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a'::bytea", 5: "60000::int8"},
+        "complete": {1: r"'\x09090909090909090909090909090909'::bytea", 2: ":k::text",
+                     3: r"'\x0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a'::bytea",
+                     4: "'\\x" + "07" * 160 + "'::bytea", 5: "60000::int8",
+                     6: f"'{PG_BENCH_SCHEMA}.records'::text"},
+    }
+    parts = ["\\set k random(1, 9000000000000000000)"]
+    for name in ("claim", "complete"):
+        with open(os.path.join(sql_dir, f"{name}.sql")) as f:
+            text = "\n".join(line.split("--", 1)[0] for line in f.read().splitlines())
+        text = text.replace("{schema}", PG_BENCH_SCHEMA)
+        # Each parameter with its cast, as the store binds it.
+        text = re.sub(r"\$(\d)::\w+", lambda m: args[name][int(m.group(1))], text)
+        parts.append(" ".join(text.split()) + ";")
+    path = os.path.join(tmp, "claim_complete.sql")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+    return path
+
+
+def pg_limit(script, conns, seconds):
+    out = subprocess.run(
+        ["pgbench", "-n", "-M", "prepared", f"-c{conns}", f"-j{min(conns, 2)}", f"-T{seconds}",
+         "-f", script, PG_URL], capture_output=True, text=True, check=True).stdout
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    return {"rps": tps}
+
+
+def redis_limit(bin_dir, conns, seconds):
+    out = subprocess.run([os.path.join(bin_dir, "store-limit"), "redis://127.0.0.1:6379/0",
+                          str(conns), str(seconds)], capture_output=True, text=True, check=True).stdout
+    return {"rps": float(re.search(r"pairs/s ([\d.]+)", out).group(1))}
+
+
 def to_us(value, unit):
     return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 
@@ -148,7 +192,10 @@ def main():
             port = free_port()
             p = subprocess.Popen(
                 [os.path.join(bin_dir, "idem"), "serve", "--listen", f"127.0.0.1:{port}",
-                 "--upstream", f"http://127.0.0.1:{up_port}", "--store", STORES[store](tmp)],
+                 "--upstream", f"http://127.0.0.1:{up_port}", "--store", STORES[store](tmp),
+                 # Long enough for every replay of the run; short enough that a shared
+                 # Redis or PostgreSQL does not keep millions of bench records for a day.
+                 "--ttl", "15m"],
                 env={**os.environ, "RUST_LOG": "warn"})
             procs.append(p)
             wait_port(port)
@@ -156,16 +203,35 @@ def main():
             idle_rss[store] = rss_mib(p.pid)
             targets[f"idem {store}"] = (port, p.pid)
 
+        # What the store itself can do for a new key, measured in the same rounds.
+        limits = {}
+        if "postgres" in args.stores:
+            subprocess.run(["psql", "-q", PG_URL, "-c", f"DROP SCHEMA IF EXISTS {PG_BENCH_SCHEMA} CASCADE"],
+                           check=True)
+            subprocess.run([os.path.join(bin_dir, "idem"), "migrate", "--store",
+                            f"{PG_URL}?schema={PG_BENCH_SCHEMA}"], check=True)
+            script = pgbench_script(tmp)
+            limits["postgres limit"] = lambda conns: pg_limit(script, conns, args.seconds)
+        if "redis" in args.stores:
+            limits["redis limit"] = lambda conns: redis_limit(bin_dir, conns, args.seconds)
+
         results = {}
         for mode in args.modes.split(","):
             for conns in (int(c) for c in args.conns.split(",")):
                 for rnd in range(args.rounds):
                     # Alternate the order each round so drift hits every target alike.
                     order = list(targets.items())
+                    if mode == "new":
+                        order += [(name, (None, None)) for name in limits]
                     if rnd % 2:
                         order.reverse()
                     for name, (port, pid) in order:
                         cpu0 = cpu_seconds(pid) if pid else 0.0
+                        if port is None:
+                            r = limits[name](conns)
+                            results.setdefault((mode, conns, name), []).append(r)
+                            print(f"{mode:6} c={conns:<3} {name:14} {r['rps']:>10.0f} pairs/s", flush=True)
+                            continue
                         r = wrk(port, mode, conns, args.seconds)
                         if pid:
                             r["cpu_us"] = (cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1)
@@ -183,11 +249,23 @@ def main():
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for (mode, conns, name), rs in results.items():
+            if name in limits:
+                continue
             base = med(results[(mode, conns, "nginx hop")], "rps")
             lines.append(
                 f"| {mode} | {conns} | {name} | {med(rs, 'rps'):.0f} | {med(rs, 'rps') / base:.2f} | "
                 f"{med(rs, 'p50'):.0f} | {med(rs, 'p99'):.0f} | "
                 f"{med(rs, 'cpu_us'):.1f} | {sum(r['errors'] for r in rs)} |")
+        if limits:
+            lines.append("")
+            lines.append("| store | conns | store limit (claim + complete)/s | idem new keys req/s | × store limit |")
+            lines.append("|---|---|---|---|---|")
+            for name in limits:
+                store = name.split(" ", 1)[0]
+                for conns in (int(c) for c in args.conns.split(",")):
+                    limit = med(results[("new", conns, name)], "rps")
+                    idem = med(results[("new", conns, f"idem {store}")], "rps")
+                    lines.append(f"| {store} | {conns} | {limit:.0f} | {idem:.0f} | {idem / limit:.2f} |")
         lines.append("")
         lines.append("| store | idle RSS MiB | RSS after MiB |")
         lines.append("|---|---|---|")
