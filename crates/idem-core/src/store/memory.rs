@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -59,6 +59,13 @@ struct Inner {
     shards: Box<[Mutex<HashMap<RecordId, Record>>]>,
     hasher: RandomState,
     len: AtomicUsize,
+    /// No record stops counting before this instant (ms): a lower bound on every held
+    /// record's deadline, lowered by each write and recomputed by each sweep. A full
+    /// store sweeps on a claim only once this has passed, so a flood of new keys at
+    /// capacity costs one refusal each, not one scan of every record each.
+    next_due: AtomicU64,
+    /// How many sweeps have run.
+    sweeps: AtomicU64,
     config: MemoryStoreConfig,
     hub: WaitHub,
 }
@@ -82,6 +89,8 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
+            next_due: AtomicU64::new(u64::MAX),
+            sweeps: AtomicU64::new(0),
             config,
             hub: WaitHub::new(),
         });
@@ -135,6 +144,9 @@ impl Inner {
             Entry::Vacant(_) => None,
         };
         let (answer, write) = f(existing, now);
+        if let Write::Put(r) = &write {
+            self.next_due.fetch_min(r.ends_at(), Ordering::Relaxed);
+        }
         match (entry, write) {
             (_, Write::Keep) => {}
             (Entry::Occupied(mut e), Write::Put(r)) => {
@@ -160,15 +172,34 @@ impl Inner {
 
     fn purge(&self) -> u64 {
         let now = self.config.clock.now_ms();
-        let mut removed = 0;
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+        // Writes during the sweep lower the bound from "nothing held" on; the records
+        // already held are accounted for by the pass below.
+        self.next_due.store(u64::MAX, Ordering::Relaxed);
+        let (mut removed, mut due) = (0, u64::MAX);
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let before = shard.len();
-            shard.retain(|_, r| r.is_live(now));
+            shard.retain(|_, r| {
+                let live = r.is_live(now);
+                if live {
+                    due = due.min(r.ends_at());
+                }
+                live
+            });
             removed += before - shard.len();
         }
+        self.next_due.fetch_min(due, Ordering::Relaxed);
         self.len.fetch_sub(removed, Ordering::Relaxed);
         removed as u64
+    }
+
+    /// Sweeps if some record may have stopped counting since the last sweep.
+    fn purge_if_due(&self) -> u64 {
+        if self.config.clock.now_ms() < self.next_due.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.purge()
     }
 }
 
@@ -177,7 +208,7 @@ impl Store for MemoryStore {
         let result = self
             .inner
             .apply(&req.id, |r, now| machine::claim(r, req, now));
-        if matches!(result, Err(StoreError::Full)) && self.inner.purge() > 0 {
+        if matches!(result, Err(StoreError::Full)) && self.inner.purge_if_due() > 0 {
             return self
                 .inner
                 .apply(&req.id, |r, now| machine::claim(r, req, now));
@@ -284,5 +315,47 @@ mod tests {
             Claim::Acquired(_)
         ));
         assert_eq!(store.len(), 1);
+    }
+
+    // R14 at capacity: a flood of new keys is refused without sweeping every record
+    // on every claim; the store sweeps once the earliest deadline it holds has passed.
+    #[tokio::test]
+    async fn r14_full_store_sweeps_only_when_something_is_due() {
+        use crate::store::testkit::{claim_req, id, snapshot};
+        let clock = ManualClock::new();
+        let store = small(2, &clock);
+        let due = || store.inner.next_due.load(Ordering::Relaxed);
+        let sweeps = || store.inner.sweeps.load(Ordering::Relaxed);
+        let start = clock.now_ms();
+        assert_eq!(due(), u64::MAX, "an empty store has nothing due");
+        let (a, b) = (id("a"), id("b"));
+        for (k, ttl) in [(&a, 5), (&b, 9)] {
+            let Claim::Acquired(l) = store.claim(&claim_req(k, 1)).await.unwrap() else {
+                panic!()
+            };
+            let _ = store
+                .complete(&l, &snapshot(b"x"), Duration::from_secs(ttl))
+                .await
+                .unwrap();
+        }
+        // The in-flight lease of `a` (60 s) was the first bound; completions lower it.
+        assert_eq!(due(), start + 5_000);
+        let before = sweeps();
+        for _ in 0..100 {
+            assert!(matches!(
+                store.claim(&claim_req(&id("flood"), 1)).await,
+                Err(StoreError::Full)
+            ));
+        }
+        assert_eq!(sweeps(), before, "nothing was due, so nothing was swept");
+        clock.advance(Duration::from_secs(6));
+        assert!(matches!(
+            store.claim(&claim_req(&id("c"), 1)).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        // One sweep removed `a` and recomputed the bound from what is left.
+        assert_eq!(sweeps(), before + 1);
+        assert!(store.lookup(&a).await.unwrap().is_none());
+        assert_eq!(due(), start + 9_000);
     }
 }
