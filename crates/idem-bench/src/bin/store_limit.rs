@@ -28,7 +28,10 @@ async fn main() -> redis::RedisResult<()> {
     let conns: u64 = conns.parse().expect("CONNS is a number");
     let seconds: u64 = seconds.parse().expect("SECONDS is a number");
     let client = redis::Client::open(url.as_str())?;
-    let (claim, complete) = (Arc::new(Script::new(CLAIM)), Arc::new(Script::new(COMPLETE)));
+    let (claim, complete) = (
+        Arc::new(Script::new(CLAIM)),
+        Arc::new(Script::new(COMPLETE)),
+    );
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let run = std::process::id();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Millis, SystemClock};
 use crate::record::{Record, RecordId, Snapshot};
 use crate::store::machine::{self, Write};
 use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
@@ -56,7 +56,7 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    shards: Box<[Mutex<HashMap<RecordId, Record>>]>,
+    shards: Box<[Mutex<HashMap<RecordId, Held>>]>,
     hasher: RandomState,
     len: AtomicUsize,
     /// No record stops counting before this instant (ms): a lower bound on every held
@@ -122,8 +122,30 @@ async fn sweep(inner: Weak<Inner>, every: Duration) {
     }
 }
 
+/// A record as the store holds it: encoded ([`Record::encode`]), which takes well under
+/// half the memory of the decoded form (no header map, no separate body allocation),
+/// beside its deadline, so sweeps never decode.
+struct Held {
+    ends_at: Millis,
+    bytes: Box<[u8]>,
+}
+
+impl Held {
+    fn new(record: &Record) -> Self {
+        Self {
+            ends_at: record.ends_at(),
+            bytes: record.encode().into_boxed_slice(),
+        }
+    }
+
+    fn record(&self) -> Result<Record, StoreError> {
+        // Only this store wrote it; a failure would be a codec bug, answered as one.
+        Ok(Record::decode(&self.bytes)?)
+    }
+}
+
 impl Inner {
-    fn shard(&self, id: &RecordId) -> MutexGuard<'_, HashMap<RecordId, Record>> {
+    fn shard(&self, id: &RecordId) -> MutexGuard<'_, HashMap<RecordId, Held>> {
         let i = self.hasher.hash_one(id) as usize % self.shards.len();
         self.shards[i]
             .lock()
@@ -140,17 +162,17 @@ impl Inner {
         let mut shard = self.shard(id);
         let entry = shard.entry(id.clone());
         let existing = match &entry {
-            Entry::Occupied(e) => Some(e.get()),
+            Entry::Occupied(e) => Some(e.get().record()?),
             Entry::Vacant(_) => None,
         };
-        let (answer, write) = f(existing, now);
+        let (answer, write) = f(existing.as_ref(), now);
         if let Write::Put(r) = &write {
             self.next_due.fetch_min(r.ends_at(), Ordering::Relaxed);
         }
         match (entry, write) {
             (_, Write::Keep) => {}
             (Entry::Occupied(mut e), Write::Put(r)) => {
-                e.insert(r);
+                e.insert(Held::new(&r));
             }
             (Entry::Vacant(e), Write::Put(r)) => {
                 // Refuse rather than evict: evicting a live record could run an
@@ -159,7 +181,7 @@ impl Inner {
                     return Err(StoreError::Full);
                 }
                 self.len.fetch_add(1, Ordering::Relaxed);
-                e.insert(r);
+                e.insert(Held::new(&r));
             }
             (Entry::Occupied(e), Write::Delete) => {
                 e.remove();
@@ -180,10 +202,10 @@ impl Inner {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let before = shard.len();
-            shard.retain(|_, r| {
-                let live = r.is_live(now);
+            shard.retain(|_, held| {
+                let live = held.ends_at > now;
                 if live {
-                    due = due.min(r.ends_at());
+                    due = due.min(held.ends_at);
                 }
                 live
             });
@@ -244,12 +266,11 @@ impl Store for MemoryStore {
 
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.config.clock.now_ms();
-        Ok(self
-            .inner
-            .shard(id)
-            .get(id)
-            .filter(|r| r.is_live(now))
-            .cloned())
+        let shard = self.inner.shard(id);
+        match shard.get(id) {
+            Some(held) if held.ends_at > now => held.record().map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn watch(&self, id: &RecordId) -> Watch {
