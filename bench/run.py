@@ -13,6 +13,7 @@ the same run. Needs nginx and wrk (apt-get install nginx-light wrk).
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -106,6 +107,40 @@ def redis_limit(bin_dir, conns, seconds):
     out = subprocess.run([os.path.join(bin_dir, "store-limit"), "redis://127.0.0.1:6379/0",
                           str(conns), str(seconds)], capture_output=True, text=True, check=True).stdout
     return {"rps": float(re.search(r"pairs/s ([\d.]+)", out).group(1))}
+
+
+def wait_cost(bin_dir, up_port, waiters=1000, seconds=10):
+    """CPU of an idem process while `waiters` duplicates wait on one key in flight (R10
+    wait mode), as a percentage of one core."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * waiters + 256)), hard))
+    port = free_port()
+    p = subprocess.Popen(
+        [os.path.join(bin_dir, "idem"), "serve", "--listen", f"127.0.0.1:{port}",
+         "--upstream", f"http://127.0.0.1:{up_port}", "--store", "memory",
+         "--on-concurrent", "wait", "--wait-timeout", "120s", "--lease", "120s",
+         "--upstream-timeout", "120s"],
+        env={**os.environ, "RUST_LOG": "warn"})
+    socks = []
+    try:
+        wait_port(port)
+        request = (b"POST /slow HTTP/1.1\r\nHost: bench\r\nIdempotency-Key: wait-cost\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        for _ in range(waiters + 1):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(request)
+            socks.append(s)
+        time.sleep(2)  # every duplicate has arrived and is waiting
+        cpu0, t0 = cpu_seconds(p.pid), time.time()
+        time.sleep(seconds)
+        cpu = cpu_seconds(p.pid) - cpu0
+        return 100 * cpu / (time.time() - t0), rss_mib(p.pid)
+    finally:
+        for s in socks:
+            s.close()
+        # A graceful stop would wait for the slow request: nothing here needs it.
+        p.kill()
+        p.wait(timeout=10)
 
 
 def to_us(value, unit):
@@ -215,6 +250,9 @@ def main():
         if "redis" in args.stores:
             limits["redis limit"] = lambda conns: redis_limit(bin_dir, conns, args.seconds)
 
+        wait_pct, wait_rss = wait_cost(bin_dir, up_port)
+        print(f"wait mode: 1000 waiting duplicates cost {wait_pct:.2f} % of a core", flush=True)
+
         results = {}
         for mode in args.modes.split(","):
             for conns in (int(c) for c in args.conns.split(",")):
@@ -266,6 +304,9 @@ def main():
                     limit = med(results[("new", conns, name)], "rps")
                     idem = med(results[("new", conns, f"idem {store}")], "rps")
                     lines.append(f"| {store} | {conns} | {limit:.0f} | {idem:.0f} | {idem / limit:.2f} |")
+        lines.append("")
+        lines.append(f"Wait mode (R10): 1000 duplicates waiting 10 s on one key in flight cost "
+                     f"{wait_pct:.2f} % of one core (RSS {wait_rss:.1f} MiB).")
         lines.append("")
         lines.append("| store | idle RSS MiB | RSS after MiB |")
         lines.append("|---|---|---|")

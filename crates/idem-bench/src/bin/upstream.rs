@@ -1,5 +1,6 @@
 //! A fast static upstream: answers every request with a fixed 201 JSON body after
-//! reading the request body. Usage: `bench-upstream ADDR`.
+//! reading the request body; a path under `/slow` answers after 60 s instead (for
+//! measuring what duplicates cost while they wait). Usage: `bench-upstream ADDR`.
 
 use std::convert::Infallible;
 
@@ -15,7 +16,11 @@ const BODY: &[u8] =
     br#"{"id":"ch_0123456789","status":"succeeded","amount":4200,"currency":"eur"}"#;
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let slow = req.uri().path().starts_with("/slow");
     let _ = req.into_body().collect().await;
+    if slow {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
     let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
     *resp.status_mut() = hyper::StatusCode::CREATED;
     resp.headers_mut().insert(
