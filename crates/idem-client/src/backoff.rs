@@ -34,11 +34,12 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 100 ms base, 5 s cap, 5 attempts (the first and four retries).
+    /// 100 ms base, 2 s cap, 5 attempts (the first and four retries): at most about
+    /// 8 s of waiting, as a caller waiting on a write would accept.
     fn default() -> Self {
         Self {
             base: Duration::from_millis(100),
-            cap: Duration::from_secs(5),
+            cap: Duration::from_secs(2),
             max_attempts: 5,
         }
     }

@@ -217,7 +217,9 @@ impl reqwest_middleware::Middleware for IdempotencyMiddleware {
                 %reason,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 method = %req.method(),
-                url = %req.url(),
+                // Host and path only: a query string may carry credentials.
+                host = req.url().host_str().unwrap_or(""),
+                path = req.url().path(),
                 "retrying with the same idempotency key"
             );
             if let Some(hook) = &self.inner.on_retry {
@@ -315,7 +317,7 @@ impl Builder {
     }
 
     /// The waits between attempts and how many attempts (default
-    /// [`Backoff::default`]: 100 ms doubling up to 5 s, 5 attempts).
+    /// [`Backoff::default`]: 100 ms doubling up to 2 s, 5 attempts).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

@@ -17,10 +17,17 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
 /// `idem serve` on `addr` (port 0: any) over a fresh memory store, in front of `upstream`.
 pub async fn start_proxy_on(addr: SocketAddr, upstream: SocketAddr) -> Running {
+    start_proxy_with(addr, MemoryStore::new(), upstream).await
+}
+
+/// `idem serve` on `addr` over `store`, in front of `upstream`.
+pub async fn start_proxy_with(
+    addr: SocketAddr,
+    store: MemoryStore,
+    upstream: SocketAddr,
+) -> Running {
     let config = ProxyConfig::new(format!("http://{upstream}").parse().unwrap());
-    idem_proxy::spawn(addr, MemoryStore::new(), config)
-        .await
-        .unwrap()
+    idem_proxy::spawn(addr, store, config).await.unwrap()
 }
 
 /// `idem serve` on a free port in front of `upstream`.

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use idem_client::{IdempotencyMiddleware, RetryReason};
+use idem::store::{MemoryStore, MemoryStoreConfig};
+use idem_client::{Backoff, IdempotencyMiddleware, RetryReason};
 use reqwest::{Method, StatusCode};
 use reqwest_middleware::ClientBuilder;
 
 use crate::upstream::{Scripted, Step};
-use crate::{client, quick, start_proxy};
+use crate::{client, quick, start_proxy, start_proxy_with};
 
 fn fail(code: u16) -> Step {
     Step::Fail(code, None)
@@ -149,6 +150,46 @@ async fn r15_retry_after_is_honoured() {
             (Some(Duration::ZERO), Duration::ZERO),
         ]
     );
+}
+
+// R15: idem's own 503 (its store refuses: here, full) is retried after idem's
+// Retry-After; the API is never called for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r15_store_unavailable_is_retried_after_its_retry_after() {
+    let upstream = Scripted::spawn([]).await;
+    let store = MemoryStore::with_config(MemoryStoreConfig {
+        capacity: 1,
+        ..MemoryStoreConfig::default()
+    });
+    let proxy = start_proxy_with("127.0.0.1:0".parse().unwrap(), store, upstream.addr()).await;
+    let url = format!("http://{}/charges", proxy.addr());
+    let (client, retries) = client(Backoff::new(
+        Duration::from_millis(5),
+        Duration::from_secs(10),
+        2,
+    ));
+    assert_eq!(
+        client.post(&url).body("{}").send().await.unwrap().status(),
+        201
+    );
+    let refused = client.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let retries = retries.all();
+    assert_eq!(retries.len(), 1);
+    assert_eq!(
+        retries[0].reason,
+        RetryReason::Status(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    let after = retries[0]
+        .retry_after
+        .expect("idem sends Retry-After with 503");
+    assert!(after >= Duration::from_secs(1));
+    assert_eq!(retries[0].delay, after);
+    assert_eq!(upstream.attempts(), 1);
 }
 
 // When the attempts run out the caller gets the last answer.
