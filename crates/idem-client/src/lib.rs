@@ -36,7 +36,7 @@
 //! out the last answer or error is returned.
 //!
 //! A key the caller set is kept; a body that cannot be cloned (a stream) is sent once.
-//! Other methods pass through untouched unless [`Builder::methods`] covers them.
+//! Other methods pass through untouched unless [`IdempotencyMiddlewareBuilder::methods`] covers them.
 //!
 //! # Feature flags
 //!
@@ -53,5 +53,7 @@ mod backoff;
 mod middleware;
 
 pub use backoff::Backoff;
-pub use middleware::{Builder, IDEMPOTENCY_KEY, IdempotencyMiddleware, Retry, RetryReason};
+pub use middleware::{
+    IDEMPOTENCY_KEY, IdempotencyMiddleware, IdempotencyMiddlewareBuilder, Retry, RetryReason,
+};
 pub use reqwest_middleware;

@@ -20,7 +20,7 @@ pub enum RetryReason {
     /// The server answered a retryable status: 409 (idem: the first request with this
     /// key is still running, R10), 5xx (among them idem's 502/504 for an unreachable
     /// API, R12, and 503 for an unreachable store, R15), or one configured with
-    /// [`Builder::retry_statuses`].
+    /// [`IdempotencyMiddlewareBuilder::retry_statuses`].
     Status(StatusCode),
     /// No connection could be made (refused, unreachable, TLS handshake failed).
     Connect,
@@ -43,7 +43,7 @@ impl fmt::Display for RetryReason {
     }
 }
 
-/// One retry about to happen, as passed to [`Builder::on_retry`].
+/// One retry about to happen, as passed to [`IdempotencyMiddlewareBuilder::on_retry`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Retry {
@@ -118,8 +118,8 @@ impl IdempotencyMiddleware {
     }
 
     /// A builder to change the defaults.
-    pub fn builder() -> Builder {
-        Builder::default()
+    pub fn builder() -> IdempotencyMiddlewareBuilder {
+        IdempotencyMiddlewareBuilder::default()
     }
 
     /// The key header this middleware sets.
@@ -263,7 +263,7 @@ fn new_key() -> HeaderValue {
 /// assert_eq!(middleware.header(), "x-request-key");
 /// ```
 #[must_use]
-pub struct Builder {
+pub struct IdempotencyMiddlewareBuilder {
     header: HeaderName,
     methods: Vec<Method>,
     backoff: Backoff,
@@ -271,7 +271,7 @@ pub struct Builder {
     on_retry: Option<RetryHook>,
 }
 
-impl Default for Builder {
+impl Default for IdempotencyMiddlewareBuilder {
     fn default() -> Self {
         Self {
             header: IDEMPOTENCY_KEY,
@@ -283,9 +283,9 @@ impl Default for Builder {
     }
 }
 
-impl fmt::Debug for Builder {
+impl fmt::Debug for IdempotencyMiddlewareBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
+        f.debug_struct("IdempotencyMiddlewareBuilder")
             .field("header", &self.header)
             .field("methods", &self.methods)
             .field("backoff", &self.backoff)
@@ -302,7 +302,7 @@ fn default_retry_statuses() -> Vec<StatusCode> {
         .collect()
 }
 
-impl Builder {
+impl IdempotencyMiddlewareBuilder {
     /// The key header (default `Idempotency-Key`); match idem's `--header`.
     pub fn header(mut self, name: HeaderName) -> Self {
         self.header = name;
