@@ -86,7 +86,7 @@ pub enum ConcurrentMode {
 /// Flags of `idem serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A TOML config file with these settings and [[route]] rules (see idem.example.toml);
+    /// A TOML config file with these settings and `[[route]]` rules (see idem.example.toml);
     /// flags and environment variables override its values.
     #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -16,6 +16,8 @@ use crate::routes::Route;
 pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
     let header = policy.header().as_str();
     let header = display_header(header);
+    let default_base = idem::problem::TYPE_BASE.trim_end_matches('#');
+    let base = policy.problem_base().map_or(default_base, |b| &**b);
     let mut md = String::new();
     let w = &mut md;
     let _ = writeln!(w, "# Idempotent requests\n");
@@ -90,8 +92,9 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
     let _ = writeln!(
         w,
         "Besides your API's own responses, these come from the idempotency layer, as \
-         `application/problem+json` (RFC 9457). Branch on `type`, which ends with the \
-         fragment below; `detail` is prose for humans.\n"
+         `application/problem+json` (RFC 9457). Branch on `type`, which is \
+         `{base}#` followed by the fragment below (this page's sections); `detail` is \
+         prose for humans.\n"
     );
     let _ = writeln!(w, "| status | `type` | what to do |");
     let _ = writeln!(w, "|---|---|---|");

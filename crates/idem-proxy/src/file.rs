@@ -149,7 +149,7 @@ impl ConfigFile {
     pub fn parse(path: &str, text: &str) -> Result<Self, String> {
         let at = |span: Range<usize>| format!("{path}:{}", line_of(text, span.start));
         let raw: Settings = toml::from_str(text).map_err(|e| {
-            let place = e.span().map_or_else(|| path.to_owned(), |s| at(s));
+            let place = e.span().map_or_else(|| path.to_owned(), &at);
             format!("{place}: {}", e.message().trim().replace('\n', " "))
         })?;
         let settings = raw
