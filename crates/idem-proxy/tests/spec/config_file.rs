@@ -403,3 +403,24 @@ fn r17_docs_anchor_every_problem_type() {
         assert!(out.contains(&format!("| {status} |")), "{status}");
     }
 }
+
+// The example file in the repository stays valid and means what its comments say.
+#[test]
+fn example_file_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../idem.example.toml");
+    let (code, out, err) = run(&["check-config", "--config", example], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("3 route rule(s)"), "{out}");
+    let (code, out, err) = run(
+        &[
+            "check-config",
+            "--config",
+            example,
+            "--explain",
+            "PUT /v1/uploads/a/b",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rule: route 3"), "{out}");
+}
