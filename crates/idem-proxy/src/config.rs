@@ -572,6 +572,49 @@ mod tests {
     }
 
     #[test]
+    fn route_rules_inherit_and_override() {
+        let cli = Cli::try_parse_from([
+            "idem",
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--wait-timeout",
+            "7s",
+            "--ttl",
+            "2h",
+        ])
+        .unwrap();
+        let Command::Serve(a) = cli.command else {
+            unreachable!()
+        };
+        let file = ConfigFile::parse(
+            "f.toml",
+            "[[route]]\nmatch = \"PUT /a/*\"\non_concurrent = \"wait\"\n\n\
+             [[route]]\nmatch = \"/b\"\nmethods = \"DELETE\"\nlease = \"5s\"\n\n\
+             [[route]]\nmatch = \"/c\"\nenabled = false\n",
+        )
+        .unwrap();
+        let c = ServeConfig::resolve(&a, Some(&file)).unwrap();
+        let r = &c.proxy.routes;
+        let p0 = r[0].policy.as_ref().unwrap();
+        // A rule naming methods covers exactly those; the wait uses the server's timeout.
+        assert_eq!(p0.methods(), &[Method::PUT]);
+        assert_eq!(
+            p0.on_concurrent(),
+            OnConcurrent::Wait {
+                timeout: Duration::from_secs(7)
+            }
+        );
+        assert_eq!(p0.ttl(), Duration::from_secs(7200));
+        let p1 = r[1].policy.as_ref().unwrap();
+        assert_eq!(p1.methods(), &[Method::DELETE]);
+        assert_eq!(p1.lease(), Duration::from_secs(5));
+        assert_eq!(p1.on_concurrent(), OnConcurrent::Conflict);
+        assert!(r[2].policy.is_none());
+        assert_eq!(r[2].origin, "f.toml:11");
+    }
+
+    #[test]
     fn bad_values_are_one_line_errors() {
         for args in [
             &["--ttl", "forever"][..],

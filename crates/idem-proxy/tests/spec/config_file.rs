@@ -424,3 +424,27 @@ fn example_file_is_valid() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("rule: route 3"), "{out}");
 }
+
+// R9: over HTTP too, a flag beats the file (the file says 400, the flag 422).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r09_flag_beats_file_over_http() {
+    let upstream = CountingUpstream::spawn().await;
+    let (_dir, path) = config(&format!(
+        "upstream = \"http://{}\"\nstore = \"memory\"\nmismatch_status = 400\n",
+        upstream.addr()
+    ));
+    let p = path.to_str().unwrap();
+    for (extra, status) in [(&[][..], 400), (&["--mismatch-status", "422"][..], 422)] {
+        let mut args = vec!["--config", p];
+        args.extend_from_slice(extra);
+        let proc = serve(&args).await;
+        let c = Client::new(proc.addr);
+        assert_eq!(post(&c, "/orders", Some("m"), "a").await.status, 200);
+        let mismatch = post(&c, "/orders", Some("m"), "b").await;
+        assert_eq!(mismatch.status, status, "{extra:?}");
+        assert_eq!(
+            mismatch.problem_type(),
+            ProblemKind::PayloadMismatch.type_uri()
+        );
+    }
+}
