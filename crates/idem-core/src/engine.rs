@@ -245,7 +245,7 @@ impl<St: Store> Engine<St> {
                 Claim::Completed(snapshot) => {
                     metrics::outcome("replayed");
                     tracing::debug!(outcome = "replayed", scope = %req.id.scope(), status = snapshot.status.as_u16(), "replay");
-                    return Begin::Respond(replay(&req.id, snapshot));
+                    return Begin::Respond(replay_at(&req.id, snapshot, p.problem_base()));
                 }
                 Claim::Mismatch => {
                     metrics::outcome("mismatch");
@@ -256,7 +256,8 @@ impl<St: Store> Engine<St> {
                          (method, path, body or significant headers); use a new key for a new operation",
                     )
                     .with_status(p.mismatch_status)
-                    .with_key(req.id.key());
+                    .with_key(req.id.key())
+                    .with_type_base(p.problem_base.clone());
                     return Begin::Respond(problem.to_response());
                 }
                 Claim::InFlight { retry_after } => {
@@ -290,6 +291,7 @@ impl<St: Store> Engine<St> {
         )
         .with_key(id.key())
         .with_retry_after(retry_after)
+        .with_type_base(self.policy.problem_base.clone())
         .to_response()
     }
 
@@ -302,7 +304,12 @@ impl<St: Store> Engine<St> {
             }
             StoreFailure::FailClosed => {
                 metrics::outcome("store_error");
-                Begin::Respond(store_problem(e).with_key(id.key()).to_response())
+                Begin::Respond(
+                    store_problem(e)
+                        .with_key(id.key())
+                        .with_type_base(self.policy.problem_base.clone())
+                        .to_response(),
+                )
             }
         }
     }
@@ -450,6 +457,16 @@ pub fn store_problem(e: &StoreError) -> Problem {
 
 /// The response replaying a snapshot (R8), or 410 when its body was not kept (R13).
 pub fn replay(id: &RecordId, snapshot: Snapshot) -> Response<Bytes> {
+    replay_at(id, snapshot, None)
+}
+
+/// [`replay`], with problem `type` URIs under `problem_base` (see
+/// [`Policy::problem_base`]).
+pub fn replay_at(
+    id: &RecordId,
+    snapshot: Snapshot,
+    problem_base: Option<&std::sync::Arc<str>>,
+) -> Response<Bytes> {
     match snapshot.body {
         SnapshotBody::Full(body) => {
             let mut resp = Response::new(body);
@@ -474,6 +491,7 @@ pub fn replay(id: &RecordId, snapshot: Snapshot) -> Response<Bytes> {
             )
             .with_key(id.key());
             problem.original_status = Some(snapshot.status.as_u16());
+            problem.type_base = problem_base.cloned();
             let mut resp = problem.to_response();
             resp.headers_mut()
                 .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -163,6 +164,7 @@ pub struct Policy {
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) streaming_types: Vec<String>,
     pub(crate) completion_attempts: u32,
+    pub(crate) problem_base: Option<Arc<str>>,
 }
 
 impl Default for Policy {
@@ -191,6 +193,7 @@ impl Default for Policy {
             deny_headers: Vec::new(),
             streaming_types: vec!["text/event-stream".to_owned()],
             completion_attempts: 3,
+            problem_base: None,
         }
     }
 }
@@ -277,6 +280,11 @@ impl Policy {
     /// Media types that stream through unbuffered (R19).
     pub fn streaming_types(&self) -> &[String] {
         &self.streaming_types
+    }
+    /// The base of problem `type` URIs, `<base>#<slug>` (R17); `None` is
+    /// [`TYPE_BASE`](crate::problem::TYPE_BASE).
+    pub fn problem_base(&self) -> Option<&Arc<str>> {
+        self.problem_base.as_ref()
     }
     /// How often renewal runs while the upstream works: a third of the lease.
     pub fn renew_every(&self) -> Duration {
@@ -380,6 +388,14 @@ impl PolicyBuilder {
         self.0.streaming_types = types.into_iter().collect();
         self
     }
+    /// The base of problem `type` URIs: they become `<base>#<slug>` (R17). Point it at
+    /// the page where you publish `idem docs` output.
+    pub fn problem_base(mut self, base: impl Into<String>) -> Self {
+        let base = base.into();
+        let base = base.strip_suffix('#').unwrap_or(&base);
+        self.0.problem_base = Some(base.into());
+        self
+    }
     /// How many times a failing completion write is tried (default 3).
     pub fn completion_attempts(mut self, n: u32) -> Self {
         self.0.completion_attempts = n;
@@ -414,6 +430,16 @@ impl PolicyBuilder {
         }
         if p.completion_attempts == 0 {
             return Err(invalid("completion_attempts", "must be at least 1"));
+        }
+        if let Some(base) = &p.problem_base
+            && (base.is_empty()
+                || base.contains('#')
+                || !base.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "problem_base",
+                "must be a URI without spaces or a fragment",
+            ));
         }
         if u32::try_from(p.max_stored_body).is_err() {
             return Err(invalid("max_stored_body", "must be below 4 GiB"));

@@ -4,6 +4,7 @@
 //! Clients branch on `type`, never on the prose in `detail`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 /// The base of every problem `type` URI; the fragment names a section of
 /// `docs/problems.md`, which explains the error to client developers.
+/// A deployment can point them at its own copy of that text (`idem docs` prints one)
+/// with [`Problem::with_type_base`]; the fragment stays the same.
 pub const TYPE_BASE: &str = "https://github.com/idem-rs/idem/blob/main/docs/problems.md#";
 
 /// The media type of problem documents.
@@ -77,6 +80,12 @@ impl ProblemKind {
     pub fn type_uri(self) -> String {
         format!("{TYPE_BASE}{}", self.slug())
     }
+
+    /// The `type` URI under another base: `<base>#<slug>`. A trailing `#` on `base` is
+    /// accepted, so `TYPE_BASE` itself gives [`type_uri`](Self::type_uri).
+    pub fn type_uri_at(self, base: &str) -> String {
+        format!("{}#{}", base.strip_suffix('#').unwrap_or(base), self.slug())
+    }
 }
 
 impl fmt::Display for ProblemKind {
@@ -100,6 +109,8 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// For [`ProblemKind::NotRetained`]: the status the original request got.
     pub original_status: Option<u16>,
+    /// The base of the `type` URI when not [`TYPE_BASE`].
+    pub type_base: Option<Arc<str>>,
 }
 
 impl Problem {
@@ -112,6 +123,22 @@ impl Problem {
             key: None,
             retry_after: None,
             original_status: None,
+            type_base: None,
+        }
+    }
+
+    /// Renders the `type` URI as `<base>#<slug>` (`None`: [`TYPE_BASE`]).
+    #[must_use]
+    pub fn with_type_base(mut self, base: Option<Arc<str>>) -> Self {
+        self.type_base = base;
+        self
+    }
+
+    /// The `type` URI this problem is rendered with.
+    pub fn type_uri(&self) -> String {
+        match &self.type_base {
+            Some(base) => self.kind.type_uri_at(base),
+            None => self.kind.type_uri(),
         }
     }
 
@@ -140,7 +167,7 @@ impl Problem {
     /// The JSON document.
     pub fn to_json(&self) -> serde_json::Value {
         let mut doc = serde_json::json!({
-            "type": self.kind.type_uri(),
+            "type": self.type_uri(),
             "title": self.kind.title(),
             "status": self.status.as_u16(),
             "detail": self.detail,
@@ -212,5 +239,18 @@ mod tests {
         assert_eq!(doc["type"], ProblemKind::InFlight.type_uri());
         assert_eq!(doc["status"], 409);
         assert_eq!(doc["idempotency_key"], "k1");
+    }
+
+    // R17
+    #[test]
+    fn r17_type_base_is_configurable() {
+        let p = Problem::new(ProblemKind::InFlight, "busy")
+            .with_type_base(Some("https://api.example.com/idempotency".into()));
+        let doc = p.to_json();
+        assert_eq!(doc["type"], "https://api.example.com/idempotency#in-flight");
+        assert_eq!(
+            ProblemKind::InFlight.type_uri_at(TYPE_BASE),
+            ProblemKind::InFlight.type_uri()
+        );
     }
 }

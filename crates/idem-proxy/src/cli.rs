@@ -1,7 +1,9 @@
 //! The command line. Every `serve` flag can also be set by an `IDEM_*` environment
-//! variable; a flag wins over its variable.
+//! variable and in the config file (`--config`); a flag wins over its variable, which
+//! wins over the file, which wins over the built-in default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -28,6 +30,31 @@ pub enum Command {
     /// Apply the store's schema migrations (PostgreSQL) and exit; `serve` applies them at
     /// start unless the URL says `?migrate=false`.
     Migrate(MigrateArgs),
+    /// Validate the effective configuration (flags, environment, config file); with
+    /// --explain, show the rule and every setting that applies to one request.
+    CheckConfig(Box<CheckConfigArgs>),
+    /// Print Markdown for your API's public docs: which endpoints take keys, retention,
+    /// retries, and every status idem may answer, one section per problem type.
+    Docs(Box<DocsArgs>),
+}
+
+/// Flags of `idem check-config`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// A request to explain, as `METHOD /path`, e.g. "POST /v1/payments/123".
+    #[arg(long, value_name = "REQUEST")]
+    pub explain: Option<String>,
+    /// The settings to check, as for `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Flags of `idem docs`.
+#[derive(Debug, Args)]
+pub struct DocsArgs {
+    /// The settings to document, as for `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Flags of `idem migrate`.
@@ -59,12 +86,16 @@ pub enum ConcurrentMode {
 /// Flags of `idem serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML config file with these settings and `[[route]]` rules (see idem.example.toml);
+    /// flags and environment variables override its values.
+    #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "IDEM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// The API to protect, as http://host:port[/prefix].
+    /// The API to protect, as http://host:port[/prefix] (required, here or in the file).
     #[arg(long, env = "IDEM_UPSTREAM")]
-    pub upstream: String,
+    pub upstream: Option<String>,
     /// Where records live: memory, file:PATH (embedded, durable), redis://…, postgres://…
     #[arg(long, env = "IDEM_STORE", default_value = "file:./idem-data")]
     pub store: String,
@@ -147,6 +178,10 @@ pub struct ServeArgs {
     /// On shutdown, how long open requests may take to finish.
     #[arg(long, env = "IDEM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,
+    /// Base URI of problem `type`s: they become URL#slug. Point it at where you publish
+    /// `idem docs`; default: idem's docs/problems.md.
+    #[arg(long, env = "IDEM_PROBLEM_BASE", value_name = "URL")]
+    pub problem_base: Option<String>,
 }
 
 /// Flags of `idem demo`.

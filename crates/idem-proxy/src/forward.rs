@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -77,6 +78,7 @@ pub struct Forward {
     client: Client<HttpConnector, Body>,
     upstream: Upstream,
     timeout: Duration,
+    problem_base: Option<Arc<str>>,
 }
 
 impl Forward {
@@ -92,7 +94,16 @@ impl Forward {
             client,
             upstream,
             timeout,
+            problem_base: None,
         }
+    }
+
+    /// Renders its own problems (502, 504) under this `type` base (R17), as the
+    /// engine does with [`Policy::problem_base`](idem::policy::Policy::problem_base).
+    #[must_use]
+    pub fn with_problem_base(mut self, base: Option<Arc<str>>) -> Self {
+        self.problem_base = base;
+        self
     }
 
     fn rewrite(&self, req: Request<Body>) -> Result<Request<Body>, http::Error> {
@@ -153,10 +164,9 @@ impl Service<Request<Body>> for Forward {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build the upstream request");
-                    return Ok(problem(
-                        ProblemKind::Internal,
-                        "the request could not be forwarded",
-                    ));
+                    return Ok(
+                        this.problem(ProblemKind::Internal, "the request could not be forwarded")
+                    );
                 }
             };
             let started = std::time::Instant::now();
@@ -172,7 +182,7 @@ impl Service<Request<Body>> for Forward {
                 Ok(Err(e)) => {
                     metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "unavailable").increment(1);
                     tracing::warn!(error = %e, upstream = %this.upstream, "upstream request failed");
-                    Ok(problem(
+                    Ok(this.problem(
                         ProblemKind::UpstreamUnavailable,
                         "the upstream could not be reached or broke the connection; the request may be retried with the same key",
                     ))
@@ -181,7 +191,7 @@ impl Service<Request<Body>> for Forward {
                     metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "timeout")
                         .increment(1);
                     tracing::warn!(upstream = %this.upstream, timeout = ?this.timeout, "upstream timed out");
-                    Ok(problem(
+                    Ok(this.problem(
                         ProblemKind::UpstreamTimeout,
                         "the upstream did not answer in time; the request may be retried with the same key",
                     ))
@@ -191,8 +201,13 @@ impl Service<Request<Body>> for Forward {
     }
 }
 
-fn problem(kind: ProblemKind, detail: &str) -> Response<Body> {
-    Problem::new(kind, detail).to_response().map(Body::full)
+impl Forward {
+    fn problem(&self, kind: ProblemKind, detail: &str) -> Response<Body> {
+        Problem::new(kind, detail)
+            .with_type_base(self.problem_base.clone())
+            .to_response()
+            .map(Body::full)
+    }
 }
 
 #[cfg(test)]

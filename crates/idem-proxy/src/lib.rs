@@ -20,10 +20,14 @@
 //! ```
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod docs;
+pub mod file;
 pub mod forward;
+pub mod routes;
 pub mod server;
 
 pub use server::{Running, serve, spawn};

@@ -5,15 +5,21 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
 use idem::AnyStore;
-use idem_proxy::cli::{Cli, Command, LogFormat};
-use idem_proxy::config::ServeConfig;
+use idem_proxy::cli::{Command, LogFormat};
+use idem_proxy::config::{ParseError, Parsed, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let parsed = match idem_proxy::config::parse_args(std::env::args_os()) {
+        Ok(p) => p,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(ParseError::Config(e)) => {
+            eprintln!("idem: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(parsed.cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,7 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(parsed)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("idem: {e:#}");
@@ -45,10 +51,43 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(parsed: Parsed) -> anyhow::Result<()> {
+    let Parsed { cli, file, origins } = parsed;
     match cli.command {
+        Command::CheckConfig(args) => {
+            let config = ServeConfig::resolve(&args.serve, file.as_ref())?;
+            match &args.explain {
+                Some(request) => print!(
+                    "{}",
+                    idem_proxy::check::explain(
+                        request,
+                        &config,
+                        &args.serve,
+                        file.as_ref(),
+                        &origins
+                    )
+                    .map_err(anyhow::Error::msg)?
+                ),
+                None => println!(
+                    "configuration ok: {} route rule(s), upstream {}, store {}",
+                    config.proxy.routes.len(),
+                    config.proxy.upstream,
+                    config.store
+                ),
+            }
+            Ok(())
+        }
+        Command::Docs(args) => {
+            let policy = idem_proxy::config::server_policy(&args.serve)?;
+            let routes = match &file {
+                Some(f) => idem_proxy::config::routes(&policy, args.serve.wait_timeout, f)?,
+                None => Vec::new(),
+            };
+            print!("{}", idem_proxy::docs::markdown(&policy, &routes));
+            Ok(())
+        }
         Command::Serve(args) => {
-            let config = ServeConfig::try_from(args.as_ref())?;
+            let config = ServeConfig::resolve(args.as_ref(), file.as_ref())?;
             let store = AnyStore::from_url(&config.store)
                 .await
                 .with_context(|| format!("store `{}`", config.store))?;

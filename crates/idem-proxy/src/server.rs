@@ -16,6 +16,7 @@ use tower::util::MapRequestLayer;
 
 use crate::config::ProxyConfig;
 use crate::forward::{Forward, Peer};
+use crate::routes::Dispatch;
 
 /// Serves the proxy on `listener` over `store` until `shutdown` resolves.
 ///
@@ -27,11 +28,26 @@ pub async fn serve<St: Store>(
     config: ProxyConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let layer = IdempotencyLayer::with_policy(store, config.policy.clone());
-    let service = layer.layer(Forward::new(
-        config.upstream.clone(),
-        config.upstream_timeout,
-    ));
+    let forward = Forward::new(config.upstream.clone(), config.upstream_timeout)
+        .with_problem_base(config.policy.problem_base().cloned());
+    // One layer (engine) per rule, all over the one store; the first matching rule
+    // picks the layer, so every rule runs through the same engine code.
+    let layer = IdempotencyLayer::with_policy(store.clone(), config.policy.clone());
+    let mut layers = vec![layer.clone()];
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let svc = route.policy.as_ref().map(|policy| {
+            let l = IdempotencyLayer::with_policy(store.clone(), policy.clone());
+            layers.push(l.clone());
+            l.layer(
+                forward
+                    .clone()
+                    .with_problem_base(policy.problem_base().cloned()),
+            )
+        });
+        routes.push((route.pattern.clone(), svc));
+    }
+    let service = Dispatch::new(routes, forward.clone(), layer.layer(forward));
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -74,11 +90,15 @@ pub async fn serve<St: Store>(
         tracing::warn!(?grace, "connections still open after the grace period");
     }
     // Requests whose clients left still run to completion and record their result.
-    layer.tasks().close();
-    if tokio::time::timeout(grace, layer.tasks().wait())
-        .await
-        .is_err()
-    {
+    for layer in &layers {
+        layer.tasks().close();
+    }
+    let all = async {
+        for layer in &layers {
+            layer.tasks().wait().await;
+        }
+    };
+    if tokio::time::timeout(grace, all).await.is_err() {
         tracing::warn!(?grace, "requests still running after the grace period");
     }
     Ok(())

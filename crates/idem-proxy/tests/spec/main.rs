@@ -2,6 +2,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod config_file;
 mod process;
 mod proxy;
 

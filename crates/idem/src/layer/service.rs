@@ -9,6 +9,7 @@ use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::engine::{Begin, Disposition, Inspect, Ticket};
+use idem_core::policy::Policy;
 use idem_core::record::{NotRetained, Record, Snapshot, SnapshotBody, State};
 use idem_core::{Problem, ProblemKind, Store};
 use tokio::sync::oneshot;
@@ -96,8 +97,12 @@ fn respond(resp: Response<Bytes>) -> Response<Body> {
     resp.map(Body::full)
 }
 
-fn problem(p: &Problem) -> Response<Body> {
-    respond(p.to_response())
+/// Renders a problem under the policy's `type` base (R17).
+fn problem(policy: &Policy, p: Problem) -> Response<Body> {
+    respond(
+        p.with_type_base(policy.problem_base().cloned())
+            .to_response(),
+    )
 }
 
 async fn handle<S, St, ReqB, ResB>(
@@ -125,7 +130,7 @@ where
                 .await?;
             return Ok(resp.map(Body::new));
         }
-        Inspect::Reject(p) => return Ok(problem(&p)),
+        Inspect::Reject(p) => return Ok(problem(engine.policy(), p)),
         Inspect::Protect(pending) => pending,
     };
 
@@ -138,19 +143,22 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Ok(problem(&too_large(limit, pending.id())));
+        return Ok(problem(engine.policy(), too_large(limit, pending.id())));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(problem(&too_large(limit, pending.id())));
+            return Ok(problem(engine.policy(), too_large(limit, pending.id())));
         }
         Err(e) => {
             tracing::debug!(error = %e, "request body unreadable");
-            return Ok(problem(&Problem::new(
-                ProblemKind::BadRequestBody,
-                "the request body could not be read; nothing was processed",
-            )));
+            return Ok(problem(
+                engine.policy(),
+                Problem::new(
+                    ProblemKind::BadRequestBody,
+                    "the request body could not be read; nothing was processed",
+                ),
+            ));
         }
     };
 
@@ -196,7 +204,7 @@ where
                         // record it already completed stays) before the 500 leaves, so
                         // an immediate retry runs again instead of meeting a 409 (R7).
                         let _ = task_shared.engine.store().release(&lease).await;
-                        Ok(problem(&Problem::new(
+                        Ok(problem(task_shared.engine.policy(), Problem::new(
                             ProblemKind::Internal,
                             "the service failed while handling the request; it may be retried with the same key",
                         )))
@@ -206,10 +214,13 @@ where
             });
             match rx.await {
                 Ok(result) => result,
-                Err(_) => Ok(problem(&Problem::new(
-                    ProblemKind::Internal,
-                    "the request's task ended without an answer",
-                ))),
+                Err(_) => Ok(problem(
+                    engine.policy(),
+                    Problem::new(
+                        ProblemKind::Internal,
+                        "the request's task ended without an answer",
+                    ),
+                )),
             }
         }
     }
@@ -329,10 +340,13 @@ where
                         let e: BoxError = e;
                         tracing::warn!(error = %e, "upstream response body failed");
                         engine.release(ticket).await;
-                        return Ok(problem(&Problem::new(
-                            ProblemKind::UpstreamUnavailable,
-                            "the upstream's response broke off; the request may be retried with the same key",
-                        )));
+                        return Ok(problem(
+                            engine.policy(),
+                            Problem::new(
+                                ProblemKind::UpstreamUnavailable,
+                                "the upstream's response broke off; the request may be retried with the same key",
+                            ),
+                        ));
                     }
                 }
             }
