@@ -16,7 +16,9 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::record::{Record, RecordId, Snapshot};
 use crate::store::machine::{self, Write};
-use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
+use crate::store::{
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, Store, StoreError, WaitHub, Watch,
+};
 
 const SHARDS: usize = 32;
 
@@ -219,6 +221,30 @@ impl Store for MemoryStore {
             .get(id)
             .filter(|r| r.is_live(now))
             .cloned())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        let now = self.inner.config.clock.now_ms();
+        let mut found = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            found.extend(
+                shard
+                    .iter()
+                    .filter(|(id, r)| filter.matches(id, r, now))
+                    .map(|(id, r)| (id.clone(), r.clone())),
+            );
+        }
+        Ok(ListPage::from_matches(found, filter))
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let gone = self.inner.apply(id, |r, now| match r {
+            Some(r) => (Some(r.clone()).filter(|r| r.is_live(now)), Write::Delete),
+            None => (None, Write::Keep),
+        })?;
+        self.inner.hub.notify(id);
+        Ok(gone)
     }
 
     fn watch(&self, id: &RecordId) -> Watch {
