@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::{
-    Claim, ClaimRequest, Finish, Lease, MemoryStore, MemoryStoreConfig, Store, StoreError, Watch,
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, MemoryStore, MemoryStoreConfig,
+    Store, StoreError, Watch,
 };
 
 /// Any of the stores compiled in, chosen by URL with [`AnyStore::from_url`].
@@ -289,6 +290,14 @@ impl Store for AnyStore {
 
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         each!(self, s => s.lookup(id).await)
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        each!(self, s => s.list(filter).await)
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        each!(self, s => s.delete(id).await)
     }
 
     fn watch(&self, id: &RecordId) -> Watch {
