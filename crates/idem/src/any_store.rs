@@ -96,12 +96,22 @@ impl AnyStore {
             "redis" | "rediss" | "redis+cluster" | "redis+unix" | "unix" => {
                 #[cfg(feature = "redis")]
                 {
-                    let store = idem_redis::RedisStore::connect(
-                        url,
-                        idem_redis::RedisStoreConfig::default(),
-                    )
-                    .await
-                    .map_err(StoreUrlError::Open)?;
+                    // The options are idem's, not redis-rs's: take them out, or every
+                    // `?prefix=` would silently share the default prefix.
+                    let mut opts = Options::split(url);
+                    let mut config = idem_redis::RedisStoreConfig::default();
+                    if let Some(prefix) = opts.take("prefix") {
+                        config.prefix = prefix;
+                    }
+                    if let Some(t) = opts.duration("command_timeout")? {
+                        config.command_timeout = t;
+                    }
+                    if let Some(t) = opts.duration("connect_timeout")? {
+                        config.connect_timeout = t;
+                    }
+                    let store = idem_redis::RedisStore::connect(&opts.rest(), config)
+                        .await
+                        .map_err(StoreUrlError::Open)?;
                     Ok(Self::Redis(store))
                 }
                 #[cfg(not(feature = "redis"))]
