@@ -28,6 +28,8 @@ pub enum Command {
     /// Apply the store's schema migrations (PostgreSQL) and exit; `serve` applies them at
     /// start unless the URL says `?migrate=false`.
     Migrate(MigrateArgs),
+    /// Inspect and delete idempotency records (on call): get, list, delete.
+    Keys(crate::keys::KeysArgs),
 }
 
 /// Flags of `idem migrate`.
@@ -144,6 +146,12 @@ pub struct ServeArgs {
     /// Address of the admin listener (/healthz, /readyz, /metrics); off unless set.
     #[arg(long, env = "IDEM_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token that opens the admin API (/admin/keys…) on the admin listener; off unless set.
+    #[arg(long, env = "IDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File whose first line is the admin token (instead of --admin-token).
+    #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// On shutdown, how long open requests may take to finish.
     #[arg(long, env = "IDEM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,

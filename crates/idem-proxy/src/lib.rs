@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod keys;
 pub mod server;
 
 pub use server::{Running, serve, spawn};
