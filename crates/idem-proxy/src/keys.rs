@@ -279,7 +279,7 @@ enum Backend {
     Admin {
         base: String,
         token: String,
-        client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        client: Box<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>>,
     },
     Store(AnyStore),
 }
@@ -303,7 +303,7 @@ impl Backend {
                 Ok(Self::Admin {
                     base: url.trim_end_matches('/').to_owned(),
                     token,
-                    client: Client::builder(TokioExecutor::new()).build_http(),
+                    client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
                 })
             }
             (None, Some(url)) => {

@@ -227,7 +227,7 @@ fn parse_redis_key(prefix: &str, key: &[u8]) -> Option<RecordId> {
 }
 
 fn unhex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

@@ -156,12 +156,12 @@ impl ListFilter {
     /// True when a live record `id` with `record` belongs on the page at `now`,
     /// cursor included: what every store evaluates, in Rust or in its own query.
     pub fn matches(&self, id: &RecordId, record: &Record, now: Millis) -> bool {
-        let state = match (&self.state, &record.state) {
+        let state = matches!(
+            (&self.state, &record.state),
             (StateFilter::Any, _)
-            | (StateFilter::InFlight, State::InFlight { .. })
-            | (StateFilter::Completed, State::Completed { .. }) => true,
-            _ => false,
-        };
+                | (StateFilter::InFlight, State::InFlight { .. })
+                | (StateFilter::Completed, State::Completed { .. })
+        );
         state
             && record.is_live(now)
             && self.created_before.is_none_or(|t| record.created_at < t)
