@@ -475,3 +475,49 @@ async fn readyz<St: Store>(State(admin): State<Admin<St>>) -> (StatusCode, &'sta
 async fn render<St: Store>(State(admin): State<Admin<St>>) -> String {
     admin.metrics.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        let t = AdminToken::new("0123456789abcdef").unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+        assert!(!t.matches(b"0123456789abcdeF"));
+        assert!(!t.matches(b"0123456789abcde"));
+        assert!(!t.matches(b"0123456789abcdef0"));
+        assert!(!t.matches(b""));
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new("has a space in it!").is_err());
+        assert!(!format!("{t:?}").contains("0123"));
+    }
+
+    #[test]
+    fn list_parameters() {
+        let q = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            list_filter(&map, 1_000_000)
+        };
+        let f = q(&[("state", "in_flight"), ("older_than", "5m"), ("limit", "7")]).unwrap();
+        assert_eq!(f.state, StateFilter::InFlight);
+        assert_eq!(f.created_before, Some(1_000_000 - 300_000));
+        assert_eq!(f.limit, 7);
+        let f = q(&[("scope", "global")]).unwrap();
+        assert_eq!(f.scope, Some(Scope::GLOBAL));
+        for bad in [
+            ("state", "stuck"),
+            ("older_than", "soon"),
+            ("limit", "0"),
+            ("limit", "1001"),
+            ("scope", "abc"),
+            ("after", "zz"),
+            ("colour", "red"),
+        ] {
+            assert!(q(&[bad]).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! --token T`) or straight at the store (`--store URL`, the same URLs as `serve`).
 //!
 //! Output is a human table, or with `--json` the admin API's JSON
-//! ([`record_json`](crate::admin::record_json)). A record that does not exist is
+//! ([`crate::admin::record_json`]). A record that does not exist is
 //! [`NotFound`] (exit code 1); every other failure is one line and exit code 2.
 
 use std::fmt;

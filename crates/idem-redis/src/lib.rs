@@ -655,6 +655,19 @@ mod tests {
     }
 
     #[test]
+    fn keys_read_back_and_globs_are_escaped() {
+        let id = RecordId::new(
+            Scope::from_bytes([0xab; 16]),
+            IdempotencyKey::new("a}{b:*").unwrap(),
+        );
+        let key = redis_key("p*[x]", &id);
+        assert_eq!(parse_redis_key("p*[x]", key.as_bytes()), Some(id));
+        assert_eq!(parse_redis_key("other", key.as_bytes()), None);
+        assert_eq!(parse_redis_key("p*[x]", b"p*[x]:done"), None);
+        assert_eq!(glob_escape("p*[x]?\\"), "p\\*\\[x\\]\\?\\\\");
+    }
+
+    #[test]
     fn durations_fit_the_scripts() {
         assert_eq!(millis(Duration::ZERO), 1);
         assert_eq!(millis(Duration::from_secs(60)), 60_000);
