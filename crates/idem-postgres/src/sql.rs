@@ -10,6 +10,8 @@ const RENEW: &str = include_str!("../sql/renew.sql");
 const COMPLETE: &str = include_str!("../sql/complete.sql");
 const RELEASE: &str = include_str!("../sql/release.sql");
 const LOOKUP: &str = include_str!("../sql/lookup.sql");
+const LIST: &str = include_str!("../sql/list.sql");
+const DELETE: &str = include_str!("../sql/delete.sql");
 const SWEEP: &str = include_str!("../sql/sweep.sql");
 const ADVANCE: &str = include_str!("../sql/advance.sql");
 const RECOVERY: &str = include_str!("../sql/recovery.sql");
@@ -23,6 +25,8 @@ pub(crate) struct Sql {
     pub(crate) complete: String,
     pub(crate) release: String,
     pub(crate) lookup: String,
+    pub(crate) list: String,
+    pub(crate) delete: String,
     pub(crate) sweep: String,
     pub(crate) advance: String,
     pub(crate) recovery: String,
@@ -43,6 +47,8 @@ impl Sql {
             complete: in_schema(COMPLETE, schema),
             release: in_schema(RELEASE, schema),
             lookup: in_schema(LOOKUP, schema),
+            list: in_schema(LIST, schema),
+            delete: in_schema(DELETE, schema),
             sweep: in_schema(SWEEP, schema),
             advance: in_schema(ADVANCE, schema),
             recovery: in_schema(RECOVERY, schema),

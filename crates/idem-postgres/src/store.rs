@@ -9,7 +9,11 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use idem_core::fingerprint::Fingerprint;
 use idem_core::record::{Corrupt, OwnerToken, Record, RecordId, Snapshot, State};
-use idem_core::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
+use idem_core::scope::Scope;
+use idem_core::store::{
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, StateFilter, Store, StoreError,
+    WaitHub, Watch,
+};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -480,6 +484,70 @@ impl Store for PostgresStore {
             )
             .await?;
         rows.first().map(record).transpose()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        let state: Option<i16> = match filter.state {
+            StateFilter::Any => None,
+            StateFilter::InFlight => Some(IN_FLIGHT),
+            StateFilter::Completed => Some(COMPLETED),
+        };
+        let created_before = filter
+            .created_before
+            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        let scope = filter.scope.map(|s| s.as_bytes().to_vec());
+        let after_scope = filter.after.as_ref().map(|a| a.scope().as_bytes().to_vec());
+        let after_key = filter.after.as_ref().map(|a| a.key().as_str());
+        // One more than the page, to know whether another page follows.
+        let limit = i64::try_from(filter.page_size()).unwrap_or(i64::MAX - 1) + 1;
+        let rows = self
+            .query(
+                &self.inner.sql.list,
+                &[
+                    &state,
+                    &created_before,
+                    &scope,
+                    &after_scope,
+                    &after_key,
+                    &limit,
+                ],
+            )
+            .await?;
+        let records = rows
+            .iter()
+            .map(|row| {
+                let scope: &[u8] = row.try_get("scope").map_err(error::pg)?;
+                let scope =
+                    <[u8; 16]>::try_from(scope).map_err(|_| Corrupt("scope is not 16 bytes"))?;
+                let key: &str = row.try_get("key").map_err(error::pg)?;
+                let key = idem_core::IdempotencyKey::new(key)
+                    .map_err(|_| Corrupt("stored key is not a valid key"))?;
+                Ok((RecordId::new(Scope::from_bytes(scope), key), record(row)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(ListPage::from_sorted(records, filter))
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let rows = self
+            .query(
+                &self.inner.sql.delete,
+                &[
+                    &id.scope().as_bytes().as_slice(),
+                    &id.key().as_str(),
+                    &self.inner.channel,
+                ],
+            )
+            .await?;
+        // This process's watchers wake at once; the notification wakes the others.
+        self.inner.hub.notify(id);
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        if !row.try_get::<_, bool>("live").map_err(error::pg)? {
+            return Ok(None);
+        }
+        record(row).map(Some)
     }
 
     fn watch(&self, id: &RecordId) -> Watch {

@@ -1,20 +1,45 @@
 //! The admin listener (`--admin-listen`): liveness, readiness and Prometheus metrics,
-//! apart from the proxied traffic.
+//! apart from the proxied traffic, and the on-call API over the store's records.
 //!
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 when the store answers a lookup within 2 s, else 503.
 //! - `GET /metrics`: every metric in the Prometheus text format.
+//! - `GET /admin/keys/{scope}/{key}`: one record as JSON ([`record_json`]).
+//! - `GET /admin/keys?state=in_flight|completed|any&older_than=5m&scope=S&limit=N&after=C`:
+//!   one page of live records, `{"keys": [...], "next": cursor or null}`.
+//! - `DELETE /admin/keys/{scope}/{key}`: removes the record whatever its state (waiting
+//!   duplicates wake and claim afresh), logs an audit line on target `idem::audit`, and
+//!   answers `{"deleted": record}`.
+//!
+//! `{scope}` is the scope digest in hex, as logs show it, or `global` (the scope when
+//! `--scope-header none`). The `/admin/` routes need `Authorization: Bearer <token>`
+//! with the token given by `--admin-token` or `--admin-token-file` (compared in constant
+//! time); a missing or wrong token is 401 with `WWW-Authenticate`, and without a
+//! configured token they answer 404 (the API is off). Every error is a problem
+//! document.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use idem::record::RecordId;
+use idem::clock::{Clock, Millis, SystemClock};
+use idem::problem::TYPE_BASE;
+use idem::record::{NotRetained, Record, RecordId, SnapshotBody, State as RecordState};
 use idem::scope::Scope;
+use idem::store::{ListFilter, StateFilter};
 use idem::{IdempotencyKey, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
 
 /// Metric names the proxy records beyond the engine's ([`idem::metrics`]).
 pub mod names {
@@ -56,13 +81,379 @@ struct Admin<St> {
     metrics: PrometheusHandle,
 }
 
-/// The admin routes over `store`.
+/// The admin routes over `store`, with the `/admin/` API off (no token).
 pub fn router<St: Store>(store: St, metrics: PrometheusHandle) -> Router {
+    router_with(store, metrics, None)
+}
+
+/// The admin routes over `store`; the `/admin/` API is on when `token` is set.
+///
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so audit lines
+/// name the caller's address.
+pub fn router_with<St: Store>(
+    store: St,
+    metrics: PrometheusHandle,
+    token: Option<AdminToken>,
+) -> Router {
+    let keys = Router::new()
+        .route("/admin/keys", get(list::<St>))
+        .route(
+            "/admin/keys/{scope}/{key}",
+            get(get_key::<St>).delete(delete_key::<St>),
+        )
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "admin-not-found",
+                "no such admin endpoint",
+            )
+        })
+        .route_layer(middleware::from_fn_with_state(Arc::new(token), authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<St>))
         .route("/metrics", get(render::<St>))
+        .merge(keys)
         .with_state(Admin { store, metrics })
+}
+
+/// The bearer token that opens the `/admin/` API. Its `Debug` hides it.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8]>);
+
+impl AdminToken {
+    /// A token; it must be at least 16 characters and hold no whitespace.
+    pub fn new(token: &str) -> anyhow::Result<Self> {
+        let token = token.trim();
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the admin token must be at least 16 characters"
+        );
+        anyhow::ensure!(
+            !token.contains(char::is_whitespace) && token.is_ascii(),
+            "the admin token must be visible ASCII without spaces"
+        );
+        Ok(Self(token.as_bytes().into()))
+    }
+
+    /// The token from `--admin-token` or the first line of `--admin-token-file`, if
+    /// either is set (not both).
+    pub fn load(token: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        match (token, file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give --admin-token or --admin-token-file, not both")
+            }
+            (Some(t), None) => Self::new(t).map(Some),
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the admin token file {}", f.display()))?;
+                Self::new(text.lines().next().unwrap_or(""))
+                    .with_context(|| format!("admin token file {}", f.display()))
+                    .map(Some)
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// True when `presented` is the token. The time taken depends only on the
+    /// configured token's length, never on how much of it `presented` matches.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let mut diff = u8::from(presented.len() != self.0.len());
+        for (i, expected) in self.0.iter().enumerate() {
+            diff |= expected ^ presented.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(…)")
+    }
+}
+
+/// Who called, for the audit log.
+#[derive(Clone, Debug)]
+struct Caller(String);
+
+async fn authorize(
+    State(token): State<Arc<Option<AdminToken>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token.as_ref() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "admin-disabled",
+            "the admin API is off: start idem serve with --admin-token or --admin-token-file",
+        );
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().as_bytes().to_vec());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+    if !presented.is_some_and(|p| token.matches(&p)) {
+        tracing::warn!(target: "idem::audit", peer, path = %req.uri().path(), "admin request refused: missing or wrong token");
+        let mut resp = problem(
+            StatusCode::UNAUTHORIZED,
+            "admin-unauthorized",
+            "send Authorization: Bearer <the admin token>",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"idem-admin\""),
+        );
+        return resp;
+    }
+    req.extensions_mut()
+        .insert(Caller(format!("admin-token from {peer}")));
+    next.run(req).await
+}
+
+/// A problem document for the admin API.
+fn problem(status: StatusCode, slug: &str, detail: impl Into<String>) -> Response {
+    let body = json!({
+        "type": format!("{TYPE_BASE}{slug}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/problem+json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn store_failed(e: &idem::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "admin: store failed");
+    let mut resp = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        format!("the store failed: {e}"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+fn bad_request(detail: impl Into<String>) -> Response {
+    problem(StatusCode::BAD_REQUEST, "admin-bad-request", detail)
+}
+
+/// Reads a scope as the admin API and `idem keys` take it: `global`, or the digest in
+/// hex as logs show it.
+pub fn parse_scope(s: &str) -> Result<Scope, String> {
+    if s.eq_ignore_ascii_case("global") {
+        return Ok(Scope::GLOBAL);
+    }
+    Scope::from_hex(s)
+        .ok_or_else(|| format!("scope `{s}` is neither `global` nor a 32-digit hex digest"))
+}
+
+fn record_id(scope: &str, key: &str) -> Result<RecordId, String> {
+    let scope = parse_scope(scope)?;
+    let key =
+        IdempotencyKey::new(key).map_err(|e| format!("`{key}` is not an idempotency key: {e}"))?;
+    Ok(RecordId::new(scope, key))
+}
+
+fn rfc3339(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A record as the admin API answers it:
+///
+/// `scope` (hex), `key`, `state` (`in_flight` or `completed`), `fingerprint` (hex),
+/// `created` (RFC 3339), `age_ms`; in flight: `owner` {`token` (hex), `lease_until`,
+/// `lease_left_ms`}; completed: `expires`, `response` {`status`, `body_bytes`} or
+/// {`status`, `not_retained`: `too_large` | `streamed`}.
+pub fn record_json(id: &RecordId, record: &Record, now: Millis) -> Value {
+    let mut out = json!({
+        "scope": id.scope().to_hex(),
+        "key": id.key().as_str(),
+        "fingerprint": hex(record.fingerprint.as_bytes()),
+        "created": rfc3339(record.created_at),
+        "age_ms": now.saturating_sub(record.created_at),
+    });
+    let fields = match &record.state {
+        RecordState::InFlight { owner, lease_until } => json!({
+            "state": "in_flight",
+            "owner": {
+                "token": owner.to_hex(),
+                "lease_until": rfc3339(*lease_until),
+                "lease_left_ms": lease_until.saturating_sub(now),
+            },
+        }),
+        RecordState::Completed {
+            snapshot,
+            expires_at,
+        } => {
+            let response = match &snapshot.body {
+                SnapshotBody::Full(body) => {
+                    json!({ "status": snapshot.status.as_u16(), "body_bytes": body.len() })
+                }
+                SnapshotBody::NotRetained(why) => json!({
+                    "status": snapshot.status.as_u16(),
+                    "not_retained": match why {
+                        NotRetained::TooLarge => "too_large",
+                        NotRetained::Streamed => "streamed",
+                    },
+                }),
+            };
+            json!({ "state": "completed", "expires": rfc3339(*expires_at), "response": response })
+        }
+    };
+    if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
+        out.extend(fields);
+    }
+    out
+}
+
+fn now() -> Millis {
+    SystemClock.now_ms()
+}
+
+async fn get_key<St: Store>(
+    State(admin): State<Admin<St>>,
+    UrlPath((scope, key)): UrlPath<(String, String)>,
+) -> Response {
+    let id = match record_id(&scope, &key) {
+        Ok(id) => id,
+        Err(e) => return bad_request(e),
+    };
+    match admin.store.lookup(&id).await {
+        Ok(Some(record)) => axum::Json(record_json(&id, &record, now())).into_response(),
+        Ok(None) => not_found(&id),
+        Err(e) => store_failed(&e),
+    }
+}
+
+fn not_found(id: &RecordId) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "admin-key-not-found",
+        format!(
+            "no live record for key `{}` in scope {}",
+            id.key(),
+            id.scope()
+        ),
+    )
+}
+
+async fn delete_key<St: Store>(
+    State(admin): State<Admin<St>>,
+    caller: Option<axum::Extension<Caller>>,
+    UrlPath((scope, key)): UrlPath<(String, String)>,
+) -> Response {
+    let id = match record_id(&scope, &key) {
+        Ok(id) => id,
+        Err(e) => return bad_request(e),
+    };
+    let who = caller.map_or_else(|| "unknown".to_owned(), |c| c.0.0);
+    match admin.store.delete(&id).await {
+        Ok(Some(record)) => {
+            let previous = match record.state {
+                RecordState::InFlight { .. } => "in_flight",
+                RecordState::Completed { .. } => "completed",
+            };
+            tracing::info!(
+                target: "idem::audit",
+                scope = %id.scope(),
+                key = %id.key(),
+                previous_state = previous,
+                who = %who,
+                "idempotency record deleted"
+            );
+            axum::Json(json!({ "deleted": record_json(&id, &record, now()) })).into_response()
+        }
+        Ok(None) => not_found(&id),
+        Err(e) => store_failed(&e),
+    }
+}
+
+async fn list<St: Store>(
+    State(admin): State<Admin<St>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = match list_filter(&q, now()) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    match admin.store.list(&filter).await {
+        Ok(page) => {
+            let now = now();
+            let keys: Vec<Value> = page
+                .records
+                .iter()
+                .map(|(id, r)| record_json(id, r, now))
+                .collect();
+            axum::Json(json!({ "keys": keys, "next": page.next.map(|n| n.to_hex()) }))
+                .into_response()
+        }
+        Err(e) => store_failed(&e),
+    }
+}
+
+/// The largest page the API answers.
+pub const MAX_LIMIT: usize = 1000;
+
+fn list_filter(q: &HashMap<String, String>, now: Millis) -> Result<ListFilter, String> {
+    let mut filter = ListFilter::default();
+    for (name, value) in q {
+        match name.as_str() {
+            "state" => {
+                filter.state = match value.as_str() {
+                    "any" => StateFilter::Any,
+                    "in_flight" => StateFilter::InFlight,
+                    "completed" => StateFilter::Completed,
+                    other => {
+                        return Err(format!("state `{other}`: use in_flight, completed or any"));
+                    }
+                }
+            }
+            "older_than" => {
+                let d = humantime::parse_duration(value)
+                    .map_err(|e| format!("older_than `{value}` is not a duration like 5m ({e})"))?;
+                let ms = Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX);
+                filter.created_before = Some(now.saturating_sub(ms));
+            }
+            "scope" => filter.scope = Some(parse_scope(value)?),
+            "limit" => {
+                let n: usize = value
+                    .parse()
+                    .map_err(|_| format!("limit `{value}` is not a number"))?;
+                if n == 0 || n > MAX_LIMIT {
+                    return Err(format!("limit must be 1 to {MAX_LIMIT}"));
+                }
+                filter.limit = n;
+            }
+            "after" => {
+                filter.after = Some(
+                    RecordId::from_hex(value)
+                        .ok_or_else(|| format!("after `{value}` is not a cursor this API gave"))?,
+                );
+            }
+            other => return Err(format!("unknown parameter `{other}`")),
+        }
+    }
+    Ok(filter)
 }
 
 async fn readyz<St: Store>(State(admin): State<Admin<St>>) -> (StatusCode, &'static str) {
@@ -83,4 +474,50 @@ async fn readyz<St: Store>(State(admin): State<Admin<St>>) -> (StatusCode, &'sta
 
 async fn render<St: Store>(State(admin): State<Admin<St>>) -> String {
     admin.metrics.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        let t = AdminToken::new("0123456789abcdef").unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+        assert!(!t.matches(b"0123456789abcdeF"));
+        assert!(!t.matches(b"0123456789abcde"));
+        assert!(!t.matches(b"0123456789abcdef0"));
+        assert!(!t.matches(b""));
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new("has a space in it!").is_err());
+        assert!(!format!("{t:?}").contains("0123"));
+    }
+
+    #[test]
+    fn list_parameters() {
+        let q = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            list_filter(&map, 1_000_000)
+        };
+        let f = q(&[("state", "in_flight"), ("older_than", "5m"), ("limit", "7")]).unwrap();
+        assert_eq!(f.state, StateFilter::InFlight);
+        assert_eq!(f.created_before, Some(1_000_000 - 300_000));
+        assert_eq!(f.limit, 7);
+        let f = q(&[("scope", "global")]).unwrap();
+        assert_eq!(f.scope, Some(Scope::GLOBAL));
+        for bad in [
+            ("state", "stuck"),
+            ("older_than", "soon"),
+            ("limit", "0"),
+            ("limit", "1001"),
+            ("scope", "abc"),
+            ("after", "zz"),
+            ("colour", "red"),
+        ] {
+            assert!(q(&[bad]).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -36,6 +36,8 @@ pub enum Command {
     /// Print Markdown for your API's public docs: which endpoints take keys, retention,
     /// retries, and every status idem may answer, one section per problem type.
     Docs(Box<DocsArgs>),
+    /// Inspect and delete idempotency records (on call): get, list, delete.
+    Keys(crate::keys::KeysArgs),
 }
 
 /// Flags of `idem check-config`.
@@ -175,6 +177,12 @@ pub struct ServeArgs {
     /// Address of the admin listener (/healthz, /readyz, /metrics); off unless set.
     #[arg(long, env = "IDEM_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token that opens the admin API (/admin/keys…) on the admin listener; off unless set.
+    #[arg(long, env = "IDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File whose first line is the admin token (instead of --admin-token).
+    #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// On shutdown, how long open requests may take to finish.
     #[arg(long, env = "IDEM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,

@@ -27,6 +27,7 @@ pub mod demo;
 pub mod docs;
 pub mod file;
 pub mod forward;
+pub mod keys;
 pub mod routes;
 pub mod server;
 

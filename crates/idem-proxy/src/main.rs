@@ -32,6 +32,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(parsed)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `idem keys`: a record that does not exist is not a failure of the command.
+        Err(e) if e.downcast_ref::<idem_proxy::keys::NotFound>().is_some() => {
+            eprintln!("idem: {e:#}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("idem: {e:#}");
             ExitCode::from(2)
@@ -88,6 +93,14 @@ async fn run(parsed: Parsed) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let config = ServeConfig::resolve(args.as_ref(), file.as_ref())?;
+            let admin_token = idem_proxy::admin::AdminToken::load(
+                args.admin_token.as_deref(),
+                args.admin_token_file.as_deref(),
+            )?;
+            anyhow::ensure!(
+                admin_token.is_none() || config.admin_listen.is_some(),
+                "--admin-token needs --admin-listen: the admin API is served there"
+            );
             let store = AnyStore::from_url(&config.store)
                 .await
                 .with_context(|| format!("store `{}`", config.store))?;
@@ -96,9 +109,11 @@ async fn run(parsed: Parsed) -> anyhow::Result<()> {
                 let admin = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-                let app = idem_proxy::admin::router(store.clone(), metrics);
-                tracing::info!(admin = %admin.local_addr()?, "admin listening");
+                let keys_api = admin_token.is_some();
+                let app = idem_proxy::admin::router_with(store.clone(), metrics, admin_token);
+                tracing::info!(admin = %admin.local_addr()?, keys_api, "admin listening");
                 tokio::spawn(async move {
+                    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                     if let Err(e) = axum::serve(admin, app).await {
                         tracing::error!(error = %e, "admin listener failed");
                     }
@@ -131,6 +146,7 @@ async fn run(parsed: Parsed) -> anyhow::Result<()> {
             println!("{}: {applied} migration(s) applied", store.kind());
             Ok(())
         }
+        Command::Keys(args) => idem_proxy::keys::run(args).await,
         Command::Demo(args) => {
             idem_proxy::demo::run(&args, shutdown_signal()).await?;
             Ok(())

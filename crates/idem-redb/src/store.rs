@@ -9,7 +9,9 @@ use std::time::Duration;
 use idem_core::clock::{Clock, SystemClock};
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::machine::{self, Write};
-use idem_core::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
+use idem_core::store::{
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, Store, StoreError, WaitHub, Watch,
+};
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::error::{OpenError, STORE, backend};
@@ -193,6 +195,43 @@ impl Inner {
         })
     }
 
+    /// One page of live records in id order: the table's own key order is the id order
+    /// ([`RecordId::to_bytes`] is the 16 scope bytes, then the key), so the scan starts
+    /// at the cursor (or the scope) and stops once the page is full.
+    fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(backend)?;
+        let now = self.config.clock.now_ms();
+        let records = txn.open_table(RECORDS).map_err(backend)?;
+        let after = filter.after.as_ref().map(RecordId::to_bytes);
+        let scope = filter.scope.map(|s| s.as_bytes().to_vec());
+        let start = match (&after, &scope) {
+            (Some(a), Some(s)) if a.as_slice() < s.as_slice() => Bound::Included(s.as_slice()),
+            (Some(a), _) => Bound::Excluded(a.as_slice()),
+            (None, Some(s)) => Bound::Included(s.as_slice()),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut found = Vec::new();
+        for entry in records
+            .range::<&[u8]>((start, Bound::Unbounded))
+            .map_err(backend)?
+        {
+            let (k, v) = entry.map_err(backend)?;
+            let id = RecordId::from_bytes(k.value())?;
+            if filter.scope.is_some_and(|s| *id.scope() > s) {
+                break;
+            }
+            let record = decode(v.value())?;
+            if filter.matches(&id, &record, now) {
+                found.push((id, record));
+                if found.len() > filter.page_size() {
+                    break;
+                }
+            }
+        }
+        Ok(ListPage::from_sorted(found, filter))
+    }
+
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         table: redb::TableDefinition<'_, K, V>,
@@ -373,6 +412,18 @@ impl Store for RedbStore {
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let id = id.clone();
         self.blocking(move |inner| inner.lookup(&id)).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |inner| inner.list(&filter)).await
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let gone = self.inner.writer.delete(id).await?;
+        // After the commit, as for a release: a woken waiter claims afresh.
+        self.inner.hub.notify(id);
+        Ok(gone)
     }
 
     fn watch(&self, id: &RecordId) -> Watch {

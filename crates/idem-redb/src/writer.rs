@@ -68,9 +68,24 @@ impl Writer {
         f: impl FnOnce(Option<&Record>, Millis) -> (T, Write) + Send + 'static,
     ) -> Result<T, StoreError> {
         let key = id.to_bytes();
+        self.submit(move |batch| batch.transition(&key, f)).await
+    }
+
+    /// Deletes the record of `id` in the next batch, whatever its state and even if it
+    /// does not decode (on-call must be able to remove a damaged record). Answers the
+    /// record it removed if it was live and readable.
+    pub(crate) async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let key = id.to_bytes();
+        self.submit(move |batch| batch.remove(&key)).await
+    }
+
+    async fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| -> Reply {
-            let outcome = batch.map(|batch| batch.transition(&key, f));
+            let outcome = batch.map(f);
             Box::new(move |commit: Result<(), &StoreError>| {
                 let answer = match (outcome, commit) {
                     // Its own failure says the most (a record that does not decode).
@@ -125,6 +140,41 @@ impl Batch<'_> {
                 Err(failed)
             }
         }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<Option<Record>, StoreError> {
+        if let Some(e) = &self.poisoned {
+            return Err(StoreError::backend(
+                STORE,
+                format!("an earlier write of this transaction failed: {e}"),
+            ));
+        }
+        self.wrote = true;
+        match self.remove_raw(key) {
+            Ok(gone) => Ok(gone.filter(|r| r.is_live(self.now))),
+            Err(e) => {
+                let failed = StoreError::backend(STORE, format!("deleting a record failed: {e}"));
+                self.poisoned = Some(e);
+                Err(failed)
+            }
+        }
+    }
+
+    fn remove_raw(&mut self, key: &[u8]) -> Result<Option<Record>, StoreError> {
+        let Some(old) = self.records.remove(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        let Ok(record) = Record::decode(old.value()) else {
+            // Unreadable, so its deadline is unknown: its index entry stays behind, and
+            // the sweeper drops it when it finds no record there.
+            tracing::warn!(store = STORE, "deleted a record that does not decode");
+            return Ok(None);
+        };
+        drop(old);
+        self.expiry
+            .remove((record.ends_at(), key))
+            .map_err(backend)?;
+        Ok(Some(record))
     }
 
     /// Writes a record and keeps the expiry index in step: the old entry goes in the

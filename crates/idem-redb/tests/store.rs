@@ -316,6 +316,13 @@ async fn r16_garbage_bytes_are_corrupt() {
         store.lookup(&rid).await,
         Err(StoreError::Corrupt(_))
     ));
+    // On call can still remove it, and the key is usable again.
+    assert_eq!(store.delete(&rid).await.unwrap(), None);
+    assert_eq!(store.lookup(&rid).await.unwrap(), None);
+    assert!(matches!(
+        store.claim(&claim_req(&rid, 1)).await.unwrap(),
+        Claim::Acquired(_)
+    ));
 }
 
 // R16 with group commit: transitions that arrive together share one write transaction,

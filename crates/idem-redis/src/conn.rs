@@ -8,6 +8,7 @@ use idem_core::store::StoreError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ErrorKind, RedisError, ScriptInvocation, ServerErrorKind, Value};
 
 use crate::RedisStoreConfig;
@@ -79,6 +80,77 @@ impl Conn {
             Self::Cluster(c) => cmd.query_async(&mut c.clone()).await,
         }
     }
+}
+
+/// A server to send a command to: the one standalone server, or a cluster master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// The standalone server.
+    Only,
+    /// The cluster master at this address.
+    Master(String, u16),
+}
+
+impl Conn {
+    /// The servers that hold keys: the standalone server, or every cluster master (from
+    /// `CLUSTER SLOTS`, asked of any node), so a `SCAN` per node sees every key once.
+    pub(crate) async fn masters(&self) -> redis::RedisResult<Vec<Node>> {
+        let Self::Cluster(c) = self else {
+            return Ok(vec![Node::Only]);
+        };
+        let reply = c
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let mut nodes = Vec::new();
+        let Value::Array(ranges) = reply else {
+            return Err(unexpected_reply("CLUSTER SLOTS"));
+        };
+        for range in ranges {
+            // [first slot, last slot, [host, port, id, …] of the master, replicas …]
+            let Value::Array(range) = range else {
+                return Err(unexpected_reply("CLUSTER SLOTS"));
+            };
+            let Some(Value::Array(master)) = range.get(2) else {
+                return Err(unexpected_reply("CLUSTER SLOTS"));
+            };
+            let host = match master.first() {
+                Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                Some(Value::SimpleString(h)) => h.clone(),
+                _ => return Err(unexpected_reply("CLUSTER SLOTS")),
+            };
+            let Some(Value::Int(port)) = master.get(1) else {
+                return Err(unexpected_reply("CLUSTER SLOTS"));
+            };
+            let port = u16::try_from(*port).map_err(|_| unexpected_reply("CLUSTER SLOTS"))?;
+            let node = Node::Master(host, port);
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Runs one command on one server (a cluster master by address).
+    pub(crate) async fn query_on(&self, node: &Node, cmd: &Cmd) -> redis::RedisResult<Value> {
+        match (self, node) {
+            (Self::Cluster(c), Node::Master(host, port)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                c.clone().route_command(cmd.clone(), routing).await
+            }
+            _ => self.query(cmd).await,
+        }
+    }
+}
+
+fn unexpected_reply(what: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::Parse, "unexpected reply", what.to_owned()))
 }
 
 impl fmt::Debug for Conn {

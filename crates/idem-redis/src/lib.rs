@@ -117,7 +117,10 @@ use std::time::Duration;
 use idem_core::clock::Millis;
 use idem_core::fingerprint::Fingerprint;
 use idem_core::record::{Corrupt, OwnerToken, Record, RecordId, Snapshot, State};
-use idem_core::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
+use idem_core::scope::Scope;
+use idem_core::store::{
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, Store, StoreError, WaitHub, Watch,
+};
 use redis::{Script, Value};
 use tokio::sync::oneshot;
 
@@ -176,6 +179,7 @@ struct Scripts {
     renew: Script,
     complete: Script,
     release: Script,
+    delete: Script,
 }
 
 impl Scripts {
@@ -185,6 +189,7 @@ impl Scripts {
             renew: Script::new(include_str!("lua/renew.lua")),
             complete: Script::new(include_str!("lua/complete.lua")),
             release: Script::new(include_str!("lua/release.lua")),
+            delete: Script::new(include_str!("lua/delete.lua")),
         }
     }
 }
@@ -204,6 +209,42 @@ pub fn redis_key(prefix: &str, id: &RecordId) -> String {
     out.push(':');
     push_hex(&mut out, key);
     out.push('}');
+    out
+}
+
+/// Reads a [`redis_key`] back; `None` for any other key.
+fn parse_redis_key(prefix: &str, key: &[u8]) -> Option<RecordId> {
+    let key = std::str::from_utf8(key).ok()?;
+    let tag = key
+        .strip_prefix(prefix)?
+        .strip_prefix(":{")?
+        .strip_suffix('}')?;
+    let (scope, key) = tag.split_once(':')?;
+    let scope = Scope::from_hex(scope)?;
+    let key = unhex(key)?;
+    let key = idem_core::IdempotencyKey::new(std::str::from_utf8(&key).ok()?).ok()?;
+    Some(RecordId::new(scope, key))
+}
+
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `s` with the glob characters of `SCAN … MATCH` escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
     out
 }
 
@@ -418,6 +459,78 @@ impl Store for RedisStore {
         parse_record(reply)
     }
 
+    /// `SCAN`s the prefix (with the scope, when filtered) on the server, or on every
+    /// master of a cluster, then reads the candidates after the cursor in id order until
+    /// the page is full. Every page scans the whole prefix: meant for on-call use, not
+    /// the request path.
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        let timeout = self.inner.command_timeout;
+        let mut pattern = glob_escape(&self.inner.prefix);
+        pattern.push_str(":{");
+        if let Some(scope) = filter.scope {
+            pattern.push_str(&scope.to_hex());
+            pattern.push(':');
+        }
+        pattern.push('*');
+        let mut ids = Vec::new();
+        for node in conn::within(timeout, self.inner.conn.masters()).await? {
+            let mut cursor = 0u64;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let reply = conn::within(timeout, self.inner.conn.query_on(&node, &cmd)).await?;
+                let (next, keys) = parse_scan(reply)?;
+                ids.extend(
+                    keys.iter()
+                        .filter_map(|k| parse_redis_key(&self.inner.prefix, k))
+                        .filter(|id| filter.after.as_ref().is_none_or(|a| id > a)),
+                );
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let mut found = Vec::new();
+        for id in ids {
+            let Some(record) = self.lookup(&id).await? else {
+                continue; // expired or deleted since the scan
+            };
+            // Deadlines are on Redis's clock and Redis removes records itself: a record
+            // it still returns is live, whatever this machine's clock says.
+            let live_now = record.ends_at().saturating_sub(1);
+            if filter.matches(&id, &record, live_now) {
+                found.push((id, record));
+                if found.len() > filter.page_size() {
+                    break;
+                }
+            }
+        }
+        Ok(ListPage::from_sorted(found, filter))
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let mut invocation = self.inner.scripts.delete.prepare_invoke();
+        invocation
+            .key(self.key(id))
+            .arg(&self.inner.channel)
+            .arg(id.to_bytes());
+        let reply = conn::within(
+            self.inner.command_timeout,
+            self.inner.conn.invoke(&invocation),
+        )
+        .await?;
+        // Wake this process's watchers at once too; the notification wakes the others.
+        self.inner.hub.notify(id);
+        parse_record(reply)
+    }
+
     fn watch(&self, id: &RecordId) -> Watch {
         self.inner.hub.watch(id)
     }
@@ -426,6 +539,24 @@ impl Store for RedisStore {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         Ok(0)
     }
+}
+
+/// Reads a `SCAN` reply: the next cursor and the keys.
+fn parse_scan(reply: Value) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+    let bad = || StoreError::backend("redis", "unexpected reply to SCAN");
+    let Value::Array(parts) = reply else {
+        return Err(bad());
+    };
+    let Ok([cursor, keys]) = <[Value; 2]>::try_from(parts) else {
+        return Err(bad());
+    };
+    let cursor = bytes(cursor)
+        .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+        .ok_or_else(bad)?;
+    let Value::Array(keys) = keys else {
+        return Err(bad());
+    };
+    Ok((cursor, keys.into_iter().filter_map(bytes).collect()))
 }
 
 /// Reads the `HMGET st fp ow ca dl sn` reply of [`Store::lookup`].
@@ -521,6 +652,19 @@ mod tests {
             IdempotencyKey::new("k").unwrap(),
         );
         assert_ne!(redis_key("idem", &a), redis_key("idem", &b));
+    }
+
+    #[test]
+    fn keys_read_back_and_globs_are_escaped() {
+        let id = RecordId::new(
+            Scope::from_bytes([0xab; 16]),
+            IdempotencyKey::new("a}{b:*").unwrap(),
+        );
+        let key = redis_key("p*[x]", &id);
+        assert_eq!(parse_redis_key("p*[x]", key.as_bytes()), Some(id));
+        assert_eq!(parse_redis_key("other", key.as_bytes()), None);
+        assert_eq!(parse_redis_key("p*[x]", b"p*[x]:done"), None);
+        assert_eq!(glob_escape("p*[x]?\\"), "p\\*\\[x\\]\\?\\\\");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::{
-    Claim, ClaimRequest, Finish, Lease, MemoryStore, MemoryStoreConfig, Store, StoreError, Watch,
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, MemoryStore, MemoryStoreConfig,
+    Store, StoreError, Watch,
 };
 
 /// Any of the stores compiled in, chosen by URL with [`AnyStore::from_url`].
@@ -95,12 +96,22 @@ impl AnyStore {
             "redis" | "rediss" | "redis+cluster" | "redis+unix" | "unix" => {
                 #[cfg(feature = "redis")]
                 {
-                    let store = idem_redis::RedisStore::connect(
-                        url,
-                        idem_redis::RedisStoreConfig::default(),
-                    )
-                    .await
-                    .map_err(StoreUrlError::Open)?;
+                    // The options are idem's, not redis-rs's: take them out, or every
+                    // `?prefix=` would silently share the default prefix.
+                    let mut opts = Options::split(url);
+                    let mut config = idem_redis::RedisStoreConfig::default();
+                    if let Some(prefix) = opts.take("prefix") {
+                        config.prefix = prefix;
+                    }
+                    if let Some(t) = opts.duration("command_timeout")? {
+                        config.command_timeout = t;
+                    }
+                    if let Some(t) = opts.duration("connect_timeout")? {
+                        config.connect_timeout = t;
+                    }
+                    let store = idem_redis::RedisStore::connect(&opts.rest(), config)
+                        .await
+                        .map_err(StoreUrlError::Open)?;
                     Ok(Self::Redis(store))
                 }
                 #[cfg(not(feature = "redis"))]
@@ -289,6 +300,14 @@ impl Store for AnyStore {
 
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         each!(self, s => s.lookup(id).await)
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        each!(self, s => s.list(filter).await)
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        each!(self, s => s.delete(id).await)
     }
 
     fn watch(&self, id: &RecordId) -> Watch {

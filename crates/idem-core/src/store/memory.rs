@@ -16,7 +16,9 @@ use std::time::Duration;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::record::{Record, RecordId, Snapshot};
 use crate::store::machine::{self, Write};
-use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, WaitHub, Watch};
+use crate::store::{
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, Store, StoreError, WaitHub, Watch,
+};
 
 const SHARDS: usize = 32;
 
@@ -271,6 +273,30 @@ impl Store for MemoryStore {
             Some(held) if held.ends_at > now => held.record().map(Some),
             _ => Ok(None),
         }
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        let now = self.inner.config.clock.now_ms();
+        let mut found = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, held) in shard.iter().filter(|(_, held)| held.ends_at > now) {
+                let record = held.record()?;
+                if filter.matches(id, &record, now) {
+                    found.push((id.clone(), record));
+                }
+            }
+        }
+        Ok(ListPage::from_matches(found, filter))
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let gone = self.inner.apply(id, |r, now| match r {
+            Some(r) => (Some(r.clone()).filter(|r| r.is_live(now)), Write::Delete),
+            None => (None, Write::Keep),
+        })?;
+        self.inner.hub.notify(id);
+        Ok(gone)
     }
 
     fn watch(&self, id: &RecordId) -> Watch {

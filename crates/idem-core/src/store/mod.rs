@@ -23,6 +23,14 @@
 //!   or released. It may wake spuriously and, for networked stores, may miss a wake-up;
 //!   callers re-check with `claim` and poll with a bounded interval. Waiting holds no
 //!   pooled connection.
+//! - [`Store::list`]: the live records matching a [`ListFilter`], in [`RecordId`] order
+//!   (scope bytes, then key bytes), at most `limit` of them, starting after the
+//!   filter's cursor; [`ListPage::next`] is the cursor of the next page. For on-call
+//!   inspection, not the request path: it may read the whole store.
+//! - [`Store::delete`]: removes the record whatever its state or owner, answers the live
+//!   record it removed (if any), and wakes watchers as a release does, so a waiting
+//!   duplicate claims afresh. An in-flight owner whose record was deleted is
+//!   superseded: its completion changes nothing.
 //! - Expired records are removed by the store on its own (native expiry or a
 //!   background sweep), so storage is bounded by live records (R14);
 //!   [`Store::purge_expired`] runs one sweep now.
@@ -33,8 +41,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::clock::Millis;
 use crate::fingerprint::Fingerprint;
-use crate::record::{Corrupt, OwnerToken, Record, RecordId, Snapshot};
+use crate::record::{Corrupt, OwnerToken, Record, RecordId, Snapshot, State};
+use crate::scope::Scope;
 
 pub mod machine;
 pub mod memory;
@@ -102,6 +112,100 @@ pub enum Finish {
     Superseded,
 }
 
+/// Which states [`Store::list`] answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateFilter {
+    /// In flight and completed.
+    #[default]
+    Any,
+    /// Only in-flight records (a request running, or stuck until its lease ends).
+    InFlight,
+    /// Only completed records.
+    Completed,
+}
+
+/// What [`Store::list`] is asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Which states.
+    pub state: StateFilter,
+    /// Only records created strictly before this instant.
+    pub created_before: Option<Millis>,
+    /// Only records of this scope.
+    pub scope: Option<Scope>,
+    /// The cursor: only records whose id sorts after this one ([`ListPage::next`]).
+    pub after: Option<RecordId>,
+    /// The most records answered (at least one is asked for).
+    pub limit: usize,
+}
+
+impl Default for ListFilter {
+    /// Every live record, 100 per page.
+    fn default() -> Self {
+        Self {
+            state: StateFilter::Any,
+            created_before: None,
+            scope: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl ListFilter {
+    /// True when a live record `id` with `record` belongs on the page at `now`,
+    /// cursor included: what every store evaluates, in Rust or in its own query.
+    pub fn matches(&self, id: &RecordId, record: &Record, now: Millis) -> bool {
+        let state = matches!(
+            (&self.state, &record.state),
+            (StateFilter::Any, _)
+                | (StateFilter::InFlight, State::InFlight { .. })
+                | (StateFilter::Completed, State::Completed { .. })
+        );
+        state
+            && record.is_live(now)
+            && self.created_before.is_none_or(|t| record.created_at < t)
+            && self.scope.is_none_or(|s| *id.scope() == s)
+            && self.after.as_ref().is_none_or(|a| id > a)
+    }
+
+    /// The page size asked for, at least 1.
+    pub fn page_size(&self) -> usize {
+        self.limit.max(1)
+    }
+}
+
+/// One page of [`Store::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// The records, in id order.
+    pub records: Vec<(RecordId, Record)>,
+    /// The cursor for the next page ([`ListFilter::after`]) when more records may follow.
+    pub next: Option<RecordId>,
+}
+
+impl ListPage {
+    /// A page of at most `filter.page_size()` records out of matching `records` in any
+    /// order: sorts them and sets [`ListPage::next`] if some were left over.
+    pub fn from_matches(mut records: Vec<(RecordId, Record)>, filter: &ListFilter) -> Self {
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::from_sorted(records, filter)
+    }
+
+    /// Like [`ListPage::from_matches`], for `records` already in id order.
+    pub fn from_sorted(mut records: Vec<(RecordId, Record)>, filter: &ListFilter) -> Self {
+        let limit = filter.page_size();
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next = if more {
+            records.last().map(|(id, _)| id.clone())
+        } else {
+            None
+        };
+        Self { records, next }
+    }
+}
+
 /// An infrastructure failure: the store could not answer (R15).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -166,6 +270,19 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// The live record, if any.
     fn lookup(
+        &self,
+        id: &RecordId,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// The live records matching `filter`, one page in id order (see the contract).
+    fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> impl Future<Output = Result<ListPage, StoreError>> + Send;
+
+    /// Removes the record whatever its state and wakes its watchers; answers the live
+    /// record removed, if any.
+    fn delete(
         &self,
         id: &RecordId,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;

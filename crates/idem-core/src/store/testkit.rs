@@ -21,7 +21,10 @@ use crate::fingerprint::Fingerprint;
 use crate::key::IdempotencyKey;
 use crate::record::{NotRetained, OwnerToken, RecordId, Snapshot, SnapshotBody, State};
 use crate::scope::Scope;
-use crate::store::{Claim, ClaimRequest, Finish, Lease, MemoryStore, MemoryStoreConfig, Store};
+use crate::store::{
+    Claim, ClaimRequest, Finish, Lease, ListFilter, MemoryStore, MemoryStoreConfig, StateFilter,
+    Store,
+};
 
 /// A store under test and a way to let time pass as it sees time.
 pub trait Fixture: Send + Sync + 'static {
@@ -557,6 +560,194 @@ pub async fn r10_watch_wakes_on_finish<F: Fixture>(fx: &F) {
     }
 }
 
+/// Claims `id` with a long lease (so a slow machine cannot end it mid-test) and, with
+/// `body`, completes it with a long TTL.
+async fn admin_record<F: Fixture>(fx: &F, id: &RecordId, body: Option<&[u8]>) -> Lease {
+    let req = ClaimRequest {
+        lease: Duration::from_secs(60),
+        ..claim_req(id, 1)
+    };
+    let Claim::Acquired(lease) = fx.store().claim(&req).await.expect("claim") else {
+        panic!("expected Acquired for {id}");
+    };
+    if let Some(body) = body {
+        let done = fx
+            .store()
+            .complete(&lease, &snapshot(body), Duration::from_secs(600))
+            .await
+            .expect("complete");
+        assert_eq!(done, Finish::Done);
+    }
+    lease
+}
+
+fn ids_of(page: &crate::store::ListPage) -> Vec<RecordId> {
+    page.records.iter().map(|(id, _)| id.clone()).collect()
+}
+
+/// Listing: live records by state, scope and age, in id order, paged by cursor.
+pub async fn admin_list_filters_and_pages<F: Fixture>(fx: &F) {
+    let store = fx.store();
+    let scope = Scope::from_bytes([9; 16]);
+    let other = RecordId::new(Scope::from_bytes([7; 16]), id("other").key().clone());
+    let old = id("list-old");
+    admin_record(fx, &old, Some(b"old")).await;
+    admin_record(fx, &other, Some(b"other")).await;
+    // Later records are created at least a millisecond after `old` on the store's clock.
+    fx.advance(fx.lease() / 4).await;
+    let flying = [id("list-f0"), id("list-f1")];
+    let done = [id("list-c0"), id("list-c1")];
+    for f in &flying {
+        admin_record(fx, f, None).await;
+    }
+    for c in &done {
+        admin_record(fx, c, Some(b"done")).await;
+    }
+    let mut mine: Vec<RecordId> = flying.iter().chain(&done).cloned().collect();
+    mine.push(old.clone());
+    mine.sort();
+
+    // Everything, in id order, on one page.
+    let all = store.list(&ListFilter::default()).await.unwrap();
+    let mut everything = mine.clone();
+    everything.push(other.clone());
+    everything.sort();
+    assert_eq!(ids_of(&all), everything);
+    assert_eq!(all.next, None);
+    for (id, record) in &all.records {
+        assert_eq!(store.lookup(id).await.unwrap().as_ref(), Some(record));
+    }
+
+    // By state.
+    let in_flight = store
+        .list(&ListFilter {
+            state: StateFilter::InFlight,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut want = flying.to_vec();
+    want.sort();
+    assert_eq!(ids_of(&in_flight), want);
+    assert!(
+        in_flight
+            .records
+            .iter()
+            .all(|(_, r)| matches!(r.state, State::InFlight { .. }))
+    );
+    let completed = store
+        .list(&ListFilter {
+            state: StateFilter::Completed,
+            scope: Some(scope),
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut want = done.to_vec();
+    want.push(old.clone());
+    want.sort();
+    assert_eq!(ids_of(&completed), want);
+
+    // By scope.
+    let theirs = store
+        .list(&ListFilter {
+            scope: Some(*other.scope()),
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&theirs), vec![other.clone()]);
+
+    // By age: only `old` was created before the others.
+    let old_at = store.lookup(&old).await.unwrap().expect("old").created_at;
+    let older = store
+        .list(&ListFilter {
+            created_before: Some(old_at + 1),
+            scope: Some(scope),
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&older), vec![old.clone()]);
+
+    // Pages of two: every record once, in order, then no cursor.
+    let mut seen = Vec::new();
+    let mut filter = ListFilter {
+        scope: Some(scope),
+        limit: 2,
+        ..ListFilter::default()
+    };
+    for page_no in 0.. {
+        assert!(page_no < 5, "paging does not end");
+        let page = store.list(&filter).await.unwrap();
+        assert!(page.records.len() <= 2);
+        seen.extend(ids_of(&page));
+        match page.next {
+            Some(next) => filter.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, mine);
+}
+
+/// Listing leaves out records that are no longer live.
+pub async fn admin_list_skips_expired<F: Fixture>(fx: &F) {
+    let id = id("list-expired");
+    let _lease = acquire(fx, &id, 1).await;
+    fx.advance(fx.lease() + Duration::from_millis(50)).await;
+    let page = fx.store().list(&ListFilter::default()).await.unwrap();
+    assert!(
+        !ids_of(&page).contains(&id),
+        "an ended lease was listed: {page:?}"
+    );
+}
+
+/// Deleting: whatever the state, the old owner is fenced out, the key is free again,
+/// and watchers wake (R10, R11).
+pub async fn admin_delete_frees_key_and_wakes<F: Fixture>(fx: &F) {
+    let store = fx.store();
+    let flying = id("delete-f");
+    let lease = admin_record(fx, &flying, None).await;
+    let mut watch = store.watch(&flying);
+    let gone = store.delete(&flying).await.unwrap().expect("a live record");
+    assert!(matches!(gone.state, State::InFlight { owner, .. } if owner == lease.owner));
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("the watch woke on delete");
+    assert_eq!(store.lookup(&flying).await.unwrap(), None);
+    // R11: the deleted record's owner can no longer complete it.
+    assert_eq!(
+        store
+            .complete(&lease, &snapshot(b"late"), ttl(fx))
+            .await
+            .unwrap(),
+        Finish::Superseded
+    );
+    assert_eq!(store.lookup(&flying).await.unwrap(), None);
+    assert!(matches!(
+        store.claim(&req(fx, &flying, 2)).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+
+    let done = id("delete-c");
+    admin_record(fx, &done, Some(b"done")).await;
+    let gone = store.delete(&done).await.unwrap().expect("a live record");
+    assert!(matches!(gone.state, State::Completed { .. }));
+    assert!(matches!(
+        store.claim(&req(fx, &done, 3)).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+
+    assert_eq!(store.delete(&id("delete-absent")).await.unwrap(), None);
+    // Another scope's record of the same key is untouched.
+    let mine = id("delete-scoped");
+    let theirs = RecordId::new(Scope::from_bytes([7; 16]), mine.key().clone());
+    admin_record(fx, &mine, Some(b"a")).await;
+    admin_record(fx, &theirs, Some(b"b")).await;
+    assert!(store.delete(&mine).await.unwrap().is_some());
+    assert!(store.lookup(&theirs).await.unwrap().is_some());
+}
+
 /// Stamps the whole contract suite as named tests for one store.
 ///
 /// `$make` is an expression evaluating to a future of a [`Fixture`] (an `async` block),
@@ -580,6 +771,9 @@ macro_rules! store_tests {
             r14_purge_removes_expired,
             r04_scopes_are_independent,
             r10_watch_wakes_on_finish,
+            admin_list_filters_and_pages,
+            admin_list_skips_expired,
+            admin_delete_frees_key_and_wakes,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

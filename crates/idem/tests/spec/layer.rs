@@ -11,7 +11,9 @@ use idem::IdempotencyLayer;
 use idem::fingerprint::FingerprintMode;
 use idem::policy::OnConcurrent;
 use idem::record::{Record, RecordId, Snapshot};
-use idem::store::{Claim, ClaimRequest, Finish, Lease, MemoryStore, Store, StoreError, Watch};
+use idem::store::{
+    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, MemoryStore, Store, StoreError, Watch,
+};
 use idem_testkit::Client;
 
 use super::serve;
@@ -163,6 +165,12 @@ impl Store for SlowRelease {
     }
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         self.0.lookup(id).await
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        self.0.list(filter).await
+    }
+    async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.0.delete(id).await
     }
     fn watch(&self, id: &RecordId) -> Watch {
         self.0.watch(id)
