@@ -23,6 +23,8 @@ use crate::record::{NotRetained, OwnerToken, RecordId, Snapshot, SnapshotBody, S
 use crate::scope::Scope;
 use crate::store::{Claim, ClaimRequest, Finish, Lease, MemoryStore, MemoryStoreConfig, Store};
 
+pub mod model;
+
 /// A store under test and a way to let time pass as it sees time.
 pub trait Fixture: Send + Sync + 'static {
     /// The store.
