@@ -21,6 +21,8 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// How long shutdown waits for open requests.
     pub shutdown_grace: Duration,
+    /// Time allowed to receive a request: its head, then separately its whole body.
+    pub request_read_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -31,6 +33,7 @@ impl ProxyConfig {
             policy: Policy::default(),
             upstream_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            request_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -167,6 +170,13 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                     .filter(|t| !t.is_empty()),
             )
             .build()?;
+        if a.request_read_timeout.is_zero() {
+            return Err(bad(
+                "request-read-timeout",
+                "0s",
+                "must be longer than zero",
+            ));
+        }
         Ok(Self {
             listen: a.listen,
             store: a.store.clone(),
@@ -176,6 +186,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 policy,
                 upstream_timeout: a.upstream_timeout,
                 shutdown_grace: a.shutdown_grace,
+                request_read_timeout: a.request_read_timeout,
             },
         })
     }
