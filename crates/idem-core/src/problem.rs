@@ -63,6 +63,8 @@ problem_kinds! {
     RequestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request-too-large", "Request body too large"),
     /// The original response was not retained, so it cannot be replayed (R13, R19).
     NotRetained => (StatusCode::GONE, "response-not-retained", "Original response not retained"),
+    /// The client did not send its request within the server's read timeout.
+    RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request not received in time"),
     /// The request body could not be read.
     BadRequestBody => (StatusCode::BAD_REQUEST, "unreadable-body", "Request body could not be read"),
     /// The idempotency store is unreachable or failing (R15).

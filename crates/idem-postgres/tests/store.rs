@@ -183,6 +183,17 @@ mod contract {
         let store = schema.store().await;
         RealTimeFixture::new(store, Duration::from_millis(400), schema)
     });
+
+    // R4, R6–R14: the store follows the shared model on random histories, on the
+    // database's clock (a fresh schema per history).
+    idem_core::store_model_test!(
+        async {
+            let schema = PgSchema::fresh();
+            let store = schema.store().await;
+            RealTimeFixture::new(store, Duration::from_millis(400), schema)
+        },
+        16
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

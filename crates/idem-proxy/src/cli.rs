@@ -183,6 +183,10 @@ pub struct ServeArgs {
     /// File whose first line is the admin token (instead of --admin-token).
     #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// Time allowed to receive a request's head, and then its whole body; a client that
+    /// sends slower is cut off (408 when the head was read), and its key is never claimed.
+    #[arg(long, env = "IDEM_REQUEST_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub request_read_timeout: Duration,
     /// On shutdown, how long open requests may take to finish.
     #[arg(long, env = "IDEM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,

@@ -36,6 +36,8 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Per-route rules, first match wins; requests matching none get `policy`.
     pub routes: Vec<Route>,
+    /// Time allowed to receive a request: its head, then separately its whole body.
+    pub request_read_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -47,6 +49,7 @@ impl ProxyConfig {
             upstream_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             routes: Vec::new(),
+            request_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -128,6 +131,13 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             .as_deref()
             .ok_or(FlagError::MissingUpstream)?
             .parse()?;
+        if a.request_read_timeout.is_zero() {
+            return Err(bad(
+                "request-read-timeout",
+                "0s",
+                "must be longer than zero",
+            ));
+        }
         Ok(Self {
             listen: a.listen,
             store: a.store.clone(),
@@ -138,6 +148,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 upstream_timeout: a.upstream_timeout,
                 shutdown_grace: a.shutdown_grace,
                 routes: Vec::new(),
+                request_read_timeout: a.request_read_timeout,
             },
         })
     }

@@ -2,17 +2,23 @@
 //! idempotency layer and the forwarder.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use bytes::Bytes;
+use http::{Request, Response, header};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use idem::{IdempotencyLayer, Store};
+use idem::{Body, BoxError, IdempotencyLayer, Problem, ProblemKind, Store};
 use tokio::net::TcpListener;
-use tower::Layer;
-use tower::util::MapRequestLayer;
+use tokio::time::Sleep;
+use tower::{Layer, ServiceExt};
 
 use crate::config::ProxyConfig;
 use crate::forward::{Forward, Peer};
@@ -48,7 +54,13 @@ pub async fn serve<St: Store>(
         routes.push((route.pattern.clone(), svc));
     }
     let service = Dispatch::new(routes, forward.clone(), layer.layer(forward));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let read_timeout = config.request_read_timeout;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow clients (slowloris): a head not received in time closes the connection.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -65,11 +77,21 @@ pub async fn serve<St: Store>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = MapRequestLayer::new(move |mut req: Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(Peer(peer));
-            req
-        })
-        .layer(service.clone());
+        let service = service.clone();
+        let svc = tower::service_fn(move |req: Request<Incoming>| {
+            let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(Peer(peer));
+            let (body, expired) = ReadDeadline::new(body, read_timeout);
+            let call = service.clone().oneshot(Request::from_parts(parts, body));
+            async move {
+                let resp = call.await?;
+                Ok::<_, std::convert::Infallible>(if expired.load(Ordering::Acquire) {
+                    timed_out(read_timeout)
+                } else {
+                    resp
+                })
+            }
+        });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
             .into_owned();
@@ -152,4 +174,85 @@ pub async fn spawn<St: Store>(
         stop: Some(stop),
         task: Some(task),
     })
+}
+
+/// The answer to a request whose body did not arrive within the read timeout. The
+/// layer read the body before claiming the key, so nothing was stored; the client may
+/// retry with the same key.
+fn timed_out(limit: Duration) -> Response<Body> {
+    let problem = Problem::new(
+        ProblemKind::RequestTimeout,
+        format!(
+            "the request body did not arrive within {}; nothing was processed",
+            humantime::format_duration(limit)
+        ),
+    );
+    let mut resp = problem.to_response().map(Body::full);
+    resp.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
+}
+
+/// The request body was not received within the read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within the read timeout")]
+struct ReadTimedOut;
+
+/// A request body that fails with [`ReadTimedOut`] once its deadline passes before it
+/// ended, and says so through a shared flag.
+struct ReadDeadline {
+    body: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    expired: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl ReadDeadline {
+    fn new(body: Incoming, limit: Duration) -> (Self, Arc<AtomicBool>) {
+        let expired = Arc::new(AtomicBool::new(false));
+        let body = Self {
+            body,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            expired: Arc::clone(&expired),
+            ended: false,
+        };
+        (body, expired)
+    }
+}
+
+impl HttpBody for ReadDeadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(frame.map_err(Into::into))),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.ended = true;
+                    self.expired.store(true, Ordering::Release);
+                    Poll::Ready(Some(Err(ReadTimedOut.into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

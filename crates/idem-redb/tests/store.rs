@@ -31,6 +31,17 @@ idem_core::store_tests!(async {
     ManualFixture::new(store, clock, dir)
 });
 
+// R4, R6–R14: the store follows the shared model on random histories.
+idem_core::store_model_test!(
+    async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        ManualFixture::new(store, clock, dir)
+    },
+    64
+);
+
 async fn acquire(store: &RedbStore, req: &idem_core::store::ClaimRequest) -> Lease {
     match store.claim(req).await.unwrap() {
         Claim::Acquired(lease) => lease,

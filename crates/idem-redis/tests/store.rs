@@ -319,6 +319,13 @@ mod standalone {
         RealTimeFixture::new(support::shared(&support::unique_prefix()).await, LEASE, ())
     });
 
+    // R4, R6–R14: the store follows the shared model on random histories, on the
+    // server's clock (PX expiry).
+    idem_core::store_model_test!(
+        async { RealTimeFixture::new(support::shared(&support::unique_prefix()).await, LEASE, ()) },
+        16
+    );
+
     // R10, R18
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r10_watch_wakes_across_instances() {

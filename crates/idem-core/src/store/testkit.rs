@@ -26,6 +26,8 @@ use crate::store::{
     Store,
 };
 
+pub mod model;
+
 /// A store under test and a way to let time pass as it sees time.
 pub trait Fixture: Send + Sync + 'static {
     /// The store.
