@@ -16,6 +16,11 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log filter, e.g. `info`, `warn,idem::decision=info` or `idem::decision=off`; when
+    /// absent, `RUST_LOG`, else `info`. One INFO line (target `idem::decision`) is
+    /// logged per protected request.
+    #[arg(long, global = true, env = "IDEM_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 /// The subcommands.
