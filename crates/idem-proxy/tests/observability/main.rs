@@ -353,3 +353,121 @@ async fn log_level_silences_decisions_and_bad_levels_are_refused() {
     assert!(err.contains("invalid --log-level"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// A `redis-server` of the test's own (the shared one must stay up), killed on drop.
+struct OwnRedis(std::process::Child);
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `idem serve` with JSON logs into a file and an admin listener.
+struct Logged {
+    proc: common::Proc,
+    admin: SocketAddr,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve_logged(args: &[&str]) -> Logged {
+    let addr = common::free_addr();
+    let admin = common::free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(common::BIN)
+        .args(["--log-format", "json", "serve"])
+        .args(["--listen", &addr.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("IDEM_LOG_LEVEL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let proc = common::Proc { child, addr };
+    wait_listening(addr).await;
+    wait_listening(admin).await;
+    Logged {
+        proc,
+        admin,
+        log,
+        _dir: dir,
+    }
+}
+
+fn decisions(log: &str) -> Vec<Value> {
+    log.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l| l["target"] == "idem::decision")
+        .map(|l| l["fields"].clone())
+        .collect()
+}
+
+// R15: with the store down, fail-closed answers 503 (store_error) and fail-open forwards
+// unprotected (fail_open); both are counted, the failed claims timed as errors, and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_failures_are_counted_and_logged() {
+    let upstream = CountingUpstream::spawn().await;
+    let redis_addr = common::free_addr();
+    let redis = OwnRedis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &redis_addr.port().to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services.sh installs it)"),
+    );
+    wait_listening(redis_addr).await;
+    let store = format!("redis://{redis_addr}/?prefix=obs-{}", std::process::id());
+    let up = format!("http://{}", upstream.addr());
+    let closed = serve_logged(&["--store", &store, "--upstream", &up]).await;
+    let open = serve_logged(&["--store", &store, "--upstream", &up, "--fail-open"]).await;
+    drop(redis);
+
+    let resp = Client::new(closed.proc.addr)
+        .post("/charges", "k-closed", "{}")
+        .await;
+    assert_eq!(resp.status, 503);
+    let resp = Client::new(open.proc.addr)
+        .post("/charges", "k-open", "{}")
+        .await;
+    assert_eq!(resp.status, 201);
+    assert_eq!(upstream.executions_with_key("k-closed"), 0);
+    assert_eq!(upstream.executions_with_key("k-open"), 1);
+
+    for (front, outcome, status) in [(closed, "store_error", 503), (open, "fail_open", 201)] {
+        let (text, m) = scrape(front.admin).await;
+        let count = |o: &str| value(&m, "idem_requests_total", &[("outcome", o)]);
+        assert_eq!(count(outcome), 1.0, "{text}");
+        assert_eq!(count("executed"), 0.0, "{text}");
+        assert!(
+            value(
+                &m,
+                "idem_store_duration_seconds_count",
+                &[("op", "claim"), ("result", "error")]
+            ) >= 1.0,
+            "{text}"
+        );
+        front.proc.kill();
+        let log = std::fs::read_to_string(&front.log).unwrap();
+        let d = decisions(&log);
+        assert_eq!(d.len(), 1, "{log}");
+        assert_eq!(d[0]["outcome"], outcome);
+        assert_eq!(d[0]["status"], status);
+        assert_eq!(
+            d[0]["upstream_ms"].is_f64(),
+            outcome == "fail_open",
+            "{log}"
+        );
+    }
+}
