@@ -21,6 +21,11 @@ pub struct Cli {
     /// logged per protected request.
     #[arg(long, global = true, env = "IDEM_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// OpenTelemetry collector (OTLP over HTTP) to export request spans to, e.g.
+    /// http://127.0.0.1:4318; spans go to ENDPOINT/v1/traces. Off unless set.
+    #[cfg(feature = "otel")]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The subcommands.

@@ -25,5 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod server;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 
 pub use server::{Running, serve, spawn};

@@ -15,8 +15,14 @@ use idem_core::scope::Scope;
 /// The target of decision lines, for filters such as `RUST_LOG=idem::decision=off`.
 pub const TARGET: &str = "idem::decision";
 
+/// The target of the `idem.request` span each protected request gets, carrying the same
+/// fields as its decision line; for exporters such as OpenTelemetry. Nothing is recorded
+/// unless a subscriber enables it.
+pub const SPAN_TARGET: &str = "idem::request";
+
 /// What is known about one request while it is being decided.
 pub(crate) struct Decision {
+    span: tracing::Span,
     method: Method,
     uri: Uri,
     started: Instant,
@@ -34,7 +40,21 @@ fn ms(d: Duration) -> f64 {
 
 impl Decision {
     pub(crate) fn start(method: &Method, uri: &Uri) -> Self {
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "idem.request",
+            http.request.method = %method,
+            url.path = uri.path(),
+            idem.outcome = tracing::field::Empty,
+            idem.key = tracing::field::Empty,
+            idem.scope = tracing::field::Empty,
+            idem.record = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            idem.store_ms = tracing::field::Empty,
+            idem.upstream_ms = tracing::field::Empty,
+        );
         Self {
+            span,
             method: method.clone(),
             uri: uri.clone(),
             started: Instant::now(),
@@ -49,6 +69,18 @@ impl Decision {
     /// Emits the line.
     /// `status` is `None` when the inner service failed without a response.
     pub(crate) fn log(&self, outcome: Outcome, status: Option<u16>) {
+        if !self.span.is_disabled() {
+            let span = &self.span;
+            span.record("idem.outcome", outcome.as_str());
+            if let Some(scope) = &self.scope {
+                span.record("idem.scope", tracing::field::display(scope));
+            }
+            span.record("idem.key", self.key.as_deref());
+            span.record("idem.record", self.record);
+            span.record("http.response.status_code", status);
+            span.record("idem.store_ms", ms(self.store));
+            span.record("idem.upstream_ms", self.upstream.map(ms));
+        }
         tracing::info!(
             target: TARGET,
             outcome = outcome.as_str(),

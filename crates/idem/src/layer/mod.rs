@@ -9,7 +9,7 @@ mod future;
 mod layer;
 mod service;
 
-pub use decision::TARGET as DECISION_LOG_TARGET;
+pub use decision::{SPAN_TARGET as REQUEST_SPAN_TARGET, TARGET as DECISION_LOG_TARGET};
 pub use future::ResponseFuture;
 pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use service::Idempotency;
