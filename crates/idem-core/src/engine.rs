@@ -24,10 +24,10 @@ use tokio::task::JoinHandle;
 use crate::fingerprint::Fingerprint;
 use crate::headers;
 use crate::key::{IdempotencyKey, KeyError};
-use crate::metrics;
+use crate::metrics::{self, Outcome, StoreOp, timed};
 use crate::policy::{OnConcurrent, Policy, StoreFailure};
 use crate::problem::{Problem, ProblemKind};
-use crate::record::{NotRetained, OwnerToken, RecordId, Snapshot, SnapshotBody};
+use crate::record::{NotRetained, OwnerToken, Record, RecordId, Snapshot, SnapshotBody};
 use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError};
 
 /// The header that marks a replayed response (R8).
@@ -77,6 +77,16 @@ pub enum Begin<St: Store> {
     Unprotected,
 }
 
+/// How [`Engine::begin`] decided, attached to the extensions of every response it
+/// answers itself ([`Begin::Respond`]), for logs and traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// The outcome, also counted in [`metrics::REQUESTS`].
+    pub outcome: Outcome,
+    /// Time spent in the store (claims only; not waiting between them).
+    pub store_time: Duration,
+}
+
 /// What to do with the upstream's response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -106,6 +116,7 @@ pub struct Ticket<St: Store> {
     lease: Option<Lease>,
     store: St,
     renewal: JoinHandle<()>,
+    decided: Decided,
 }
 
 impl<St: Store> Ticket<St> {
@@ -115,6 +126,12 @@ impl<St: Store> Ticket<St> {
         self.lease
             .as_ref()
             .unwrap_or_else(|| unreachable!("ticket used after finish"))
+    }
+
+    /// How the claim went: [`Outcome::Executed`] or [`Outcome::TakenOver`], and the time
+    /// the claims took.
+    pub fn decided(&self) -> Decided {
+        self.decided
     }
 
     /// Gives up the ticket without completing or releasing the record: renewal stops and
@@ -136,12 +153,14 @@ impl<St: Store> Ticket<St> {
 impl<St: Store> Drop for Ticket<St> {
     fn drop(&mut self) {
         self.renewal.abort();
+        // Every ticket counted in by `Engine::ticket` is counted out here, once.
+        metrics::in_flight(-1.0);
         if let Some(lease) = self.lease.take() {
             let store = self.store.clone();
             tracing::debug!(outcome = "released", reason = "abandoned", "ticket dropped");
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    let _ = store.release(&lease).await;
+                    let _ = timed(StoreOp::Release, store.release(&lease)).await;
                 });
             }
         }
@@ -183,7 +202,7 @@ impl<St: Store> Engine<St> {
                 id: RecordId::new(p.scope.scope(&parts.headers), key),
             }),
             Ok(None) if p.require_key => {
-                metrics::outcome("missing_key");
+                Outcome::MissingKey.record();
                 Inspect::Reject(Problem::new(
                     ProblemKind::MissingKey,
                     format!(
@@ -196,7 +215,7 @@ impl<St: Store> Engine<St> {
             }
             Ok(None) => Inspect::Pass,
             Err(e) => {
-                metrics::outcome("invalid_key");
+                Outcome::InvalidKey.record();
                 Inspect::Reject(invalid_key(&p.header, &e))
             }
         }
@@ -227,29 +246,37 @@ impl<St: Store> Engine<St> {
             ),
             OnConcurrent::Conflict => (None, None),
         };
+        let mut store_time = Duration::ZERO;
         loop {
-            let claim = match self.store.claim(&req).await {
+            let (claim, took) = timed(StoreOp::Claim, self.store.claim(&req)).await;
+            store_time += took;
+            let claim = match claim {
                 Ok(c) => c,
-                Err(e) => return self.store_failed(&req.id, &e),
+                Err(e) => return self.store_failed(&req.id, &e, store_time),
             };
             match claim {
                 Claim::Acquired(lease) => {
-                    metrics::outcome(if lease.taken_over {
-                        "taken_over"
+                    let outcome = if lease.taken_over {
+                        Outcome::TakenOver
                     } else {
-                        "executed"
-                    });
-                    tracing::debug!(outcome = "executed", scope = %req.id.scope(), taken_over = lease.taken_over, "claimed");
-                    return Begin::Execute(self.ticket(lease));
+                        Outcome::Executed
+                    };
+                    outcome.record();
+                    let decided = Decided {
+                        outcome,
+                        store_time,
+                    };
+                    return Begin::Execute(self.ticket(lease, decided));
                 }
                 Claim::Completed(snapshot) => {
-                    metrics::outcome("replayed");
-                    tracing::debug!(outcome = "replayed", scope = %req.id.scope(), status = snapshot.status.as_u16(), "replay");
-                    return Begin::Respond(replay_at(&req.id, snapshot, p.problem_base()));
+                    let outcome = match snapshot.body {
+                        SnapshotBody::Full(_) => Outcome::Replayed,
+                        SnapshotBody::NotRetained(_) => Outcome::NotRetained,
+                    };
+                    let resp = replay_at(&req.id, snapshot, p.problem_base());
+                    return respond(resp, outcome, store_time);
                 }
                 Claim::Mismatch => {
-                    metrics::outcome("mismatch");
-                    tracing::debug!(outcome = "mismatch", scope = %req.id.scope(), "payload mismatch");
                     let problem = Problem::new(
                         ProblemKind::PayloadMismatch,
                         "this idempotency key was already used with a different request \
@@ -258,15 +285,23 @@ impl<St: Store> Engine<St> {
                     .with_status(p.mismatch_status)
                     .with_key(req.id.key())
                     .with_type_base(p.problem_base.clone());
-                    return Begin::Respond(problem.to_response());
+                    return respond(problem.to_response(), Outcome::Mismatch, store_time);
                 }
                 Claim::InFlight { retry_after } => {
                     let (Some(watch), Some(deadline)) = (watch.as_mut(), deadline) else {
-                        return Begin::Respond(self.conflict(&req.id, retry_after));
+                        return respond(
+                            self.conflict(&req.id, retry_after),
+                            Outcome::Conflict,
+                            store_time,
+                        );
                     };
                     let now = tokio::time::Instant::now();
                     if now >= deadline {
-                        return Begin::Respond(self.conflict(&req.id, retry_after));
+                        return respond(
+                            self.conflict(&req.id, retry_after),
+                            Outcome::Conflict,
+                            store_time,
+                        );
                     }
                     // Sleep until notified, the owner's lease may have ended (a takeover
                     // is then possible), the poll interval, or the deadline.
@@ -282,8 +317,6 @@ impl<St: Store> Engine<St> {
     }
 
     fn conflict(&self, id: &RecordId, retry_after: Duration) -> Response<Bytes> {
-        metrics::outcome("conflict");
-        tracing::debug!(outcome = "conflict", scope = %id.scope(), "in flight");
         Problem::new(
             ProblemKind::InFlight,
             "a request with this idempotency key is still being processed; \
@@ -295,26 +328,26 @@ impl<St: Store> Engine<St> {
         .to_response()
     }
 
-    fn store_failed(&self, id: &RecordId, e: &StoreError) -> Begin<St> {
+    fn store_failed(&self, id: &RecordId, e: &StoreError, store_time: Duration) -> Begin<St> {
         tracing::warn!(error = %e, scope = %id.scope(), "idempotency store failed");
         match self.policy.store_failure {
             StoreFailure::FailOpen => {
-                metrics::outcome("fail_open");
+                Outcome::FailOpen.record();
                 Begin::Unprotected
             }
-            StoreFailure::FailClosed => {
-                metrics::outcome("store_error");
-                Begin::Respond(
-                    store_problem(e)
-                        .with_key(id.key())
-                        .with_type_base(self.policy.problem_base.clone())
-                        .to_response(),
-                )
-            }
+            StoreFailure::FailClosed => respond(
+                store_problem(e)
+                    .with_key(id.key())
+                    .with_type_base(self.policy.problem_base.clone())
+                    .to_response(),
+                Outcome::StoreError,
+                store_time,
+            ),
         }
     }
 
-    fn ticket(&self, lease: Lease) -> Ticket<St> {
+    fn ticket(&self, lease: Lease, decided: Decided) -> Ticket<St> {
+        metrics::in_flight(1.0);
         let store = self.store.clone();
         let renewing = lease.clone();
         let lease_for = self.policy.lease;
@@ -325,7 +358,10 @@ impl<St: Store> Engine<St> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match store.renew(&renewing, lease_for).await {
+                match timed(StoreOp::Renew, store.renew(&renewing, lease_for))
+                    .await
+                    .0
+                {
                     Ok(Finish::Done) => {}
                     Ok(Finish::Superseded) => {
                         tracing::warn!(scope = %renewing.id.scope(), "lease lost to another owner");
@@ -339,6 +375,7 @@ impl<St: Store> Engine<St> {
             lease: Some(lease),
             store: self.store.clone(),
             renewal,
+            decided,
         }
     }
 
@@ -373,11 +410,12 @@ impl<St: Store> Engine<St> {
         };
         let mut backoff = Duration::from_millis(10);
         for attempt in 1..=self.policy.completion_attempts {
-            match self
-                .store
-                .complete(&lease, &snapshot, self.policy.ttl)
-                .await
-            {
+            let (result, _) = timed(
+                StoreOp::Complete,
+                self.store.complete(&lease, &snapshot, self.policy.ttl),
+            )
+            .await;
+            match result {
                 Ok(Finish::Done) => return Completion::Stored,
                 Ok(Finish::Superseded) => {
                     metrics::superseded();
@@ -397,11 +435,15 @@ impl<St: Store> Engine<St> {
         Completion::Failed
     }
 
+    /// The live record for `id`, if any, timed like every other store operation.
+    pub async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        timed(StoreOp::Lookup, self.store.lookup(id)).await.0
+    }
+
     /// Step 3b: deletes the record so the client may retry (R7, R12).
     pub async fn release(&self, ticket: Ticket<St>) {
         let lease = ticket.take();
-        tracing::debug!(outcome = "released", scope = %lease.id.scope(), "released");
-        match self.store.release(&lease).await {
+        match timed(StoreOp::Release, self.store.release(&lease)).await.0 {
             Ok(Finish::Done) => {}
             Ok(Finish::Superseded) => {
                 tracing::warn!(scope = %lease.id.scope(), "release refused: record taken over");
@@ -422,6 +464,20 @@ impl<St: Store + fmt::Debug> fmt::Debug for Engine<St> {
             .field("policy", &self.policy)
             .finish()
     }
+}
+
+/// Counts `outcome` and answers `resp`, marked with how it was decided.
+fn respond<St: Store>(
+    mut resp: Response<Bytes>,
+    outcome: Outcome,
+    store_time: Duration,
+) -> Begin<St> {
+    outcome.record();
+    resp.extensions_mut().insert(Decided {
+        outcome,
+        store_time,
+    });
+    Begin::Respond(resp)
 }
 
 fn header_display(name: &http::HeaderName) -> String {

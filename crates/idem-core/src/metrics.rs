@@ -1,10 +1,21 @@
 //! The metric names the engine records, through the `metrics` facade. Installing a
 //! recorder (Prometheus, say) is the application's business; without one these are
 //! no-ops.
+//!
+//! Every label value is a `&'static str`, so recording formats nothing.
 
-/// Counter: protected requests by `outcome` (executed, taken_over, replayed, conflict,
-/// mismatch, invalid_key, missing_key, store_error, fail_open).
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Counter: protected requests by `outcome` (see [`Outcome`]).
 pub const REQUESTS: &str = "idem_requests_total";
+/// Histogram: seconds one store operation took, by `op` (claim, renew, complete,
+/// release, lookup) and `result` (ok, error).
+pub const STORE_SECONDS: &str = "idem_store_duration_seconds";
+/// Gauge: records this instance currently owns (requests executing under a lease).
+pub const IN_FLIGHT: &str = "idem_in_flight";
 /// Gauge: duplicates currently waiting for a record in flight (R10 `wait` mode).
 pub const WAITERS: &str = "idem_waiters";
 /// Counter: completions that failed after every attempt; the record stays in flight
@@ -15,7 +26,21 @@ pub const SUPERSEDED: &str = "idem_superseded_total";
 
 /// Every metric with its help text, for describing them at start-up and in docs.
 pub const ALL: &[(&str, &str)] = &[
-    (REQUESTS, "Protected requests by outcome"),
+    (
+        REQUESTS,
+        "Protected requests by outcome (executed, taken_over, replayed, not_retained, \
+         conflict, mismatch, invalid_key, missing_key, too_large, bad_body, store_error, \
+         fail_open)",
+    ),
+    (
+        STORE_SECONDS,
+        "Store operation latency by op (claim, renew, complete, release, lookup) and \
+         result (ok, error)",
+    ),
+    (
+        IN_FLIGHT,
+        "Requests this instance currently executes as the owner of their key",
+    ),
     (WAITERS, "Duplicates waiting for an in-flight request"),
     (COMPLETION_FAILURES, "Completions that could not be stored"),
     (
@@ -24,8 +49,101 @@ pub const ALL: &[(&str, &str)] = &[
     ),
 ];
 
-pub(crate) fn outcome(outcome: &'static str) {
-    metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
+/// What became of a protected request: the `outcome` label of [`REQUESTS`] and of the
+/// decision log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The key was new: the request ran (R5).
+    Executed,
+    /// The previous owner's lease had ended: the request ran as the new owner (R11).
+    TakenOver,
+    /// A stored response was replayed (R8).
+    Replayed,
+    /// The key was done, but its response was not kept: 410 (R13).
+    NotRetained,
+    /// The key is in flight elsewhere: 409 (R10).
+    Conflict,
+    /// The key was used with a different request (R9).
+    Mismatch,
+    /// The key header is malformed (R1).
+    InvalidKey,
+    /// A key is required and missing (R3).
+    MissingKey,
+    /// The request body exceeds the limit (R13).
+    TooLarge,
+    /// The request body could not be read.
+    BadBody,
+    /// The store failed and the policy is fail-closed: 503 (R15).
+    StoreError,
+    /// The store failed and the policy is fail-open: forwarded unprotected (R15).
+    FailOpen,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Executed => "executed",
+            Self::TakenOver => "taken_over",
+            Self::Replayed => "replayed",
+            Self::NotRetained => "not_retained",
+            Self::Conflict => "conflict",
+            Self::Mismatch => "mismatch",
+            Self::InvalidKey => "invalid_key",
+            Self::MissingKey => "missing_key",
+            Self::TooLarge => "too_large",
+            Self::BadBody => "bad_body",
+            Self::StoreError => "store_error",
+            Self::FailOpen => "fail_open",
+        }
+    }
+
+    /// Counts one request with this outcome in [`REQUESTS`].
+    pub fn record(self) {
+        metrics::counter!(REQUESTS, "outcome" => self.as_str()).increment(1);
+    }
+}
+
+/// A store operation, the `op` label of [`STORE_SECONDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreOp {
+    Claim,
+    Renew,
+    Complete,
+    Release,
+    Lookup,
+}
+
+impl StoreOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Claim => "claim",
+            Self::Renew => "renew",
+            Self::Complete => "complete",
+            Self::Release => "release",
+            Self::Lookup => "lookup",
+        }
+    }
+}
+
+/// Runs one store operation, records its latency in [`STORE_SECONDS`] and returns it
+/// with the time it took.
+pub(crate) async fn timed<T, E>(
+    op: StoreOp,
+    fut: impl Future<Output = Result<T, E>>,
+) -> (Result<T, E>, Duration) {
+    let started = Instant::now();
+    let result = fut.await;
+    let took = started.elapsed();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(STORE_SECONDS, "op" => op.as_str(), "result" => outcome)
+        .record(took.as_secs_f64());
+    (result, took)
+}
+
+pub(crate) fn in_flight(delta: f64) {
+    metrics::gauge!(IN_FLIGHT).increment(delta);
 }
 
 pub(crate) fn waiters(delta: f64) {

@@ -62,7 +62,13 @@ pub fn all_metrics() -> Vec<(&'static str, &'static str)> {
 
 /// Installs the Prometheus recorder and describes every metric; the handle renders them.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    // Latencies from 0.5 ms to 10 s, rendered as Prometheus histograms (not summaries).
+    const BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(BUCKETS)?
+        .install_recorder()?;
     for (name, help) in all_metrics() {
         if name.ends_with("_total") {
             metrics::describe_counter!(name, help);

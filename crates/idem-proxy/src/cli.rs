@@ -18,6 +18,16 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log filter, e.g. `info`, `warn,idem::decision=info` or `idem::decision=off`; when
+    /// absent, `RUST_LOG`, else `info`. One INFO line (target `idem::decision`) is
+    /// logged per protected request.
+    #[arg(long, global = true, env = "IDEM_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// OpenTelemetry collector (OTLP over HTTP) to export request spans to, e.g.
+    /// http://127.0.0.1:4318; spans go to ENDPOINT/v1/traces. Off unless set.
+    #[cfg(feature = "otel")]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The subcommands.

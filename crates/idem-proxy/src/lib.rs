@@ -30,5 +30,7 @@ pub mod forward;
 pub mod keys;
 pub mod routes;
 pub mod server;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 
 pub use server::{Running, serve, spawn};

@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use idem::AnyStore;
 use idem_proxy::cli::{Command, LogFormat};
 use idem_proxy::config::{ParseError, Parsed, ServeConfig};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 fn main() -> ExitCode {
     let parsed = match idem_proxy::config::parse_args(std::env::args_os()) {
@@ -19,7 +22,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(parsed.cli.log_format);
+    let cli = &parsed.cli;
+    #[cfg(feature = "otel")]
+    let otlp = cli.otlp_endpoint.as_deref();
+    #[cfg(not(feature = "otel"))]
+    let otlp = None;
+    // Declared before the runtime, so dropped after it: spans are flushed last.
+    let _telemetry = match init_logging(cli.log_format, cli.log_level.as_deref(), otlp) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("idem: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,16 +59,58 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Flushes exported spans when dropped (feature `otel`).
+struct Telemetry {
+    #[cfg(feature = "otel")]
+    otel: Option<idem_proxy::telemetry::Otel>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(otel) = self.otel.take() {
+            otel.shutdown();
+        }
+    }
+}
+
+fn init_logging(
+    format: LogFormat,
+    level: Option<&str>,
+    otlp: Option<&str>,
+) -> Result<Telemetry, String> {
+    let filter = match level {
+        Some(level) => {
+            EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level `{level}`: {e}"))?
+        }
+        None => EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    // The per-request span is for exporters; log lines carry the decision instead.
+    let fmt = fmt.with_filter(filter).with_filter(filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == idem::layer::REQUEST_SPAN_TARGET)
+    }));
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otel")]
+    if let Some(endpoint) = otlp {
+        let (otel, layer) = idem_proxy::telemetry::layer(endpoint)
+            .map_err(|e| format!("OpenTelemetry exporter to `{endpoint}`: {e}"))?;
+        registry.with(layer).try_init().map_err(|e| e.to_string())?;
+        return Ok(Telemetry { otel: Some(otel) });
     }
+    #[cfg(not(feature = "otel"))]
+    let _ = otlp;
+    registry.try_init().map_err(|e| e.to_string())?;
+    Ok(Telemetry {
+        #[cfg(feature = "otel")]
+        otel: None,
+    })
 }
 
 async fn run(parsed: Parsed) -> anyhow::Result<()> {

@@ -8,7 +8,8 @@ use futures_util::FutureExt as _;
 use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use idem_core::engine::{Begin, Disposition, Inspect, Ticket};
+use idem_core::engine::{Begin, Completion, Decided, Disposition, Inspect, Ticket};
+use idem_core::metrics::Outcome;
 use idem_core::policy::Policy;
 use idem_core::record::{NotRetained, Record, Snapshot, SnapshotBody, State};
 use idem_core::{Problem, ProblemKind, Store};
@@ -16,6 +17,7 @@ use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::ResponseFuture;
+use super::decision::Decision;
 use super::layer::Shared;
 use crate::body::{Body, BoxError};
 use crate::context::{IdempotencyContext, IdempotencyHandle};
@@ -130,9 +132,19 @@ where
                 .await?;
             return Ok(resp.map(Body::new));
         }
-        Inspect::Reject(p) => return Ok(problem(engine.policy(), p)),
+        Inspect::Reject(p) => {
+            let outcome = match p.kind {
+                ProblemKind::MissingKey => Outcome::MissingKey,
+                _ => Outcome::InvalidKey,
+            };
+            Decision::start(&parts.method, &parts.uri).log(outcome, Some(p.status.as_u16()));
+            return Ok(problem(engine.policy(), p));
+        }
         Inspect::Protect(pending) => pending,
     };
+    let mut decision = Decision::start(&parts.method, &parts.uri);
+    decision.scope = Some(*pending.id().scope());
+    decision.key = Some(pending.id().key().to_string());
 
     // R13: the body is needed for the fingerprint; refuse it above the limit before
     // anything is stored.
@@ -143,40 +155,54 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Ok(problem(engine.policy(), too_large(limit, pending.id())));
+        return Ok(too_large(engine.policy(), pending.id(), &decision));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(problem(engine.policy(), too_large(limit, pending.id())));
+            return Ok(too_large(engine.policy(), pending.id(), &decision));
         }
         Err(e) => {
             tracing::debug!(error = %e, "request body unreadable");
-            return Ok(problem(
-                engine.policy(),
-                Problem::new(
-                    ProblemKind::BadRequestBody,
-                    "the request body could not be read; nothing was processed",
-                ),
-            ));
+            let p = Problem::new(
+                ProblemKind::BadRequestBody,
+                "the request body could not be read; nothing was processed",
+            );
+            Outcome::BadBody.record();
+            decision.log(Outcome::BadBody, Some(p.status.as_u16()));
+            return Ok(problem(engine.policy(), p));
         }
     };
 
     let id = pending.id().clone();
+    let begun = tokio::time::Instant::now();
     match engine.begin(pending, &parts, &bytes).await {
-        Begin::Respond(resp) => Ok(respond(resp)),
+        Begin::Respond(resp) => {
+            if let Some(decided) = resp.extensions().get::<Decided>() {
+                decision.store = decided.store_time;
+                decision.log(decided.outcome, Some(resp.status().as_u16()));
+            }
+            Ok(respond(resp))
+        }
         Begin::Unprotected => {
+            decision.store = begun.elapsed();
             parts.extensions.insert(IdempotencyContext {
                 key: Some(id.key().clone()),
                 scope: Some(*id.scope()),
                 handle: None,
             });
+            let called = tokio::time::Instant::now();
             let resp = inner
                 .call(Request::from_parts(parts, Body::full(bytes)))
-                .await?;
-            Ok(resp.map(Body::new))
+                .await;
+            decision.upstream = Some(called.elapsed());
+            let status = resp.as_ref().ok().map(|r| r.status().as_u16());
+            decision.log(Outcome::FailOpen, status);
+            Ok(resp?.map(Body::new))
         }
         Begin::Execute(ticket) => {
+            let decided = ticket.decided();
+            decision.store = decided.store_time;
             // Run the exchange and its recording on a task of its own (R6): dropping this
             // future (the client went away) does not cancel them.
             let policy = engine.policy();
@@ -196,7 +222,8 @@ where
             let req = Request::from_parts(parts, Body::full(bytes));
             let lease = ticket.lease().clone();
             shared.tracker.spawn(async move {
-                let run = execute(&task_shared, inner, req, ticket, &handle);
+                let mut decision = decision;
+                let run = execute(&task_shared, inner, req, ticket, &handle, &mut decision);
                 let result = match AssertUnwindSafe(run).catch_unwind().await {
                     Ok(result) => result,
                     Err(_) => {
@@ -204,12 +231,18 @@ where
                         // record it already completed stays) before the 500 leaves, so
                         // an immediate retry runs again instead of meeting a 409 (R7).
                         let _ = task_shared.engine.store().release(&lease).await;
-                        Ok(problem(task_shared.engine.policy(), Problem::new(
-                            ProblemKind::Internal,
-                            "the service failed while handling the request; it may be retried with the same key",
-                        )))
+                        decision.record = Some("released");
+                        Ok(problem(
+                            task_shared.engine.policy(),
+                            Problem::new(
+                                ProblemKind::Internal,
+                                "the service failed while handling the request; it may be retried with the same key",
+                            ),
+                        ))
                     }
                 };
+                let status = result.as_ref().ok().map(|r| r.status().as_u16());
+                decision.log(decided.outcome, status);
                 let _ = tx.send(result);
             });
             match rx.await {
@@ -238,12 +271,20 @@ fn from_snapshot(snapshot: Snapshot) -> Response<Body> {
     resp
 }
 
-fn too_large(limit: usize, id: &idem_core::record::RecordId) -> Problem {
-    Problem::new(
+fn too_large(
+    policy: &Policy,
+    id: &idem_core::record::RecordId,
+    decision: &Decision,
+) -> Response<Body> {
+    let limit = policy.max_request_body();
+    let p = Problem::new(
         ProblemKind::RequestTooLarge,
         format!("the request body exceeds {limit} bytes; nothing was processed or stored"),
     )
-    .with_key(id.key())
+    .with_key(id.key());
+    Outcome::TooLarge.record();
+    decision.log(Outcome::TooLarge, Some(p.status.as_u16()));
+    problem(policy, p)
 }
 
 /// Calls the inner service as the record's owner, then completes or releases the record
@@ -254,6 +295,7 @@ async fn execute<S, St, ResB>(
     req: Request<Body>,
     ticket: Ticket<St>,
     handle: &IdempotencyHandle,
+    decision: &mut Decision,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResB>>,
@@ -262,10 +304,13 @@ where
     ResB::Error: Into<BoxError>,
 {
     let engine = &shared.engine;
-    let resp = match inner.call(req).await {
+    let called = tokio::time::Instant::now();
+    let resp = inner.call(req).await;
+    decision.upstream = Some(called.elapsed());
+    let resp = match resp {
         Ok(resp) => resp,
         Err(e) => {
-            engine.release(ticket).await;
+            release(engine, ticket, decision).await;
             return Err(e);
         }
     };
@@ -275,7 +320,11 @@ where
     // The stored snapshot is answered (not the handler's copy), so the client gets
     // byte for byte what every replay will get.
     if let Some(snapshot) = handle.completed() {
-        match engine.store().lookup(&handle.lease().id).await {
+        let looked = tokio::time::Instant::now();
+        let record = engine.lookup(&handle.lease().id).await;
+        decision.store += looked.elapsed();
+        decision.record = Some("transactional");
+        match record {
             Ok(Some(Record {
                 state: State::Completed {
                     snapshot: stored, ..
@@ -286,6 +335,7 @@ where
                 return Ok(from_snapshot(stored));
             }
             Ok(_) => {
+                decision.record = None;
                 tracing::warn!("record completed in a transaction that did not commit");
             }
             Err(e) => {
@@ -301,13 +351,11 @@ where
     let mut body = Body::new(body);
     match engine.disposition(&head) {
         Disposition::Release => {
-            engine.release(ticket).await;
+            release(engine, ticket, decision).await;
             Ok(Response::from_parts(head, body))
         }
         Disposition::Stream => {
-            engine
-                .complete(ticket, &head, Err(NotRetained::Streamed))
-                .await;
+            complete(engine, ticket, &head, Err(NotRetained::Streamed), decision).await;
             Ok(Response::from_parts(head, body))
         }
         Disposition::Buffer(limit) => {
@@ -324,8 +372,7 @@ where
                             // R13: the operation ran, so the record completes; the
                             // client still receives everything.
                             buf.extend_from_slice(&data);
-                            engine
-                                .complete(ticket, &head, Err(NotRetained::TooLarge))
+                            complete(engine, ticket, &head, Err(NotRetained::TooLarge), decision)
                                 .await;
                             return Ok(Response::from_parts(
                                 head,
@@ -339,7 +386,7 @@ where
                         // (the upstream's own key check guards the rare double, R12).
                         let e: BoxError = e;
                         tracing::warn!(error = %e, "upstream response body failed");
-                        engine.release(ticket).await;
+                        release(engine, ticket, decision).await;
                         return Ok(problem(
                             engine.policy(),
                             Problem::new(
@@ -351,8 +398,38 @@ where
                 }
             }
             let bytes = buf.freeze();
-            engine.complete(ticket, &head, Ok(bytes.clone())).await;
+            complete(engine, ticket, &head, Ok(bytes.clone()), decision).await;
             Ok(Response::from_parts(head, Body::full(bytes)))
         }
     }
+}
+
+/// [`Engine::release`](idem_core::Engine::release), noted in the decision.
+async fn release<St: Store>(
+    engine: &idem_core::Engine<St>,
+    ticket: Ticket<St>,
+    decision: &mut Decision,
+) {
+    let started = tokio::time::Instant::now();
+    engine.release(ticket).await;
+    decision.store += started.elapsed();
+    decision.record = Some("released");
+}
+
+/// [`Engine::complete`](idem_core::Engine::complete), noted in the decision.
+async fn complete<St: Store>(
+    engine: &idem_core::Engine<St>,
+    ticket: Ticket<St>,
+    head: &http::response::Parts,
+    body: Result<Bytes, NotRetained>,
+    decision: &mut Decision,
+) {
+    let started = tokio::time::Instant::now();
+    let completion = engine.complete(ticket, head, body).await;
+    decision.store += started.elapsed();
+    decision.record = Some(match completion {
+        Completion::Stored => "stored",
+        Completion::Superseded => "superseded",
+        Completion::Failed => "failed",
+    });
 }

@@ -1,0 +1,473 @@
+//! Observability through the `idem` binary: every request outcome is counted and timed
+//! on the admin listener's `/metrics`, and logged as one JSON decision line that never
+//! carries a body or a credential.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::Method;
+use idem_testkit::{Client, CountingUpstream};
+use serde_json::Value;
+
+/// Appears in every request body; must never reach the logs. The upstream echoes it in
+/// its response body, so response bodies are covered too.
+const BODY_SECRET: &str = "BODY-7f3a9c-never-logged";
+/// The Authorization value of every request; must never reach the logs.
+const AUTH_SECRET: &str = "Bearer CRED-51e0d2-never-logged";
+
+/// One sample of the Prometheus text format: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').expect("closing brace");
+                let labels = inner
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').expect("label");
+                        (k.to_owned(), v.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), BTreeMap::new()),
+        };
+        out.push(Sample {
+            name,
+            labels,
+            value: value.parse().expect("sample value"),
+        });
+    }
+    out
+}
+
+/// The value of the sample `name` whose labels include `labels`; 0 when absent.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+async fn scrape(admin: SocketAddr) -> (String, Vec<Sample>) {
+    let resp = Client::new(admin)
+        .send(Method::GET, "/metrics", &[], b"")
+        .await;
+    assert_eq!(resp.status, 200);
+    let text = String::from_utf8(resp.body.to_vec()).unwrap();
+    let samples = parse_metrics(&text);
+    (text, samples)
+}
+
+/// Waits until `idem serve` accepts connections on `addr`.
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "idem did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_is_counted_timed_and_logged_without_secrets() {
+    let upstream = CountingUpstream::spawn().await;
+    let addr = common::free_addr();
+    let admin = common::free_addr();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("stderr.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(common::BIN)
+        .args(["--log-format", "json", "serve", "--store", "memory"])
+        .args(["--listen", &addr.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--upstream", &format!("http://{}", upstream.addr())])
+        .args(["--require-key", "--max-request-body", "8KiB"])
+        .args(["--max-stored-body", "4KiB"])
+        .env_remove("RUST_LOG")
+        .env_remove("IDEM_LOG_LEVEL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .unwrap();
+    let proc = common::Proc { child, addr };
+    wait_listening(addr).await;
+    wait_listening(admin).await;
+
+    let client = Client::new(addr);
+    let body = format!("{{\"amount\":100,\"note\":\"{BODY_SECRET}\"}}");
+    let post = |path: &'static str, key: Option<String>, body: String| {
+        let client = client.clone();
+        async move {
+            let mut headers = vec![("authorization", AUTH_SECRET)];
+            if let Some(k) = key.as_deref() {
+                headers.push(("idempotency-key", k));
+            }
+            client
+                .send(Method::POST, path, &headers, body.as_bytes())
+                .await
+        }
+    };
+    let key = |k: &str| Some(k.to_owned());
+
+    // R5 executed, R8 replayed, R9 mismatch.
+    assert_eq!(
+        post("/charges", key("k-exec"), body.clone()).await.status,
+        201
+    );
+    let replay = post("/charges", key("k-exec"), body.clone()).await;
+    assert!(replay.replayed());
+    let other = format!("{{\"amount\":999,\"note\":\"{BODY_SECRET}\"}}");
+    assert_eq!(post("/charges", key("k-exec"), other).await.status, 422);
+    // R1 invalid key, R3 missing key, R13 too large.
+    let long_key = "x".repeat(300);
+    assert_eq!(
+        post("/charges", Some(long_key), body.clone()).await.status,
+        400
+    );
+    assert_eq!(post("/charges", None, body.clone()).await.status, 400);
+    let huge = format!("{BODY_SECRET}{}", "y".repeat(10 * 1024));
+    assert_eq!(post("/charges", key("k-huge"), huge).await.status, 413);
+    // R13: executed, its body not retained, then replayed as 410.
+    assert_eq!(
+        post("/big?bytes=5000", key("k-nr"), body.clone())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post("/big?bytes=5000", key("k-nr"), body.clone())
+            .await
+            .status,
+        410
+    );
+    // R7: executed, 500, released.
+    assert_eq!(
+        post("/status/500", key("k-rel"), body.clone()).await.status,
+        500
+    );
+
+    // R10: a duplicate while the first is in flight gets 409; meanwhile this instance
+    // owns exactly one record.
+    let slow = tokio::spawn(post("/charges?delay_ms=1500", key("k-conf"), body.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while upstream.executions_with_key("k-conf") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, during) = scrape(admin).await;
+    assert_eq!(value(&during, "idem_in_flight", &[]), 1.0);
+    assert_eq!(
+        post("/charges?delay_ms=1500", key("k-conf"), body.clone())
+            .await
+            .status,
+        409
+    );
+    assert_eq!(slow.await.unwrap().status, 201);
+
+    let (text, m) = scrape(admin).await;
+    let outcome = |o: &str| value(&m, "idem_requests_total", &[("outcome", o)]);
+    assert_eq!(outcome("executed"), 4.0, "{text}");
+    assert_eq!(outcome("replayed"), 1.0);
+    assert_eq!(outcome("mismatch"), 1.0);
+    assert_eq!(outcome("invalid_key"), 1.0);
+    assert_eq!(outcome("missing_key"), 1.0);
+    assert_eq!(outcome("too_large"), 1.0);
+    assert_eq!(outcome("not_retained"), 1.0);
+    assert_eq!(outcome("conflict"), 1.0);
+    assert_eq!(outcome("store_error") + outcome("fail_open"), 0.0);
+    assert_eq!(value(&m, "idem_in_flight", &[]), 0.0);
+
+    // Store latency per operation: 8 claims (4 executed, replay, mismatch, 410,
+    // conflict), 3 completions, 1 release; none failed.
+    let store = |op: &str, result: &str| {
+        value(
+            &m,
+            "idem_store_duration_seconds_count",
+            &[("op", op), ("result", result)],
+        )
+    };
+    assert_eq!(store("claim", "ok"), 8.0, "{text}");
+    assert_eq!(store("complete", "ok"), 3.0);
+    assert_eq!(store("release", "ok"), 1.0);
+    for op in ["claim", "complete", "release"] {
+        assert_eq!(store(op, "error"), 0.0);
+        let buckets = m
+            .iter()
+            .filter(|s| s.name == "idem_store_duration_seconds_bucket")
+            .filter(|s| s.labels.get("op").map(String::as_str) == Some(op))
+            .count();
+        assert!(buckets > 1, "{op} is a histogram with buckets: {text}");
+    }
+    // The upstream answered the four executed requests.
+    assert_eq!(
+        value(&m, "idem_upstream_duration_seconds_count", &[]),
+        4.0,
+        "{text}"
+    );
+    for name in [
+        "idem_requests_total",
+        "idem_store_duration_seconds",
+        "idem_upstream_duration_seconds",
+        "idem_in_flight",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} is described: {text}"
+        );
+    }
+
+    proc.kill();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains(BODY_SECRET), "a body leaked into the logs");
+    assert!(
+        !log.contains("CRED-51e0d2"),
+        "a credential leaked into the logs"
+    );
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let decisions: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "idem::decision")
+        .collect();
+    assert_eq!(decisions.len(), 11, "one line per protected request: {log}");
+    for d in &decisions {
+        assert_eq!(d["level"], "INFO");
+        let f = &d["fields"];
+        assert_eq!(f["method"], "POST");
+        assert!(f["path"].as_str().unwrap().starts_with('/'));
+        assert!(f["status"].as_u64().is_some(), "{d}");
+        assert!(f["store_ms"].as_f64().is_some(), "{d}");
+        assert!(f["total_ms"].as_f64().is_some(), "{d}");
+    }
+    let by = |o: &str| -> Vec<&Value> {
+        decisions
+            .iter()
+            .map(|d| &d["fields"])
+            .filter(|f| f["outcome"] == o)
+            .collect()
+    };
+    assert_eq!(by("executed").len(), 4);
+    for f in by("executed") {
+        assert!(f["upstream_ms"].as_f64().is_some(), "{f}");
+        let scope = f["scope"].as_str().unwrap();
+        assert!(scope.len() == 32 && scope.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+    let released: Vec<_> = by("executed")
+        .into_iter()
+        .filter(|f| f["key"] == "k-rel")
+        .collect();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0]["status"], 500);
+    assert_eq!(released[0]["record"], "released");
+    let first = by("executed")
+        .into_iter()
+        .find(|f| f["key"] == "k-exec")
+        .expect("k-exec executed");
+    assert_eq!(first["status"], 201);
+    assert_eq!(first["path"], "/charges");
+    assert_eq!(first["record"], "stored");
+    for (outcome, status) in [
+        ("replayed", 201),
+        ("mismatch", 422),
+        ("invalid_key", 400),
+        ("missing_key", 400),
+        ("too_large", 413),
+        ("not_retained", 410),
+        ("conflict", 409),
+    ] {
+        let found = by(outcome);
+        assert_eq!(found.len(), 1, "{outcome}: {log}");
+        assert_eq!(found[0]["status"], status, "{outcome}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_silences_decisions_and_bad_levels_are_refused() {
+    let upstream = CountingUpstream::spawn().await;
+    let addr = common::free_addr();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("stderr.log");
+    let child = Command::new(common::BIN)
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,idem::decision=off",
+        ])
+        .args(["serve", "--store", "memory", "--listen", &addr.to_string()])
+        .args(["--upstream", &format!("http://{}", upstream.addr())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let proc = common::Proc { child, addr };
+    wait_listening(addr).await;
+    let resp = Client::new(addr).post("/charges", "k-quiet", "{}").await;
+    assert_eq!(resp.status, 201);
+    proc.kill();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("idem serving"), "other INFO lines stay: {log}");
+    assert!(!log.contains("idem::decision"), "{log}");
+
+    let out = Command::new(common::BIN)
+        .args([
+            "--log-level",
+            "idem=loud",
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid --log-level"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// A `redis-server` of the test's own (the shared one must stay up), killed on drop.
+struct OwnRedis(std::process::Child);
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `idem serve` with JSON logs into a file and an admin listener.
+struct Logged {
+    proc: common::Proc,
+    admin: SocketAddr,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve_logged(args: &[&str]) -> Logged {
+    let addr = common::free_addr();
+    let admin = common::free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(common::BIN)
+        .args(["--log-format", "json", "serve"])
+        .args(["--listen", &addr.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("IDEM_LOG_LEVEL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let proc = common::Proc { child, addr };
+    wait_listening(addr).await;
+    wait_listening(admin).await;
+    Logged {
+        proc,
+        admin,
+        log,
+        _dir: dir,
+    }
+}
+
+fn decisions(log: &str) -> Vec<Value> {
+    log.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l| l["target"] == "idem::decision")
+        .map(|l| l["fields"].clone())
+        .collect()
+}
+
+// R15: with the store down, fail-closed answers 503 (store_error) and fail-open forwards
+// unprotected (fail_open); both are counted, the failed claims timed as errors, and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_failures_are_counted_and_logged() {
+    let upstream = CountingUpstream::spawn().await;
+    let redis_addr = common::free_addr();
+    let redis = OwnRedis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &redis_addr.port().to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services.sh installs it)"),
+    );
+    wait_listening(redis_addr).await;
+    let store = format!("redis://{redis_addr}/?prefix=obs-{}", std::process::id());
+    let up = format!("http://{}", upstream.addr());
+    let closed = serve_logged(&["--store", &store, "--upstream", &up]).await;
+    let open = serve_logged(&["--store", &store, "--upstream", &up, "--fail-open"]).await;
+    drop(redis);
+
+    let resp = Client::new(closed.proc.addr)
+        .post("/charges", "k-closed", "{}")
+        .await;
+    assert_eq!(resp.status, 503);
+    let resp = Client::new(open.proc.addr)
+        .post("/charges", "k-open", "{}")
+        .await;
+    assert_eq!(resp.status, 201);
+    assert_eq!(upstream.executions_with_key("k-closed"), 0);
+    assert_eq!(upstream.executions_with_key("k-open"), 1);
+
+    for (front, outcome, status) in [(closed, "store_error", 503), (open, "fail_open", 201)] {
+        let (text, m) = scrape(front.admin).await;
+        let count = |o: &str| value(&m, "idem_requests_total", &[("outcome", o)]);
+        assert_eq!(count(outcome), 1.0, "{text}");
+        assert_eq!(count("executed"), 0.0, "{text}");
+        assert!(
+            value(
+                &m,
+                "idem_store_duration_seconds_count",
+                &[("op", "claim"), ("result", "error")]
+            ) >= 1.0,
+            "{text}"
+        );
+        front.proc.kill();
+        let log = std::fs::read_to_string(&front.log).unwrap();
+        let d = decisions(&log);
+        assert_eq!(d.len(), 1, "{log}");
+        assert_eq!(d[0]["outcome"], outcome);
+        assert_eq!(d[0]["status"], status);
+        assert_eq!(
+            d[0]["upstream_ms"].is_f64(),
+            outcome == "fail_open",
+            "{log}"
+        );
+    }
+}
