@@ -38,11 +38,13 @@ use crate::record::{Corrupt, OwnerToken, Record, RecordId, Snapshot};
 
 pub mod machine;
 pub mod memory;
+pub mod sealed;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod watch;
 
 pub use memory::{MemoryStore, MemoryStoreConfig};
+pub use sealed::{KeyListError, Sealed, SealingKeys};
 pub use watch::{WaitHub, Watch};
 
 /// A boxed error from a backend.

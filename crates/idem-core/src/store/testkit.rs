@@ -142,6 +142,13 @@ pub fn id(key: &str) -> RecordId {
     RecordId::new(Scope::from_bytes([9; 16]), key)
 }
 
+/// Two fixed test keys, `new` (seals) then `old`, for [`Sealed`](crate::store::Sealed)
+/// stores under the contract suite.
+pub fn sealing_keys() -> crate::store::SealingKeys {
+    crate::store::SealingKeys::new([("new", [2; 32]), ("old", [1; 32])])
+        .expect("two distinct valid keys")
+}
+
 /// A fingerprint numbered `n`.
 pub fn fp(n: u8) -> Fingerprint {
     Fingerprint::from_bytes([n; 32])
