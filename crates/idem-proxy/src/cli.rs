@@ -147,6 +147,21 @@ pub struct ServeArgs {
     /// On shutdown, how long open requests may take to finish.
     #[arg(long, env = "IDEM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,
+    /// Seal stored responses and digest stored keys with the keys in this file: one
+    /// ID:BASE64 (32 bytes) line per key, newest first; the last line also keys the
+    /// record-id digests and stays for good. Off unless set.
+    #[arg(long, env = "IDEM_ENCRYPTION_KEY_FILE", value_name = "PATH")]
+    pub encryption_key_file: Option<std::path::PathBuf>,
+    /// The same key list given inline (newline-separated); prefer the environment
+    /// variable or the file, a flag's value shows in the process list.
+    #[arg(
+        long,
+        env = "IDEM_ENCRYPTION_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS",
+        conflicts_with = "encryption_key_file"
+    )]
+    pub encryption_keys: Option<String>,
 }
 
 /// Flags of `idem demo`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 use idem::policy::{ConfigError, OnConcurrent, Policy, StatusSet, StoreFailure};
 use idem::scope::ScopeSource;
+use idem::store::{KeyListError, SealingKeys};
 
 use crate::cli::{ConcurrentMode, ServeArgs};
 use crate::forward::{Upstream, UpstreamError};
@@ -44,6 +45,8 @@ pub struct ServeConfig {
     pub store: String,
     /// Where the admin listener listens, if anywhere.
     pub admin_listen: Option<SocketAddr>,
+    /// The keys that seal the store, if encryption at rest is on.
+    pub encryption: Option<SealingKeys>,
     /// Everything else.
     pub proxy: ProxyConfig,
 }
@@ -68,6 +71,42 @@ pub enum FlagError {
     /// Settings that contradict each other.
     #[error(transparent)]
     Policy(#[from] ConfigError),
+    /// The encryption key file cannot be read.
+    #[error("cannot read --encryption-key-file `{path}`")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The encryption key list does not parse (the message never shows key material).
+    #[error("invalid encryption keys ({origin})")]
+    Keys {
+        /// Where the list came from.
+        origin: String,
+        /// What is wrong.
+        #[source]
+        source: KeyListError,
+    },
+}
+
+/// The sealing keys the flags name, if any.
+fn encryption(a: &ServeArgs) -> Result<Option<SealingKeys>, FlagError> {
+    let (text, origin) = match (&a.encryption_key_file, &a.encryption_keys) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|source| FlagError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            (text, format!("--encryption-key-file {}", path.display()))
+        }
+        (None, Some(text)) => (text.clone(), "IDEM_ENCRYPTION_KEYS".to_owned()),
+        (None, None) => return Ok(None),
+    };
+    SealingKeys::parse(&text)
+        .map(Some)
+        .map_err(|source| FlagError::Keys { origin, source })
 }
 
 fn bad(flag: &'static str, value: &str, reason: impl Into<String>) -> FlagError {
@@ -171,6 +210,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             listen: a.listen,
             store: a.store.clone(),
             admin_listen: a.admin_listen,
+            encryption: encryption(a)?,
             proxy: ProxyConfig {
                 upstream,
                 policy,

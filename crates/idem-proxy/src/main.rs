@@ -72,9 +72,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen = %listener.local_addr()?,
                 upstream = %config.proxy.upstream,
                 store = store.kind(),
+                encrypted = config.encryption.is_some(),
                 "idem serving"
             );
-            idem_proxy::serve(listener, store, config.proxy, shutdown_signal()).await?;
+            match config.encryption {
+                Some(keys) => {
+                    let sealed = idem::store::Sealed::new(store, keys);
+                    idem_proxy::serve(listener, sealed, config.proxy, shutdown_signal()).await?;
+                }
+                None => idem_proxy::serve(listener, store, config.proxy, shutdown_signal()).await?,
+            }
             Ok(())
         }
         Command::Migrate(args) => {

@@ -4,6 +4,7 @@
 mod common;
 mod process;
 mod proxy;
+mod sealed;
 
 use idem::policy::Policy;
 use idem::redb::RedbStore;
