@@ -877,3 +877,16 @@ async fn r20_other_fingerprint_does_not_resume() {
     let other = acquire_for(&store, &id, 2, Duration::from_secs(10)).await;
     assert_eq!(point_of(&store, &other).await, None);
 }
+
+/// The same contract on the store wrapped for encryption at rest.
+mod sealed {
+    use super::*;
+    use idem_core::store::Sealed;
+    use idem_core::store::testkit::{RealTimeFixture, sealing_keys};
+
+    idem_core::store_tests!(async {
+        let schema = PgSchema::fresh();
+        let store = Sealed::new(schema.store().await, sealing_keys());
+        RealTimeFixture::new(store, Duration::from_millis(400), schema)
+    });
+}

@@ -317,3 +317,17 @@ async fn r16_garbage_bytes_are_corrupt() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+/// The same contract on the store wrapped for encryption at rest.
+mod sealed {
+    use super::*;
+    use idem_core::store::Sealed;
+    use idem_core::store::testkit::sealing_keys;
+
+    idem_core::store_tests!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = Sealed::new(open(dir.path(), &clock), sealing_keys());
+        ManualFixture::new(store, clock, dir)
+    });
+}

@@ -705,3 +705,15 @@ mod outage {
         }
     }
 }
+
+/// The same contract on the store wrapped for encryption at rest.
+mod sealed {
+    use super::*;
+    use idem_core::store::Sealed;
+    use idem_core::store::testkit::sealing_keys;
+
+    idem_core::store_tests!(async {
+        let store = support::shared(&support::unique_prefix()).await;
+        RealTimeFixture::new(Sealed::new(store, sealing_keys()), LEASE, ())
+    });
+}
