@@ -888,3 +888,58 @@ async fn r20_other_fingerprint_does_not_resume() {
     let other = acquire_for(&store, &id, 2, Duration::from_secs(10)).await;
     assert_eq!(point_of(&store, &other).await, None);
 }
+
+/// The same contract on the store wrapped for encryption at rest.
+mod sealed {
+    use super::*;
+    use idem_core::store::Sealed;
+    use idem_core::store::testkit::{RealTimeFixture, sealing_keys};
+
+    idem_core::store_tests!(sealed: async {
+        let schema = PgSchema::fresh();
+        let store = Sealed::new(schema.store().await, sealing_keys());
+        RealTimeFixture::new(store, Duration::from_millis(400), schema)
+    });
+
+    /// The table holds the keyed digest and ciphertext only: every column of every row,
+    /// read as text, shows neither the raw key nor the response.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn table_holds_neither_key_nor_response() {
+        let schema = PgSchema::fresh();
+        let store = Sealed::new(schema.store().await, sealing_keys());
+        let rid = id("raw-key-visible");
+        let lease = match store.claim(&claim_req(&rid, 1)).await.unwrap() {
+            Claim::Acquired(lease) => lease,
+            other => panic!("expected Acquired, got {other:?}"),
+        };
+        let done = store
+            .complete(
+                &lease,
+                &snapshot(b"BODY-MARKER-pg"),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done, Finish::Done);
+        let client = client().await;
+        let rows = client
+            .query(&schema.sql("SELECT r::text FROM {s}.records r"), &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        let row: String = rows[0].get(0);
+        let hex = |s: &[u8]| s.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        for needle in [rid.key().as_str(), "BODY-MARKER-pg", "application/json"] {
+            assert!(!row.contains(needle), "{needle} in {row}");
+            assert!(
+                !row.contains(&hex(needle.as_bytes())),
+                "{needle} (hex) in {row}"
+            );
+        }
+        // Still replays through the sealed store.
+        assert_eq!(
+            store.claim(&claim_req(&rid, 1)).await.unwrap(),
+            Claim::Completed(snapshot(b"BODY-MARKER-pg"))
+        );
+    }
+}

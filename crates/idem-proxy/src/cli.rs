@@ -204,6 +204,21 @@ pub struct ServeArgs {
     /// `idem docs`; default: idem's docs/problems.md.
     #[arg(long, env = "IDEM_PROBLEM_BASE", value_name = "URL")]
     pub problem_base: Option<String>,
+    /// Seal stored responses and digest stored keys with the keys in this file: one
+    /// ID:BASE64 (32 bytes) line per key, newest first; the last line also keys the
+    /// record-id digests and stays for good. Off unless set.
+    #[arg(long, env = "IDEM_ENCRYPTION_KEY_FILE", value_name = "PATH")]
+    pub encryption_key_file: Option<std::path::PathBuf>,
+    /// The same key list given inline (newline-separated); prefer the environment
+    /// variable or the file, a flag's value shows in the process list.
+    #[arg(
+        long,
+        env = "IDEM_ENCRYPTION_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS",
+        conflicts_with = "encryption_key_file"
+    )]
+    pub encryption_keys: Option<String>,
 }
 
 /// Flags of `idem demo`.

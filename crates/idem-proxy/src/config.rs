@@ -17,6 +17,7 @@ use clap::{CommandFactory, FromArgMatches};
 use http::{HeaderName, Method, StatusCode};
 use idem::policy::{ConfigError, OnConcurrent, Policy, StatusSet, StoreFailure};
 use idem::scope::ScopeSource;
+use idem::store::{KeyListError, SealingKeys};
 
 use crate::cli::{Cli, Command, ConcurrentMode, ServeArgs, parse_duration, parse_size};
 use crate::file::{ConfigFile, RouteRule, Setting};
@@ -63,6 +64,8 @@ pub struct ServeConfig {
     pub store: String,
     /// Where the admin listener listens, if anywhere.
     pub admin_listen: Option<SocketAddr>,
+    /// The keys that seal the store, if encryption at rest is on.
+    pub encryption: Option<SealingKeys>,
     /// Everything else.
     pub proxy: ProxyConfig,
 }
@@ -93,6 +96,42 @@ pub enum FlagError {
     /// A bad value in the config file, with its place.
     #[error("{0}")]
     File(String),
+    /// The encryption key file cannot be read.
+    #[error("cannot read --encryption-key-file `{path}`")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The encryption key list does not parse (the message never shows key material).
+    #[error("invalid encryption keys ({origin})")]
+    Keys {
+        /// Where the list came from.
+        origin: String,
+        /// What is wrong.
+        #[source]
+        source: KeyListError,
+    },
+}
+
+/// The sealing keys the flags name, if any.
+fn encryption(a: &ServeArgs) -> Result<Option<SealingKeys>, FlagError> {
+    let (text, origin) = match (&a.encryption_key_file, &a.encryption_keys) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|source| FlagError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            (text, format!("--encryption-key-file {}", path.display()))
+        }
+        (None, Some(text)) => (text.clone(), "IDEM_ENCRYPTION_KEYS".to_owned()),
+        (None, None) => return Ok(None),
+    };
+    SealingKeys::parse(&text)
+        .map(Some)
+        .map_err(|source| FlagError::Keys { origin, source })
 }
 
 fn bad(flag: &'static str, value: &str, reason: impl Into<String>) -> FlagError {
@@ -142,6 +181,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             listen: a.listen,
             store: a.store.clone(),
             admin_listen: a.admin_listen,
+            encryption: encryption(a)?,
             proxy: ProxyConfig {
                 upstream,
                 policy: server_policy(a)?,

@@ -161,32 +161,19 @@ async fn run(parsed: Parsed) -> anyhow::Result<()> {
             let store = AnyStore::from_url(&config.store)
                 .await
                 .with_context(|| format!("store `{}`", config.store))?;
-            if let Some(addr) = config.admin_listen {
-                let metrics = idem_proxy::admin::install_recorder()?;
-                let admin = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-                let keys_api = admin_token.is_some();
-                let app = idem_proxy::admin::router_with(store.clone(), metrics, admin_token);
-                tracing::info!(admin = %admin.local_addr()?, keys_api, "admin listening");
-                tokio::spawn(async move {
-                    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                    if let Err(e) = axum::serve(admin, app).await {
-                        tracing::error!(error = %e, "admin listener failed");
-                    }
-                });
-            }
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen))?;
             tracing::info!(
-                listen = %listener.local_addr()?,
-                upstream = %config.proxy.upstream,
                 store = store.kind(),
-                "idem serving"
+                encrypted = config.encryption.is_some(),
+                "store open"
             );
-            idem_proxy::serve(listener, store, config.proxy, shutdown_signal()).await?;
-            Ok(())
+            match config.encryption.clone() {
+                // The admin API reads through the same sealed store, so keys are
+                // looked up by their digests as the proxy stores them.
+                Some(keys) => {
+                    serve(idem::store::Sealed::new(store, keys), config, admin_token).await
+                }
+                None => serve(store, config, admin_token).await,
+            }
         }
         Command::Migrate(args) => {
             // Open without migrating, then migrate explicitly, so the count is real.
@@ -231,4 +218,38 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// `idem serve` over `store`: the admin listener if asked for, then the proxy until a
+/// shutdown signal.
+async fn serve<St: idem::Store>(
+    store: St,
+    config: ServeConfig,
+    admin_token: Option<idem_proxy::admin::AdminToken>,
+) -> anyhow::Result<()> {
+    if let Some(addr) = config.admin_listen {
+        let metrics = idem_proxy::admin::install_recorder()?;
+        let admin = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+        let keys_api = admin_token.is_some();
+        let app = idem_proxy::admin::router_with(store.clone(), metrics, admin_token);
+        tracing::info!(admin = %admin.local_addr()?, keys_api, "admin listening");
+        tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = axum::serve(admin, app).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        upstream = %config.proxy.upstream,
+        "idem serving"
+    );
+    idem_proxy::serve(listener, store, config.proxy, shutdown_signal()).await?;
+    Ok(())
 }

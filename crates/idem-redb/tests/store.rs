@@ -401,3 +401,17 @@ async fn r16_concurrent_transitions_commit_together_and_fail_alone() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+/// The same contract on the store wrapped for encryption at rest.
+mod sealed {
+    use super::*;
+    use idem_core::store::Sealed;
+    use idem_core::store::testkit::sealing_keys;
+
+    idem_core::store_tests!(sealed: async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = Sealed::new(open(dir.path(), &clock), sealing_keys());
+        ManualFixture::new(store, clock, dir)
+    });
+}

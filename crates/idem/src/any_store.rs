@@ -6,7 +6,7 @@ use std::time::Duration;
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::{
     Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, MemoryStore, MemoryStoreConfig,
-    Store, StoreError, Watch,
+    Sealed, SealingKeys, Store, StoreError, Watch,
 };
 
 /// Any of the stores compiled in, chosen by URL with [`AnyStore::from_url`].
@@ -171,6 +171,24 @@ impl AnyStore {
             Self::Postgres(s) => s.migrate().await,
             _ => Ok(0),
         }
+    }
+
+    /// This store with encryption at rest: responses sealed, keys digested (see
+    /// [`Sealed`]). Hand the result to the layer in place of the store.
+    ///
+    /// ```
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use idem::store::SealingKeys;
+    ///
+    /// let keys = SealingKeys::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")?;
+    /// let store = idem::AnyStore::from_url("memory").await?.sealed(keys);
+    /// let layer = idem::IdempotencyLayer::builder(store).build()?;
+    /// # drop(layer);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn sealed(self, keys: SealingKeys) -> Sealed<Self> {
+        Sealed::new(self, keys)
     }
 
     /// The store's short name: `memory`, `redb`, `redis` or `postgres`.

@@ -48,11 +48,13 @@ use crate::scope::Scope;
 
 pub mod machine;
 pub mod memory;
+pub mod sealed;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod watch;
 
 pub use memory::{MemoryStore, MemoryStoreConfig};
+pub use sealed::{KeyListError, Sealed, SealingKeys};
 pub use watch::{WaitHub, Watch};
 
 /// A boxed error from a backend.

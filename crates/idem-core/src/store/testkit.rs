@@ -147,6 +147,13 @@ pub fn id(key: &str) -> RecordId {
     RecordId::new(Scope::from_bytes([9; 16]), key)
 }
 
+/// Two fixed test keys, `new` (seals) then `old`, for [`Sealed`](crate::store::Sealed)
+/// stores under the contract suite.
+pub fn sealing_keys() -> crate::store::SealingKeys {
+    crate::store::SealingKeys::new([("new", [2; 32]), ("old", [1; 32])])
+        .expect("two distinct valid keys")
+}
+
 /// A fingerprint numbered `n`.
 pub fn fp(n: u8) -> Fingerprint {
     Fingerprint::from_bytes([n; 32])
@@ -750,12 +757,68 @@ pub async fn admin_delete_frees_key_and_wakes<F: Fixture>(fx: &F) {
     assert!(store.lookup(&theirs).await.unwrap().is_some());
 }
 
+/// Listing through a [`Sealed`](crate::store::Sealed) store keyed by [`sealing_keys`]:
+/// records come back opened, under the ids the inner store holds (key digests), never
+/// under the client's keys.
+pub async fn sealed_list_shows_digests<F: Fixture>(fx: &F) {
+    let keys = sealing_keys();
+    let (done, flying) = (id("sealed-list-done"), id("sealed-list-flying"));
+    admin_record(fx, &done, Some(b"sealed-list-body")).await;
+    admin_record(fx, &flying, None).await;
+    let page = fx.store().list(&ListFilter::default()).await.unwrap();
+    let listed = ids_of(&page);
+    assert!(!listed.contains(&done) && !listed.contains(&flying));
+    let Some((_, record)) = page
+        .records
+        .iter()
+        .find(|(i, _)| *i == keys.store_id(&done))
+    else {
+        panic!("the completed record is listed under its digest");
+    };
+    let State::Completed { snapshot: s, .. } = &record.state else {
+        panic!("expected a completed record, got {record:?}");
+    };
+    assert_eq!(s.body, SnapshotBody::Full(b"sealed-list-body"[..].into()));
+    let in_flight = fx
+        .store()
+        .list(&ListFilter {
+            state: StateFilter::InFlight,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(ids_of(&in_flight).contains(&keys.store_id(&flying)));
+}
+
 /// Stamps the whole contract suite as named tests for one store.
 ///
 /// `$make` is an expression evaluating to a future of a [`Fixture`] (an `async` block),
 /// evaluated afresh for each test. Tests run on a multi-threaded runtime, so races are real.
 #[macro_export]
 macro_rules! store_tests {
+    // A store wrapped in `Sealed`: its listings show key digests, not the ids stored
+    // through it, so the listing tests are `sealed_list_shows_digests` instead.
+    (sealed: $make:expr) => {
+        $crate::store_tests!(@each $make;
+            r06_claim_acquires_absent,
+            r06_claim_is_exclusive,
+            r06_many_keys_in_parallel,
+            r08_completed_replays_snapshot,
+            r13_not_retained_snapshots,
+            r09_mismatch_leaves_record_untouched,
+            r10_in_flight_reports_lease_left,
+            r07_release_frees_key,
+            r11_expired_lease_is_taken_over,
+            r11_racing_completions_are_fenced,
+            r11_renew_keeps_lease_alive,
+            r14_completed_record_expires,
+            r14_purge_removes_expired,
+            r04_scopes_are_independent,
+            r10_watch_wakes_on_finish,
+            admin_delete_frees_key_and_wakes,
+            sealed_list_shows_digests,
+        );
+    };
     ($make:expr) => {
         $crate::store_tests!(@each $make;
             r06_claim_acquires_absent,

@@ -5,6 +5,7 @@ mod common;
 mod config_file;
 mod process;
 mod proxy;
+mod sealed;
 
 use idem::policy::Policy;
 use idem::redb::RedbStore;
