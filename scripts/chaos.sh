@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export IDEM_CHAOS_SECS="${1:-600}"
 if [ -n "${2:-}" ]; then export IDEM_CHAOS_SEED="$2"; fi
-exec cargo test -p idem-proxy --all-features --locked --test chaos -- --nocapture
+exec cargo test -p idem-proxy --all-features --locked --test chaos -- --nocapture --test-threads=3

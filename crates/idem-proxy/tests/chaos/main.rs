@@ -256,15 +256,15 @@ async fn chaos(kind: Kind) {
     let instances = if kind == Kind::File { 1 } else { 3 };
     let mut links = Vec::new();
     let mut slots = Vec::new();
-    for i in 0..instances {
-        let store_url = match (&store, kind) {
-            (Some(s), _) => {
+    for _ in 0..instances {
+        let store_url = match &store {
+            Some(s) => {
                 let link = Link::start(s.addr()).await;
                 let url = s.url_via(link.addr());
                 links.push(link);
                 url
             }
-            (None, _) => format!("file:{}", tmp.path().join("idem-data").display()),
+            None => format!("file:{}", tmp.path().join("idem-data").display()),
         };
         let args = vec![
             "--upstream".to_owned(),
@@ -279,7 +279,6 @@ async fn chaos(kind: Kind) {
             "none".to_owned(),
         ];
         slots.push(Arc::new(Slot::start(args).await));
-        let _ = i;
     }
 
     // Load.

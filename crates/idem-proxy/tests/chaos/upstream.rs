@@ -108,7 +108,17 @@ impl Upstream {
     }
 }
 
+/// The work runs in a task of its own, so it finishes and is recorded even when the
+/// proxy drops the connection (its upstream timeout, or the instance was killed): a real
+/// API does not undo a charge because its caller went away.
 async fn charge(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    match tokio::spawn(work(ctx, headers)).await {
+        Ok(resp) => resp,
+        Err(_) => std::panic::panic_any(RESET),
+    }
+}
+
+async fn work(ctx: Ctx, headers: HeaderMap) -> Response {
     let start = Instant::now();
     let key = headers
         .get("idempotency-key")
