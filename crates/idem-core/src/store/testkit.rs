@@ -799,27 +799,19 @@ macro_rules! store_tests {
     // A store wrapped in `Sealed`: its listings show key digests, not the ids stored
     // through it, so the listing tests are `sealed_list_shows_digests` instead.
     (sealed: $make:expr) => {
-        $crate::store_tests!(@each $make;
-            r06_claim_acquires_absent,
-            r06_claim_is_exclusive,
-            r06_many_keys_in_parallel,
-            r08_completed_replays_snapshot,
-            r13_not_retained_snapshots,
-            r09_mismatch_leaves_record_untouched,
-            r10_in_flight_reports_lease_left,
-            r07_release_frees_key,
-            r11_expired_lease_is_taken_over,
-            r11_racing_completions_are_fenced,
-            r11_renew_keeps_lease_alive,
-            r14_completed_record_expires,
-            r14_purge_removes_expired,
-            r04_scopes_are_independent,
-            r10_watch_wakes_on_finish,
+        $crate::store_tests!(@contract $make;
             admin_delete_frees_key_and_wakes,
             sealed_list_shows_digests,
         );
     };
     ($make:expr) => {
+        $crate::store_tests!(@contract $make;
+            admin_list_filters_and_pages,
+            admin_list_skips_expired,
+            admin_delete_frees_key_and_wakes,
+        );
+    };
+    (@contract $make:expr; $($admin:ident,)*) => {
         $crate::store_tests!(@each $make;
             r06_claim_acquires_absent,
             r06_claim_is_exclusive,
@@ -836,9 +828,7 @@ macro_rules! store_tests {
             r14_purge_removes_expired,
             r04_scopes_are_independent,
             r10_watch_wakes_on_finish,
-            admin_list_filters_and_pages,
-            admin_list_skips_expired,
-            admin_delete_frees_key_and_wakes,
+            $($admin,)*
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
