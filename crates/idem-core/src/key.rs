@@ -101,6 +101,21 @@ impl IdempotencyKey {
         Self::parse_bytes(key.as_bytes(), usize::MAX)
     }
 
+    /// A key exactly as [`IdempotencyKey::as_str`] gave it (read back from a store):
+    /// taken verbatim, never unquoted, so every key, including one that starts with a
+    /// quote, reads back as itself.
+    pub(crate) fn from_stored(raw: &[u8]) -> Result<Self, KeyError> {
+        if raw.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if !raw.iter().all(|b| is_visible(*b)) {
+            return Err(KeyError::Malformed(
+                "only visible ASCII characters are allowed",
+            ));
+        }
+        Ok(Self(String::from_utf8_lossy(raw).into()))
+    }
+
     /// The unquoted key.
     pub fn as_str(&self) -> &str {
         &self.0

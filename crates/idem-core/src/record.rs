@@ -53,7 +53,7 @@ impl RecordId {
         }
         let mut scope = [0; 16];
         scope.copy_from_slice(&bytes[..16]);
-        let key = IdempotencyKey::parse_bytes(&bytes[16..], usize::MAX)
+        let key = IdempotencyKey::from_stored(&bytes[16..])
             .map_err(|_| Corrupt("record id has an invalid key"))?;
         Ok(Self::new(Scope::from_bytes(scope), key))
     }
@@ -457,6 +457,17 @@ mod tests {
             Record::decode(&bad_version),
             Err(Corrupt("unknown record version"))
         );
+    }
+
+    #[test]
+    fn record_id_round_trip_keeps_keys_that_start_with_a_quote() {
+        // R1: `"\""` unquotes to the key `"`; read back from a store it is still `"`
+        // (found by the record_decode fuzz target).
+        let key = IdempotencyKey::parse_bytes(br#""\"""#, 255).unwrap();
+        assert_eq!(key.as_str(), "\"");
+        let id = RecordId::new(Scope::from_bytes([2; 16]), key);
+        assert_eq!(RecordId::from_bytes(&id.to_bytes()), Ok(id.clone()));
+        assert_eq!(RecordId::from_hex(&id.to_hex()), Some(id));
     }
 
     #[test]
