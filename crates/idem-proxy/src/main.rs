@@ -28,7 +28,14 @@ fn main() -> ExitCode {
     #[cfg(not(feature = "otel"))]
     let otlp = None;
     // Declared before the runtime, so dropped after it: spans are flushed last.
-    let _telemetry = match init_logging(cli.log_format, cli.log_level.as_deref(), otlp) {
+    // The demo prints its own account of each request: its decision lines stay off
+    // unless asked for.
+    let default_level = match cli.command {
+        Command::Demo(_) => "info,idem::decision=off",
+        _ => "info",
+    };
+    let level = cli.log_level.as_deref();
+    let _telemetry = match init_logging(cli.log_format, level, default_level, otlp) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("idem: {e}");
@@ -77,14 +84,16 @@ impl Drop for Telemetry {
 fn init_logging(
     format: LogFormat,
     level: Option<&str>,
+    default_level: &str,
     otlp: Option<&str>,
 ) -> Result<Telemetry, String> {
-    let filter = match level {
-        Some(level) => {
-            EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level `{level}`: {e}"))?
-        }
-        None => EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-    };
+    let filter =
+        match level {
+            Some(level) => EnvFilter::try_new(level)
+                .map_err(|e| format!("invalid --log-level `{level}`: {e}"))?,
+            None => EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default_level)),
+        };
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
