@@ -15,6 +15,20 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// `idem serve` on the memory store in front of an upstream nothing listens on: the
+/// start of a command line whose further settings a test expects to be refused.
+pub fn serve_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--store",
+        "memory",
+    ]);
+    cmd
+}
+
 /// An `idem serve` process, killed when dropped.
 #[derive(Debug)]
 pub struct Proc {

@@ -323,14 +323,7 @@ async fn request_read_timeout_flag() {
 // A read timeout of zero would refuse every request: a one-line error, exit code 2.
 #[test]
 fn zero_read_timeout_is_refused() {
-    let out = std::process::Command::new(common::BIN)
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--store",
-            "memory",
-        ])
+    let out = common::serve_command()
         .args(["--request-read-timeout", "0s"])
         .output()
         .unwrap();

@@ -146,14 +146,7 @@ async fn bad_token_settings_are_one_line_errors() {
         vec!["--admin-token-file", file.path().to_str().unwrap()],
         vec!["--admin-token-file", "/nonexistent/token"],
     ] {
-        let out = Command::new(BIN)
-            .args([
-                "serve",
-                "--upstream",
-                "http://127.0.0.1:9",
-                "--store",
-                "memory",
-            ])
+        let out = common::serve_command()
             .args(["--admin-listen", &free_addr().to_string()])
             .args(&args)
             .output()

@@ -13,7 +13,7 @@ use idem::scope::Scope;
 use idem::store::SealingKeys;
 use idem_testkit::{Client, CountingUpstream};
 
-use crate::common::{BIN, serve};
+use crate::common::{serve, serve_command};
 
 const K1: &str = "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const K2: &str = "k2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
@@ -186,14 +186,7 @@ fn bad_key_list_is_a_one_line_error() {
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("keys{i}"));
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(BIN)
-            .args([
-                "serve",
-                "--upstream",
-                "http://127.0.0.1:9",
-                "--store",
-                "memory",
-            ])
+        let out = serve_command()
             .arg("--encryption-key-file")
             .arg(&path)
             .env_remove("IDEM_ENCRYPTION_KEYS")
@@ -208,14 +201,7 @@ fn bad_key_list_is_a_one_line_error() {
         assert!(!stderr.contains("AQEBAQEB"), "key material in: {stderr}");
     }
     // The environment variable is read the same way.
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--store",
-            "memory",
-        ])
+    let out = serve_command()
         .env("IDEM_ENCRYPTION_KEYS", "k1:AAAA")
         .output()
         .unwrap();
@@ -224,14 +210,7 @@ fn bad_key_list_is_a_one_line_error() {
     assert!(stderr.contains("IDEM_ENCRYPTION_KEYS"), "{stderr}");
     assert!(stderr.contains("expected 32"), "{stderr}");
     // A file that does not exist.
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--store",
-            "memory",
-        ])
+    let out = serve_command()
         .args(["--encryption-key-file", "/nonexistent/idem-keys"])
         .output()
         .unwrap();
