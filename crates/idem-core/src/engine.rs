@@ -12,14 +12,11 @@
 //!    sees the record's final state.
 //!
 //! While a ticket lives its lease is renewed in the background (R11), so a short lease
-//! still covers a slow upstream.
+//! still covers a slow upstream; one task per engine renews every live lease (see
+//! `renewal`), so a request costs no task and no timer of its own.
 
 use std::fmt;
 use std::time::Duration;
-
-use bytes::Bytes;
-use http::{HeaderValue, Response, request, response};
-use tokio::task::JoinHandle;
 
 use crate::fingerprint::Fingerprint;
 use crate::headers;
@@ -28,7 +25,10 @@ use crate::metrics::{self, Outcome, StoreOp, timed};
 use crate::policy::{OnConcurrent, Policy, StoreFailure};
 use crate::problem::{Problem, ProblemKind};
 use crate::record::{NotRetained, OwnerToken, Record, RecordId, Snapshot, SnapshotBody};
+use crate::renewal::{Registration, Renewals};
 use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError};
+use bytes::Bytes;
+use http::{HeaderValue, Response, request, response};
 
 /// The header that marks a replayed response (R8).
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -40,6 +40,7 @@ const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
 pub struct Engine<St> {
     store: St,
     policy: Policy,
+    renewals: Renewals<St>,
 }
 
 /// What to do with a request, judged from its head.
@@ -115,7 +116,7 @@ pub enum Completion {
 pub struct Ticket<St: Store> {
     lease: Option<Lease>,
     store: St,
-    renewal: JoinHandle<()>,
+    renewal: Option<Registration<St>>,
     decided: Decided,
 }
 
@@ -142,7 +143,7 @@ impl<St: Store> Ticket<St> {
     }
 
     fn take(mut self) -> Lease {
-        self.renewal.abort();
+        self.renewal = None;
         // Present: only `take` and `drop` remove it, and `take` consumes the ticket.
         self.lease
             .take()
@@ -152,7 +153,7 @@ impl<St: Store> Ticket<St> {
 
 impl<St: Store> Drop for Ticket<St> {
     fn drop(&mut self) {
-        self.renewal.abort();
+        self.renewal = None;
         // Every ticket counted in by `Engine::ticket` is counted out here, once.
         metrics::in_flight(-1.0);
         if let Some(lease) = self.lease.take() {
@@ -178,7 +179,12 @@ impl<St: Store> fmt::Debug for Ticket<St> {
 impl<St: Store> Engine<St> {
     /// An engine over `store` with `policy`.
     pub fn new(store: St, policy: Policy) -> Self {
-        Self { store, policy }
+        let renewals = Renewals::new(store.clone(), policy.lease, policy.renew_every());
+        Self {
+            store,
+            policy,
+            renewals,
+        }
     }
 
     /// The policy.
@@ -236,7 +242,7 @@ impl<St: Store> Engine<St> {
         let req = ClaimRequest {
             id: pending.id,
             fingerprint,
-            owner: OwnerToken::random(),
+            owner: OwnerToken::unique(),
             lease: p.lease,
         };
         let (mut watch, deadline) = match p.on_concurrent {
@@ -348,33 +354,10 @@ impl<St: Store> Engine<St> {
 
     fn ticket(&self, lease: Lease, decided: Decided) -> Ticket<St> {
         metrics::in_flight(1.0);
-        let store = self.store.clone();
-        let renewing = lease.clone();
-        let lease_for = self.policy.lease;
-        let every = self.policy.renew_every();
-        let renewal = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                match timed(StoreOp::Renew, store.renew(&renewing, lease_for))
-                    .await
-                    .0
-                {
-                    Ok(Finish::Done) => {}
-                    Ok(Finish::Superseded) => {
-                        tracing::warn!(scope = %renewing.id.scope(), "lease lost to another owner");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
-                }
-            }
-        });
         Ticket {
+            renewal: Some(self.renewals.register(lease.clone())),
             lease: Some(lease),
             store: self.store.clone(),
-            renewal,
             decided,
         }
     }

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod policy;
 pub mod problem;
 pub mod record;
+mod renewal;
 pub mod scope;
 pub mod store;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -75,6 +75,11 @@ pub struct Peer(pub SocketAddr);
 /// Forwards requests to one upstream.
 #[derive(Clone)]
 pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
     client: Client<HttpConnector, Body>,
     upstream: Upstream,
     timeout: Duration,
@@ -91,10 +96,12 @@ impl Forward {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Self {
-            client,
-            upstream,
-            timeout,
-            problem_base: None,
+            inner: Arc::new(Inner {
+                client,
+                upstream,
+                timeout,
+                problem_base: None,
+            }),
         }
     }
 
@@ -102,17 +109,24 @@ impl Forward {
     /// engine does with [`Policy::problem_base`](idem::policy::Policy::problem_base).
     #[must_use]
     pub fn with_problem_base(mut self, base: Option<Arc<str>>) -> Self {
-        self.problem_base = base;
+        Arc::make_mut(&mut self.inner).problem_base = base;
         self
     }
 
-    fn rewrite(&self, req: Request<Body>) -> Result<Request<Body>, http::Error> {
+    fn rewrite(this: &Inner, req: Request<Body>) -> Result<Request<Body>, http::Error> {
         let (mut parts, body) = req.into_parts();
-        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let upstream = &this.upstream;
+        let pq = match parts.uri.path_and_query() {
+            Some(pq) if upstream.prefix.is_empty() => pq.clone(),
+            pq => {
+                let pq = pq.map_or("/", |pq| pq.as_str());
+                PathAndQuery::try_from(format!("{}{pq}", upstream.prefix))?
+            }
+        };
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
-            .authority(self.upstream.authority.clone())
-            .path_and_query(format!("{}{pq}", self.upstream.prefix))
+            .authority(upstream.authority.clone())
+            .path_and_query(pq)
             .build()?;
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -142,8 +156,8 @@ impl Forward {
 impl fmt::Debug for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Forward")
-            .field("upstream", &self.upstream)
-            .field("timeout", &self.timeout)
+            .field("upstream", &self.inner.upstream)
+            .field("timeout", &self.inner.timeout)
             .finish()
     }
 }
@@ -158,9 +172,9 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.clone();
+        let this = self.inner.clone();
         Box::pin(async move {
-            let req = match this.rewrite(req) {
+            let req = match Self::rewrite(&this, req) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build the upstream request");
@@ -201,7 +215,7 @@ impl Service<Request<Body>> for Forward {
     }
 }
 
-impl Forward {
+impl Inner {
     fn problem(&self, kind: ProblemKind, detail: &str) -> Response<Body> {
         Problem::new(kind, detail)
             .with_type_base(self.problem_base.clone())

@@ -17,7 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use idem::{Body, BoxError, IdempotencyLayer, Problem, ProblemKind, Store};
 use tokio::net::TcpListener;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, ServiceExt};
 
 use crate::config::ProxyConfig;
@@ -202,7 +202,11 @@ struct ReadTimedOut;
 /// ended, and says so through a shared flag.
 struct ReadDeadline {
     body: Incoming,
-    deadline: Pin<Box<Sleep>>,
+    /// When the body must have arrived.
+    until: Instant,
+    /// Armed only once the body makes the request wait: most bodies arrive with the
+    /// head, and then no timer is set at all.
+    deadline: Option<Pin<Box<Sleep>>>,
     expired: Arc<AtomicBool>,
     ended: bool,
 }
@@ -212,11 +216,22 @@ impl ReadDeadline {
         let expired = Arc::new(AtomicBool::new(false));
         let body = Self {
             body,
-            deadline: Box::pin(tokio::time::sleep(limit)),
+            until: Instant::now() + limit,
+            deadline: None,
             expired: Arc::clone(&expired),
             ended: false,
         };
         (body, expired)
+    }
+}
+
+impl ReadDeadline {
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let until = self.until;
+        self.deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)))
+            .as_mut()
+            .poll(cx)
     }
 }
 
@@ -237,7 +252,7 @@ impl HttpBody for ReadDeadline {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => Poll::Ready(Some(frame.map_err(Into::into))),
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+            Poll::Pending => match self.poll_deadline(cx) {
                 Poll::Ready(()) => {
                     self.ended = true;
                     self.expired.store(true, Ordering::Release);

@@ -2,7 +2,7 @@
 //! with its outcome and timings. Never the body, never any header but the key.
 //!
 //! Fields are passed as tracing fields, so nothing is formatted when the level or target
-//! is disabled.
+//! is disabled; nothing is copied from the request either.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use http::{Method, Uri};
 use idem_core::metrics::Outcome;
+use idem_core::record::RecordId;
 use idem_core::scope::Scope;
 
 /// The target of decision lines, for filters such as `RUST_LOG=idem::decision=off`.
@@ -21,10 +22,12 @@ pub const TARGET: &str = "idem::decision";
 pub const SPAN_TARGET: &str = "idem::request";
 
 /// What is known about one request while it is being decided.
+///
+/// When neither the line nor the span is enabled, nothing is copied from the request.
 pub(crate) struct Decision {
     span: tracing::Span,
-    method: Method,
-    uri: Uri,
+    /// The request's method and URI, kept only when the line is enabled.
+    request: Option<(Method, Uri)>,
     started: Instant,
     pub(crate) scope: Option<Scope>,
     pub(crate) key: Option<String>,
@@ -53,16 +56,25 @@ impl Decision {
             idem.store_ms = tracing::field::Empty,
             idem.upstream_ms = tracing::field::Empty,
         );
+        let request = tracing::enabled!(target: TARGET, tracing::Level::INFO)
+            .then(|| (method.clone(), uri.clone()));
         Self {
             span,
-            method: method.clone(),
-            uri: uri.clone(),
+            request,
             started: Instant::now(),
             scope: None,
             key: None,
             store: Duration::ZERO,
             upstream: None,
             record: None,
+        }
+    }
+
+    /// Notes the record the request maps to.
+    pub(crate) fn identify(&mut self, id: &RecordId) {
+        self.scope = Some(*id.scope());
+        if self.request.is_some() || !self.span.is_disabled() {
+            self.key = Some(id.key().to_string());
         }
     }
 
@@ -81,13 +93,16 @@ impl Decision {
             span.record("idem.store_ms", ms(self.store));
             span.record("idem.upstream_ms", self.upstream.map(ms));
         }
+        let Some((method, uri)) = &self.request else {
+            return;
+        };
         tracing::info!(
             target: TARGET,
             outcome = outcome.as_str(),
             scope = self.scope.as_ref().map(tracing::field::display),
             key = self.key.as_deref(),
-            method = %self.method,
-            path = self.uri.path(),
+            method = %method,
+            path = uri.path(),
             status,
             record = self.record,
             store_ms = ms(self.store),

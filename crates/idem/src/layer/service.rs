@@ -13,20 +13,20 @@ use idem_core::metrics::Outcome;
 use idem_core::policy::Policy;
 use idem_core::record::{NotRetained, Record, Snapshot, SnapshotBody, State};
 use idem_core::{Problem, ProblemKind, Store};
-use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::ResponseFuture;
 use super::decision::Decision;
+use super::future::Step;
 use super::layer::Shared;
 use crate::body::{Body, BoxError};
 use crate::context::{IdempotencyContext, IdempotencyHandle};
 
 /// The middleware made by [`IdempotencyLayer`](super::IdempotencyLayer).
 ///
-/// A protected request runs on a task of its own, so a client that disconnects cannot
-/// cancel it: the upstream exchange finishes and its result is recorded (R6). Hence the
-/// inner service must be `Clone + Send + 'static`.
+/// A client that disconnects cannot cancel a protected request once it owns its record:
+/// the exchange moves to a task of its own, finishes and its result is recorded (R6).
+/// Hence the inner service must be `Clone + Send + 'static`.
 pub struct Idempotency<S, St: Store> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared<St>>,
@@ -89,9 +89,7 @@ where
         // The service that was polled ready goes into the future; a clone stays.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(handle(self.shared.clone(), inner, req)),
-        }
+        ResponseFuture::new(Box::pin(handle(self.shared.clone(), inner, req)))
     }
 }
 
@@ -111,7 +109,7 @@ async fn handle<S, St, ReqB, ResB>(
     shared: Arc<Shared<St>>,
     mut inner: S,
     req: Request<ReqB>,
-) -> Result<Response<Body>, S::Error>
+) -> Step<S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -129,8 +127,8 @@ where
             parts.extensions.insert(IdempotencyContext::unprotected());
             let resp = inner
                 .call(Request::from_parts(parts, Body::new(body)))
-                .await?;
-            return Ok(resp.map(Body::new));
+                .await;
+            return Step::Done(resp.map(|r| r.map(Body::new)));
         }
         Inspect::Reject(p) => {
             let outcome = match p.kind {
@@ -138,13 +136,12 @@ where
                 _ => Outcome::InvalidKey,
             };
             Decision::start(&parts.method, &parts.uri).log(outcome, Some(p.status.as_u16()));
-            return Ok(problem(engine.policy(), p));
+            return Step::Done(Ok(problem(engine.policy(), p)));
         }
         Inspect::Protect(pending) => pending,
     };
     let mut decision = Decision::start(&parts.method, &parts.uri);
-    decision.scope = Some(*pending.id().scope());
-    decision.key = Some(pending.id().key().to_string());
+    decision.identify(pending.id());
 
     // R13: the body is needed for the fingerprint; refuse it above the limit before
     // anything is stored.
@@ -155,12 +152,12 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Ok(too_large(engine.policy(), pending.id(), &decision));
+        return Step::Done(Ok(too_large(engine.policy(), pending.id(), &decision)));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(too_large(engine.policy(), pending.id(), &decision));
+            return Step::Done(Ok(too_large(engine.policy(), pending.id(), &decision)));
         }
         Err(e) => {
             tracing::debug!(error = %e, "request body unreadable");
@@ -170,7 +167,7 @@ where
             );
             Outcome::BadBody.record();
             decision.log(Outcome::BadBody, Some(p.status.as_u16()));
-            return Ok(problem(engine.policy(), p));
+            return Step::Done(Ok(problem(engine.policy(), p)));
         }
     };
 
@@ -182,7 +179,7 @@ where
                 decision.store = decided.store_time;
                 decision.log(decided.outcome, Some(resp.status().as_u16()));
             }
-            Ok(respond(resp))
+            Step::Done(Ok(respond(resp)))
         }
         Begin::Unprotected => {
             decision.store = begun.elapsed();
@@ -198,13 +195,11 @@ where
             decision.upstream = Some(called.elapsed());
             let status = resp.as_ref().ok().map(|r| r.status().as_u16());
             decision.log(Outcome::FailOpen, status);
-            Ok(resp?.map(Body::new))
+            Step::Done(resp.map(|r| r.map(Body::new)))
         }
         Begin::Execute(ticket) => {
             let decided = ticket.decided();
             decision.store = decided.store_time;
-            // Run the exchange and its recording on a task of its own (R6): dropping this
-            // future (the client went away) does not cancel them.
             let policy = engine.policy();
             let handle = IdempotencyHandle::new(
                 ticket.lease().clone(),
@@ -217,23 +212,24 @@ where
                 scope: Some(*id.scope()),
                 handle: Some(handle.clone()),
             });
-            let (tx, rx) = oneshot::channel();
-            let task_shared = shared.clone();
             let req = Request::from_parts(parts, Body::full(bytes));
             let lease = ticket.lease().clone();
-            shared.tracker.spawn(async move {
-                let mut decision = decision;
-                let run = execute(&task_shared, inner, req, ticket, &handle, &mut decision);
+            // Counted by the tracker until it ends, inline or (client gone) on a task of
+            // its own, so a graceful shutdown waits for it.
+            let running = shared.tracker.token();
+            Step::Execute(Box::pin(async move {
+                let _running = running;
+                let run = execute(&shared, inner, req, ticket, &handle, &mut decision);
                 let result = match AssertUnwindSafe(run).catch_unwind().await {
                     Ok(result) => result,
                     Err(_) => {
                         // The service panicked. Release the key (fenced by owner: a
                         // record it already completed stays) before the 500 leaves, so
                         // an immediate retry runs again instead of meeting a 409 (R7).
-                        let _ = task_shared.engine.store().release(&lease).await;
+                        let _ = shared.engine.store().release(&lease).await;
                         decision.record = Some("released");
                         Ok(problem(
-                            task_shared.engine.policy(),
+                            shared.engine.policy(),
                             Problem::new(
                                 ProblemKind::Internal,
                                 "the service failed while handling the request; it may be retried with the same key",
@@ -243,18 +239,8 @@ where
                 };
                 let status = result.as_ref().ok().map(|r| r.status().as_u16());
                 decision.log(decided.outcome, status);
-                let _ = tx.send(result);
-            });
-            match rx.await {
-                Ok(result) => result,
-                Err(_) => Ok(problem(
-                    engine.policy(),
-                    Problem::new(
-                        ProblemKind::Internal,
-                        "the request's task ended without an answer",
-                    ),
-                )),
-            }
+                result
+            }))
         }
     }
 }
@@ -359,7 +345,7 @@ where
             Ok(Response::from_parts(head, body))
         }
         Disposition::Buffer(limit) => {
-            let mut buf = BytesMut::new();
+            let mut buf = Buffered::default();
             loop {
                 match body.frame().await {
                     None => break,
@@ -368,18 +354,17 @@ where
                         let Ok(data) = frame.into_data() else {
                             continue;
                         };
-                        if buf.len() + data.len() > limit {
+                        buf.push(data);
+                        if buf.len() > limit {
                             // R13: the operation ran, so the record completes; the
                             // client still receives everything.
-                            buf.extend_from_slice(&data);
                             complete(engine, ticket, &head, Err(NotRetained::TooLarge), decision)
                                 .await;
                             return Ok(Response::from_parts(
                                 head,
-                                Body::prefixed(buf.freeze(), body),
+                                Body::prefixed(buf.into_bytes(), body),
                             ));
                         }
-                        buf.extend_from_slice(&data);
                     }
                     Some(Err(e)) => {
                         // The answer was lost midway: release so a retry may run again
@@ -397,9 +382,46 @@ where
                     }
                 }
             }
-            let bytes = buf.freeze();
+            let bytes = buf.into_bytes();
             complete(engine, ticket, &head, Ok(bytes.clone()), decision).await;
             Ok(Response::from_parts(head, Body::full(bytes)))
+        }
+    }
+}
+
+/// A response body being collected: a body of one frame (the usual case for a small
+/// JSON answer) is kept as it came, without a copy.
+#[derive(Default)]
+struct Buffered {
+    first: Bytes,
+    more: BytesMut,
+}
+
+impl Buffered {
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if self.first.is_empty() && self.more.is_empty() {
+            self.first = data;
+        } else {
+            if !self.first.is_empty() {
+                self.more
+                    .extend_from_slice(&std::mem::take(&mut self.first));
+            }
+            self.more.extend_from_slice(&data);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.first.len() + self.more.len()
+    }
+
+    fn into_bytes(self) -> Bytes {
+        if self.more.is_empty() {
+            self.first
+        } else {
+            self.more.freeze()
         }
     }
 }
@@ -432,4 +454,32 @@ async fn complete<St: Store>(
         Completion::Superseded => "superseded",
         Completion::Failed => "failed",
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_of_one_frame_is_kept_without_a_copy() {
+        let frame = Bytes::from_static(b"{\"id\":1}");
+        let mut buf = Buffered::default();
+        buf.push(frame.clone());
+        buf.push(Bytes::new());
+        assert_eq!(buf.len(), frame.len());
+        let out = buf.into_bytes();
+        assert_eq!(out, frame);
+        assert_eq!(out.as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn frames_are_joined_in_order() {
+        let mut buf = Buffered::default();
+        for part in ["", "ab", "", "cd", "e"] {
+            buf.push(Bytes::from_static(part.as_bytes()));
+        }
+        assert_eq!(buf.len(), 5);
+        assert_eq!(buf.into_bytes(), Bytes::from_static(b"abcde"));
+        assert_eq!(Buffered::default().into_bytes(), Bytes::new());
+    }
 }
