@@ -279,6 +279,24 @@ impl fmt::Debug for AnyStore {
     }
 }
 
+/// Awaits an operation of whichever store this is. The networked and durable stores'
+/// futures are boxed: inline, the largest of them would size every caller's future
+/// (several kilobytes, copied whenever a request's future moves), while the memory
+/// store's, the one a few bytes large, stays inline.
+macro_rules! each_await {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Memory($s) => $call.await,
+            #[cfg(feature = "redb")]
+            AnyStore::Redb($s) => Box::pin($call).await,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis($s) => Box::pin($call).await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($s) => Box::pin($call).await,
+        }
+    };
+}
+
 /// Dispatches a call to whichever store this is.
 macro_rules! each {
     ($self:ident, $s:ident => $call:expr) => {
@@ -296,11 +314,11 @@ macro_rules! each {
 
 impl Store for AnyStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
-        each!(self, s => s.claim(req).await)
+        each_await!(self, s => s.claim(req))
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<Finish, StoreError> {
-        each!(self, s => s.renew(lease, lease_for).await)
+        each_await!(self, s => s.renew(lease, lease_for))
     }
 
     async fn complete(
@@ -309,23 +327,23 @@ impl Store for AnyStore {
         snapshot: &Snapshot,
         ttl: Duration,
     ) -> Result<Finish, StoreError> {
-        each!(self, s => s.complete(lease, snapshot, ttl).await)
+        each_await!(self, s => s.complete(lease, snapshot, ttl))
     }
 
     async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
-        each!(self, s => s.release(lease).await)
+        each_await!(self, s => s.release(lease))
     }
 
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        each!(self, s => s.lookup(id).await)
+        each_await!(self, s => s.lookup(id))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
-        each!(self, s => s.list(filter).await)
+        each_await!(self, s => s.list(filter))
     }
 
     async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        each!(self, s => s.delete(id).await)
+        each_await!(self, s => s.delete(id))
     }
 
     fn watch(&self, id: &RecordId) -> Watch {
@@ -333,6 +351,6 @@ impl Store for AnyStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        each!(self, s => s.purge_expired().await)
+        each_await!(self, s => s.purge_expired())
     }
 }
