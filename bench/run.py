@@ -8,6 +8,9 @@ targets round by round, and reports medians as ratios against the nginx hop meas
 the same run. Needs nginx and wrk (apt-get install nginx-light wrk).
 
     bench/run.py [--rounds 3] [--seconds 5] [--stores memory,file] [--out FILE]
+
+Besides one idem per store, `idem pass-through` (memory store, only PUT covered) forwards
+the benchmark's POSTs untouched: idem's own proxy hop, without the idempotency work.
 """
 
 import argparse
@@ -198,6 +201,8 @@ def main():
     ap.add_argument("--stores", default="memory,file,redis,postgres")
     ap.add_argument("--modes", default="new,replay,mixed")
     ap.add_argument("--conns", default="1,32")
+    ap.add_argument("--no-pass-through", action="store_true",
+                    help="skip the idem instance that covers no POST (the plain proxy hop of idem)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.md"))
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
@@ -223,20 +228,26 @@ def main():
 
         targets = {"direct": (up_port, None), "nginx hop": (nginx_port, None)}
         idle_rss = {}
-        for store in args.stores.split(","):
+        # `idem pass-through` covers only PUT, so the benchmark's POSTs go straight
+        # through the layer to the forwarder: the proxy plumbing without the
+        # idempotency work, to tell the two costs apart.
+        instances = [(store, STORES[store](tmp), []) for store in args.stores.split(",")]
+        if not args.no_pass_through:
+            instances.append(("pass-through", STORES["memory"](tmp), ["--methods", "PUT"]))
+        for name, store, extra in instances:
             port = free_port()
             p = subprocess.Popen(
                 [os.path.join(bin_dir, "idem"), "serve", "--listen", f"127.0.0.1:{port}",
-                 "--upstream", f"http://127.0.0.1:{up_port}", "--store", STORES[store](tmp),
+                 "--upstream", f"http://127.0.0.1:{up_port}", "--store", store,
                  # Long enough for every replay of the run; short enough that a shared
                  # Redis or PostgreSQL does not keep millions of bench records for a day.
-                 "--ttl", "15m"],
+                 "--ttl", "15m", *extra],
                 env={**os.environ, "RUST_LOG": "warn"})
             procs.append(p)
             wait_port(port)
             time.sleep(0.5)
-            idle_rss[store] = rss_mib(p.pid)
-            targets[f"idem {store}"] = (port, p.pid)
+            idle_rss[name] = rss_mib(p.pid)
+            targets[f"idem {name}"] = (port, p.pid)
 
         # What the store itself can do for a new key, measured in the same rounds.
         limits = {}
