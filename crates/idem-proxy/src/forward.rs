@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use idem::headers::strip_hop_by_hop;
 use idem::{Body, Problem, ProblemKind};
+
+use crate::pool::Pool;
 use tower_service::Service;
 
 /// Where requests go: `http://host:port` with an optional path prefix.
@@ -62,6 +61,17 @@ impl FromStr for Upstream {
     }
 }
 
+impl Upstream {
+    /// `host:port` to connect to (port 80 when the URL names none).
+    pub(crate) fn connect_to(&self) -> String {
+        format!(
+            "{}:{}",
+            self.authority.host(),
+            self.authority.port_u16().unwrap_or(80)
+        )
+    }
+}
+
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "http://{}{}", self.authority, self.prefix)
@@ -80,7 +90,9 @@ pub struct Forward {
 
 #[derive(Clone)]
 struct Inner {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
+    /// The `Host` header the upstream receives.
+    host: HeaderValue,
     upstream: Upstream,
     timeout: Duration,
     problem_base: Option<Arc<str>>,
@@ -89,15 +101,16 @@ struct Inner {
 impl Forward {
     /// A forwarder to `upstream`, giving up on an answer after `timeout`.
     pub fn new(upstream: Upstream, timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let pool = Arc::new(Pool::new(
+            upstream.connect_to(),
+            timeout,
+            Duration::from_secs(60),
+        ));
         Self {
             inner: Arc::new(Inner {
-                client,
+                pool,
+                host: HeaderValue::from_str(upstream.authority.as_str())
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 upstream,
                 timeout,
                 problem_base: None,
@@ -123,11 +136,8 @@ impl Forward {
                 PathAndQuery::try_from(format!("{}{pq}", upstream.prefix))?
             }
         };
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(upstream.authority.clone())
-            .path_and_query(pq)
-            .build()?;
+        // Origin form on the wire, with the upstream's own Host.
+        let uri = Uri::from(pq);
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -135,7 +145,7 @@ impl Forward {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::HOST);
+        parts.headers.insert(header::HOST, this.host.clone());
         if let Some(host) = original_host {
             parts.headers.insert("x-forwarded-host", host);
         }
@@ -184,7 +194,7 @@ impl Service<Request<Body>> for Forward {
                 }
             };
             let started = std::time::Instant::now();
-            let result = tokio::time::timeout(this.timeout, this.client.request(req)).await;
+            let result = tokio::time::timeout(this.timeout, this.pool.send(req)).await;
             metrics::histogram!(crate::admin::names::UPSTREAM_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             match result {

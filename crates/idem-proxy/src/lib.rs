@@ -1,7 +1,7 @@
 //! `idem serve`: an idempotency-key reverse proxy in front of any HTTP API.
 //!
 //! The proxy is the `idem` crate's [`IdempotencyLayer`](idem::IdempotencyLayer) in front
-//! of a [`Forward`](forward::Forward) service on hyper-util, so the library and the
+//! of a [`Forward`](forward::Forward) service on hyper, so the library and the
 //! proxy share one engine path. This library half exists so tests (and embedders) can
 //! run the proxy in-process:
 //!
@@ -28,6 +28,7 @@ pub mod docs;
 pub mod file;
 pub mod forward;
 pub mod keys;
+mod pool;
 pub mod routes;
 pub mod server;
 #[cfg(feature = "otel")]

@@ -1,0 +1,372 @@
+//! Keep-alive HTTP/1.1 connections to the upstream, each driven by the request using it.
+//!
+//! A pooled client that runs every connection on a task of its own hands each request,
+//! its response head and every body frame across channels between that task and the
+//! request's, waking one for the other at each step. Here the request's own future polls
+//! the connection while it waits for the head, and the response body polls it while it
+//! is read, so a whole exchange runs on the downstream connection's task. A connection
+//! goes back to the pool once its response body has ended; one left mid-response (its
+//! body dropped early) is closed.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use idem::Body;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+type Conn = Connection<TokioIo<TcpStream>, Body>;
+
+/// Idle connections kept at most.
+const MAX_IDLE: usize = 256;
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    /// No connection could be opened.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The connection could not be opened in time.
+    #[error("connecting to the upstream timed out")]
+    ConnectTimeout,
+    /// The exchange failed on an open connection.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// One open connection: the request half and the connection future that does the I/O.
+struct Link {
+    send: SendRequest<Body>,
+    conn: Pin<Box<Conn>>,
+    /// The connection future finished (closed or failed): nothing more will flow.
+    ended: bool,
+}
+
+impl Link {
+    /// Makes what progress the connection can.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.ended && self.conn.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+        }
+    }
+
+    /// Whether a new request may be sent now.
+    fn reusable(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        !self.ended && self.send.is_ready()
+    }
+}
+
+struct Idle {
+    link: Link,
+    since: Instant,
+}
+
+/// The pool of one upstream address.
+pub(crate) struct Pool {
+    authority: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        authority: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            authority,
+            connect_timeout,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn checkout(&self) -> Option<Link> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(mut entry) = idle.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.link.reusable() {
+                return Some(entry.link);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, mut link: Link) {
+        if !link.reusable() {
+            return;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                link,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<Link, ExchangeError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.authority.as_str()),
+        )
+        .await
+        .map_err(|_| ExchangeError::ConnectTimeout)?
+        .map_err(ExchangeError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        Ok(Link {
+            send,
+            conn: Box::pin(conn),
+            ended: false,
+        })
+    }
+
+    /// Sends `req` on an idle connection or a new one and waits for the response head;
+    /// the response body drives the connection from then on.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, ExchangeError> {
+        // A pooled connection the upstream closed just now gives the request back
+        // unsent: it goes out once more, on a fresh connection.
+        let (mut link, mut pooled) = match self.checkout() {
+            Some(link) => (link, true),
+            None => (self.connect().await?, false),
+        };
+        loop {
+            let sending = link.send.try_send_request(req);
+            let mut sending = std::pin::pin!(sending);
+            let sent = poll_fn(|cx| {
+                link.drive(cx);
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
+                Ok(resp) => {
+                    let (head, body) = resp.into_parts();
+                    let body = Driven {
+                        body,
+                        link: Some(link),
+                        pool: Arc::clone(self),
+                    };
+                    return Ok(Response::from_parts(head, Body::new(body)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if pooled => {
+                        req = unsent;
+                        link = self.connect().await?;
+                        pooled = false;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+}
+
+/// A response body that drives its connection while it is read, and hands the
+/// connection back to the pool at its end.
+struct Driven {
+    body: Incoming,
+    link: Option<Link>,
+    pool: Arc<Pool>,
+}
+
+impl HttpBody for Driven {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
+        if frame.is_pending()
+            && let Some(link) = this.link.as_mut()
+        {
+            // Asking for a frame told the connection to read one: let it, then look again.
+            link.drive(cx);
+            frame = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        if let Poll::Ready(None) = frame
+            && let Some(mut link) = this.link.take()
+        {
+            // Let the connection note the end of the message before it is reused.
+            link.drive(cx);
+            this.pool.checkin(link);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        // A body known to be empty may never be polled: its connection is still good.
+        if self.body.is_end_stream()
+            && let Some(link) = self.link.take()
+        {
+            self.pool.checkin(link);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A bare HTTP/1.1 server that answers `ok` to every request head it reads and
+    /// counts the connections it accepted; with `close_after`, it closes each connection
+    /// that long after its first answer (as an upstream's keep-alive timeout does).
+    async fn upstream(close_after: Option<Duration>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if socket.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            if let Some(after) = close_after {
+                                tokio::time::sleep(after).await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pool: &Arc<Pool>) -> String {
+        let req = Request::get("/")
+            .header("host", "x")
+            .body(Body::empty())
+            .unwrap();
+        let resp = pool.send(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_ended() {
+        let (addr, accepted) = upstream(None).await;
+        let pool = Arc::new(Pool::new(
+            addr,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        ));
+        for _ in 0..5 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+        let (addr, accepted) = upstream(Some(Duration::from_millis(20))).await;
+        let pool = Arc::new(Pool::new(
+            addr,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        ));
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await, "ok");
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_connections_of_their_own() {
+        let (addr, accepted) = upstream(None).await;
+        let pool = Arc::new(Pool::new(
+            addr,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        ));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { get(&pool).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), "ok");
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!((1..=8).contains(&opened), "{opened}");
+        // Afterwards they are all idle in the pool, and reused.
+        for _ in 0..8 {
+            get(&pool).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let pool = Arc::new(Pool::new(
+            addr,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        ));
+        let req = Request::get("/").body(Body::empty()).unwrap();
+        let err = pool.send(req).await.unwrap_err();
+        assert!(matches!(err, ExchangeError::Connect(_)), "{err}");
+    }
+}
