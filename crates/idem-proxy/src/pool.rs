@@ -300,14 +300,18 @@ mod tests {
         String::from_utf8(body.to_vec()).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_connection_is_reused_once_its_response_ended() {
-        let (addr, accepted) = upstream(None).await;
-        let pool = Arc::new(Pool::new(
+    fn pool_for(addr: String) -> Arc<Pool> {
+        Arc::new(Pool::new(
             addr,
             Duration::from_secs(2),
             Duration::from_secs(60),
-        ));
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_ended() {
+        let (addr, accepted) = upstream(None).await;
+        let pool = pool_for(addr);
         for _ in 0..5 {
             assert_eq!(get(&pool).await, "ok");
         }
@@ -317,11 +321,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
         let (addr, accepted) = upstream(Some(Duration::from_millis(20))).await;
-        let pool = Arc::new(Pool::new(
-            addr,
-            Duration::from_secs(2),
-            Duration::from_secs(60),
-        ));
+        let pool = pool_for(addr);
         for _ in 0..3 {
             assert_eq!(get(&pool).await, "ok");
             tokio::time::sleep(Duration::from_millis(60)).await;
@@ -332,11 +332,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_get_connections_of_their_own() {
         let (addr, accepted) = upstream(None).await;
-        let pool = Arc::new(Pool::new(
-            addr,
-            Duration::from_secs(2),
-            Duration::from_secs(60),
-        ));
+        let pool = pool_for(addr);
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let pool = pool.clone();
@@ -360,11 +356,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let pool = Arc::new(Pool::new(
-            addr,
-            Duration::from_secs(2),
-            Duration::from_secs(60),
-        ));
+        let pool = pool_for(addr);
         let req = Request::get("/").body(Body::empty()).unwrap();
         let err = pool.send(req).await.unwrap_err();
         assert!(matches!(err, ExchangeError::Connect(_)), "{err}");
