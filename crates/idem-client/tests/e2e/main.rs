@@ -80,6 +80,16 @@ pub fn client(backoff: Backoff) -> (ClientWithMiddleware, Retries) {
     (client, retries)
 }
 
+/// `POST /charges` with `{}` through `proxy`, by `client`.
+pub async fn charge(client: &ClientWithMiddleware, proxy: &Running) -> reqwest::Response {
+    client
+        .post(format!("http://{}/charges", proxy.addr()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A loopback address nothing listens on (yet).
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

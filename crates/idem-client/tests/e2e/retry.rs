@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use reqwest_middleware::ClientBuilder;
 
 use crate::upstream::{Scripted, Step};
-use crate::{client, quick, start_proxy, start_proxy_with};
+use crate::{charge, client, quick, start_proxy, start_proxy_with};
 
 fn fail(code: u16) -> Step {
     Step::Fail(code, None)
@@ -106,12 +106,7 @@ async fn r07_other_client_errors_are_not_retried() {
     let upstream = Scripted::spawn([fail(400)]).await;
     let proxy = start_proxy(upstream.addr()).await;
     let (client, retries) = client(quick(5));
-    let resp = client
-        .post(format!("http://{}/charges", proxy.addr()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = charge(&client, &proxy).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(upstream.attempts(), 1);
     assert!(retries.all().is_empty());
@@ -129,12 +124,7 @@ async fn r15_retry_after_is_honoured() {
     .await;
     let proxy = start_proxy(upstream.addr()).await;
     let (client, retries) = client(quick(5));
-    let resp = client
-        .post(format!("http://{}/charges", proxy.addr()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = charge(&client, &proxy).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(upstream.attempts(), 3);
     assert_eq!(upstream.executions(), 1);
@@ -198,12 +188,7 @@ async fn attempts_run_out_with_the_last_answer() {
     let upstream = Scripted::spawn([fail(503), fail(503), fail(504), fail(503)]).await;
     let proxy = start_proxy(upstream.addr()).await;
     let (client, retries) = client(quick(3));
-    let resp = client
-        .post(format!("http://{}/charges", proxy.addr()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = charge(&client, &proxy).await;
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(upstream.attempts(), 3);
     assert_eq!(upstream.executions(), 0);

@@ -8,7 +8,7 @@ use reqwest_middleware::ClientBuilder;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::upstream::{Scripted, Step};
-use crate::{Retries, client, free_addr, quick, start_proxy, start_proxy_on};
+use crate::{Retries, charge, client, free_addr, quick, start_proxy, start_proxy_on};
 
 /// Polls `done` until it holds, failing the test after 30 s.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -102,12 +102,7 @@ async fn timeout_is_retried_and_replayed() {
                 .build(),
         )
         .build();
-    let resp = client
-        .post(format!("http://{}/charges", proxy.addr()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = charge(&client, &proxy).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(resp.headers()["idempotent-replayed"], "true");
     assert_eq!(upstream.executions(), 1);
