@@ -165,3 +165,56 @@ async fn run<St: Store>(shared: Weak<Shared<St>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::record::State;
+    use crate::store::testkit::{claim_req, id};
+    use crate::store::{Claim, MemoryStore, MemoryStoreConfig};
+
+    /// The lease's end as the store has it.
+    async fn lease_until(store: &MemoryStore, lease: &Lease) -> u64 {
+        match store.lookup(&lease.id).await.unwrap().unwrap().state {
+            State::InFlight { lease_until, .. } => lease_until,
+            other => panic!("not in flight: {other:?}"),
+        }
+    }
+
+    // R11: the renewal task stops once nothing is registered, and the next registration
+    // starts it again: that lease is renewed too.
+    #[tokio::test(start_paused = true)]
+    async fn r11_a_lease_registered_after_the_task_stopped_is_renewed() {
+        let clock = ManualClock::new();
+        let store = MemoryStore::with_config(MemoryStoreConfig {
+            clock: Arc::new(clock.clone()),
+            ..MemoryStoreConfig::default()
+        });
+        let Claim::Acquired(lease) = store.claim(&claim_req(&id("renew"), 1)).await.unwrap() else {
+            panic!("not acquired");
+        };
+        let lease_for = Duration::from_secs(30);
+        let renewals = Renewals::new(store.clone(), lease_for, Duration::from_secs(1));
+
+        drop(renewals.register(lease.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            renewals.shared.lock().task.is_none(),
+            "the idle task stopped"
+        );
+
+        let _registered = renewals.register(lease.clone());
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(
+            lease_until(&store, &lease).await,
+            clock.now_ms() - 5_000 + 10_000,
+            "the claim's own lease"
+        );
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(
+            lease_until(&store, &lease).await,
+            clock.now_ms() + lease_for.as_millis() as u64
+        );
+    }
+}
