@@ -244,6 +244,7 @@ impl<St: Store> Engine<St> {
             fingerprint,
             owner: OwnerToken::unique(),
             lease: p.lease,
+            waiting: matches!(p.on_concurrent, OnConcurrent::Wait { .. }),
         };
         let (mut watch, deadline) = match p.on_concurrent {
             OnConcurrent::Wait { timeout } => (

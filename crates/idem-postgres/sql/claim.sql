@@ -1,14 +1,15 @@
 -- Claim (R6, R8, R9, R10, R11, R18): create the record, take over a dead one, or
--- report the live one, in ONE statement.
+-- report the live one, in ONE statement that writes only when something changes.
 --
--- $1 scope bytea, $2 key text, $3 fingerprint bytea, $4 owner bytea, $5 lease in ms.
+-- $1 scope bytea, $2 key text, $3 fingerprint bytea, $4 owner bytea, $5 lease in ms,
+-- $6 waiting bool (the caller waits if the record is in flight, R10 `wait` mode).
 -- Answers at most one row:
 --   acquired = true   the caller now owns the record (inserted, or a record that was
 --                     not live was replaced; taken_over says it was an in-flight one);
 --   acquired = false  the live record as it stood: its state, fingerprint, the time
 --                     left on it, and its snapshot when completed and the fingerprints
 --                     match (no point shipping a body to a mismatch);
---   no row            a concurrent transaction created the live record after this
+--   no row            a concurrent transaction changed the record after this
 --                     statement's snapshot was taken: run the statement again.
 --
 -- Time. All instants come from the database, one clock for every instance; client
@@ -19,42 +20,64 @@
 -- inside a caller's long transaction (R21), so every statement reads the clock the
 -- same way: when it runs.
 --
+-- Look first, write only when the record is absent or dead. A replay, a mismatch and
+-- an "in flight" answer change nothing, so they must not write either: an
+-- INSERT ... ON CONFLICT DO UPDATE locks the conflicting row even when its WHERE is
+-- false, which costs a transaction id, a WAL record and a commit that waits for the
+-- disk. So the `existing` CTE reads the live row with the statement's snapshot first,
+-- and the INSERT runs only when that read found nothing: inserting no row takes no
+-- lock and writes nothing.
+--
 -- Why two concurrent claims cannot both acquire, under READ COMMITTED:
--- * No row yet: both try to insert. The unique index admits one speculative insertion;
---   the other waits for the first transaction to end and then, the first having
---   committed, takes the ON CONFLICT path (if it aborted, the second inserts).
--- * A row exists: ON CONFLICT DO UPDATE locks the conflicting row and evaluates its
---   WHERE against the LATEST committed version of that row, even one this statement's
+-- * No live row in the snapshot: both try to insert. The unique index admits one
+--   speculative insertion; the other waits for the first transaction to end and then,
+--   the first having committed, takes the ON CONFLICT path (if it aborted, the second
+--   inserts).
+-- * A dead row (lease ended, R11, or completion expired, R14) in the snapshot: both
+--   insert, conflict, and ON CONFLICT DO UPDATE locks the row and evaluates its WHERE
+--   against the LATEST committed version of that row, even one this statement's
 --   snapshot cannot see. Claims on one id therefore queue on the row lock, and each
 --   sees what its predecessor wrote: after one takes the record over, the row holds a
---   fresh lease (ends_at > now) and the WHERE is false for the rest. When the WHERE is
---   false the row is left untouched (R9: a mismatch changes nothing) and RETURNING
---   yields nothing.
+--   fresh lease (ends_at > now) and the WHERE is false for the rest, whose RETURNING
+--   yields nothing: they answer no row and ask again.
+-- * A live row in the snapshot: nothing is inserted and the answer is built from that
+--   version. It may be older than the newest committed one; every answer built from it
+--   is still one the record held during this statement (a live in-flight record that
+--   completed meanwhile answers InFlight, as it would have a moment earlier). A live
+--   row never becomes claimable without its lease or TTL running out, which the
+--   `now` instant already accounts for.
 -- * The sweeper (sweep.sql) locks the rows it deletes; a claim waiting on such a row
 --   finds it gone and retries its insertion, which the unique index again serialises.
 -- Fencing follows: the owner column changes only here, under the row lock, so
 -- complete/renew/release (which match on owner) see either the old owner or the new.
 --
--- Reading the live row. When the DO UPDATE does nothing, the `existing` CTE reads the
--- row with the statement's snapshot. That version may be older than the one the
--- ON CONFLICT saw; every answer built from it is still one the record held during this
--- statement (a live in-flight record that completed meanwhile answers InFlight, as it
--- would have a moment earlier). Only a row committed after the snapshot is invisible;
--- then no row comes back and the caller runs the statement again with a new snapshot.
--- `existing` filters on liveness with the same instant, so a dead version is never
--- reported as live.
+-- Waiters (R10). A completion notifies only a record marked `watched` (complete.sql).
+-- A caller that will wait on an in-flight record with its own fingerprint marks it in
+-- the `marked` CTE. That UPDATE re-checks its WHERE on the newest version of the row:
+-- if the record completed or was released after the snapshot, it matches nothing and
+-- the statement answers no row, so the caller asks again and sees the new state
+-- instead of sleeping on a notification that was never going to come. If the mark
+-- committed first, the completion's UPDATE (which waits for the mark's row lock and
+-- then reads the newest version) sees `watched` and notifies. A record already marked
+-- by another waiter is not written again. A takeover keeps the mark: the waiters of the
+-- dead owner wait on the new one.
 WITH now AS MATERIALIZED (
     SELECT clock_timestamp() AS t
+),
+existing AS MATERIALIZED (
+    SELECT r.state, r.fingerprint, r.ends_at, r.watched,
+           CASE WHEN r.state = 2 AND r.fingerprint = $3::bytea THEN r.snapshot END AS snapshot
+    FROM {schema}.records r
+    WHERE r.scope = $1::bytea AND r.key = $2::text AND r.ends_at > (SELECT t FROM now)
 ),
 claimed AS (
     INSERT INTO {schema}.records AS r
         (scope, key, fingerprint, owner, state, created_at, ends_at, snapshot, taken_over)
-    VALUES (
-        $1::bytea, $2::text, $3::bytea, $4::bytea, 1,
-        (SELECT t FROM now),
-        (SELECT t FROM now) + $5::int8 * interval '1 millisecond',
-        NULL, false
-    )
+    SELECT $1::bytea, $2::text, $3::bytea, $4::bytea, 1,
+           (SELECT t FROM now),
+           (SELECT t FROM now) + $5::int8 * interval '1 millisecond',
+           NULL, false
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
     ON CONFLICT (scope, key) DO UPDATE
         SET fingerprint = excluded.fingerprint,
             owner       = excluded.owner,
@@ -62,17 +85,22 @@ claimed AS (
             created_at  = excluded.created_at,
             ends_at     = excluded.ends_at,
             snapshot    = NULL,
-            taken_over  = (r.state = 1)
+            taken_over  = (r.state = 1),
+            watched     = (r.state = 1 AND r.watched)
         -- Only a record that is not live: a lease that ended (R11) or an expired
         -- completion (R14). excluded.created_at is this statement's instant.
         WHERE r.ends_at <= excluded.created_at
     RETURNING r.taken_over
 ),
-existing AS (
-    SELECT r.state, r.fingerprint, r.ends_at,
-           CASE WHEN r.state = 2 AND r.fingerprint = $3::bytea THEN r.snapshot END AS snapshot
-    FROM {schema}.records r
-    WHERE r.scope = $1::bytea AND r.key = $2::text AND r.ends_at > (SELECT t FROM now)
+marked AS (
+    UPDATE {schema}.records r
+    SET watched = true
+    WHERE $6::bool
+      AND EXISTS (SELECT 1 FROM existing e
+                  WHERE e.state = 1 AND e.fingerprint = $3::bytea AND NOT e.watched)
+      AND r.scope = $1::bytea AND r.key = $2::text
+      AND r.state = 1 AND r.fingerprint = $3::bytea AND r.ends_at > (SELECT t FROM now)
+    RETURNING true AS ok
 )
 SELECT true AS acquired, c.taken_over,
        NULL::smallint AS state, NULL::bytea AS fingerprint, NULL::int8 AS left_ms,
@@ -85,4 +113,6 @@ SELECT false, false,
        ceil(extract(epoch FROM e.ends_at - (SELECT t FROM now)) * 1000)::int8,
        e.snapshot
 FROM existing e
-WHERE NOT EXISTS (SELECT 1 FROM claimed)
+-- A waiter whose mark found the record changed gets no row: it asks again.
+WHERE NOT ($6::bool AND e.state = 1 AND e.fingerprint = $3::bytea AND NOT e.watched
+           AND NOT EXISTS (SELECT 1 FROM marked))

@@ -1,5 +1,5 @@
 -- Complete (R7, R16): store the snapshot, mark the record completed, expiring $5 ms
--- from now, and wake waiters on every instance.
+-- from now, and wake waiters on every instance if there are any.
 --
 -- $1 scope, $2 key, $3 owner, $4 snapshot (Snapshot::encode()), $5 ttl in ms,
 -- $6 notification channel. One row back = Done, none = Superseded.
@@ -13,7 +13,9 @@
 --
 -- The notification is part of the same statement and transaction: PostgreSQL
 -- delivers it when the transaction commits (inside a caller's transaction, R21, only
--- if it commits), and only when a row was completed. The payload names the record
+-- if it commits), and only when a row was completed that a waiter marked `watched`
+-- (claim.sql): with nobody waiting, nothing is sent, and the commit takes no
+-- database-wide notification lock (R10; see migrations/0003). The payload names the record
 -- (hex of scope || key); an id too long for a payload (8000 bytes) sends '' and
 -- listeners wake every waiter instead.
 WITH now AS MATERIALIZED (
@@ -25,7 +27,11 @@ done AS (
         snapshot = $4::bytea,
         ends_at  = (SELECT t FROM now) + $5::int8 * interval '1 millisecond'
     WHERE r.scope = $1::bytea AND r.key = $2::text AND r.owner = $3::bytea AND r.state = 1
-    RETURNING encode(r.scope || convert_to(r.key, 'UTF8'), 'hex') AS id
+    RETURNING r.watched, encode(r.scope || convert_to(r.key, 'UTF8'), 'hex') AS id
 )
-SELECT pg_notify($6::text, CASE WHEN octet_length(d.id) < 7900 THEN d.id ELSE '' END)
+-- One row per completed record whether or not it notifies; CASE evaluates pg_notify
+-- only for a watched one.
+SELECT CASE WHEN d.watched
+            THEN pg_notify($6::text, CASE WHEN octet_length(d.id) < 7900 THEN d.id ELSE '' END)
+       END
 FROM done d

@@ -406,6 +406,7 @@ impl Store for PostgresStore {
         let owner = owner_bytes(req.owner);
         let owner = owner.as_slice();
         let lease = millis(req.lease);
+        let waiting = req.waiting;
         self.timed(async {
             let client = self.inner.pool.get().await.map_err(error::pool)?;
             let statement = client
@@ -414,14 +415,17 @@ impl Store for PostgresStore {
                 .map_err(error::pg)?;
             for _ in 0..CLAIM_ATTEMPTS {
                 let row = client
-                    .query_opt(&statement, &[&scope, &key, &fingerprint, &owner, &lease])
+                    .query_opt(
+                        &statement,
+                        &[&scope, &key, &fingerprint, &owner, &lease, &waiting],
+                    )
                     .await
                     .map_err(error::pg)?;
                 if let Some(row) = row {
                     return claim_answer(&row, req);
                 }
-                // The live record was committed after this statement's snapshot was
-                // taken (claim.sql): ask again, with a newer snapshot.
+                // The record changed after this statement's snapshot was taken
+                // (claim.sql): ask again, with a newer snapshot.
             }
             Err(StoreError::backend(
                 STORE,

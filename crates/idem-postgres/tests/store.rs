@@ -136,6 +136,19 @@ async fn acquire(store: &PostgresStore, id: &idem_core::record::RecordId) -> Lea
     }
 }
 
+/// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
+/// record's completion or release notifies every instance.
+async fn wait_on(store: &PostgresStore, id: &idem_core::record::RecordId) {
+    let req = idem_core::store::ClaimRequest {
+        waiting: true,
+        ..claim_req(id, 1)
+    };
+    match store.claim(&req).await.unwrap() {
+        Claim::InFlight { .. } => {}
+        other => panic!("expected InFlight, got {other:?}"),
+    }
+}
+
 /// Polls `check` every 50 ms until it holds or `within` passes.
 async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
@@ -205,14 +218,14 @@ async fn migrations_apply_once() {
     let again = schema.store().await;
     assert_eq!(again.migrate().await.unwrap(), 0);
     let c = client().await;
-    assert_eq!(schema.count(&c, "idem_migrations").await, 2);
+    assert_eq!(schema.count(&c, "idem_migrations").await, 3);
     let rows = c
         .query(&schema.sql("SELECT version FROM {s}.idem_migrations"), &[])
         .await
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
-        [1, 2]
+        [1, 2, 3]
     );
 }
 
@@ -231,7 +244,7 @@ async fn concurrent_migrations_of_a_fresh_schema_all_succeed() {
         stores.push(t.await.unwrap().expect("every migrator succeeds"));
     }
     let c = client().await;
-    assert_eq!(schema.count(&c, "idem_migrations").await, 2);
+    assert_eq!(schema.count(&c, "idem_migrations").await, 3);
     assert_eq!(schema.count(&c, "records").await, 0);
     // And the result works from every store.
     let id = id("migrated");
@@ -405,6 +418,7 @@ async fn r10_watch_wakes_across_instances() {
         let lease = acquire(&b, &id).await;
         // Taken once the listener is subscribed, so only a real notification wakes it.
         let mut watch = a.watch(&id);
+        wait_on(&a, &id).await;
         let finisher = {
             let b = b.clone();
             tokio::spawn(async move {
@@ -463,6 +477,7 @@ async fn r10_listener_reconnects_and_wakes_waiters() {
         .expect("the reconnect woke the waiter");
     assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
     let mut watch = a.watch(&id);
+    wait_on(&a, &id).await;
     let _ = b
         .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
         .await
@@ -595,9 +610,13 @@ async fn r15_slow_statement_times_out() {
     let lease = acquire(&store, &id).await;
     let mut c = client().await;
     let tx = c.transaction().await.unwrap();
-    tx.execute(&schema.sql("SELECT 1 FROM {s}.records FOR UPDATE"), &[])
-        .await
-        .unwrap();
+    // A lock that blocks reads too: a claim on a live record only reads (claim.sql).
+    tx.execute(
+        &schema.sql("LOCK TABLE {s}.records IN ACCESS EXCLUSIVE MODE"),
+        &[],
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
     let answer = store.claim(&claim_req(&id, 1)).await;
     assert!(matches!(answer, Err(StoreError::Timeout)), "{answer:?}");
@@ -673,6 +692,7 @@ async fn r21_complete_in_the_callers_transaction() {
 
     // Committed: both, and waiters elsewhere wake at the commit.
     let mut watch = other.watch(&id);
+    wait_on(&other, &id).await;
     let mut conn = store.pool().get().await.unwrap();
     let tx = conn.transaction().await.unwrap();
     tx.execute(&insert, &[]).await.unwrap();
@@ -942,4 +962,156 @@ mod sealed {
             Claim::Completed(snapshot(b"BODY-MARKER-pg"))
         );
     }
+}
+
+/// The next notification the listening connection received.
+async fn next_notification(
+    messages: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(5), messages.recv())
+        .await
+        .expect("a notification within 5 s")
+        .expect("the listening connection is open")
+        .payload()
+        .to_owned()
+}
+
+// R10: a completion or release that nobody waits for sends no notification (NOTIFY
+// serialises every committing transaction of the cluster); one that a waiting duplicate
+// asked about does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r10_only_awaited_records_notify() {
+    let schema = PgSchema::fresh();
+    let store = schema.store().await;
+    // The store's channel (config.rs): the schema's name, then `.records`.
+    let channel = format!("{}.records", schema.name);
+    // A connection of our own that listens on the store's channel.
+    let (listener, mut connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+    let (tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(n);
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    });
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await
+        .unwrap();
+    let marker = |text: &'static str| {
+        let listener = &listener;
+        let channel = channel.clone();
+        async move {
+            listener
+                .execute("SELECT pg_notify($1, $2)", &[&channel, &text])
+                .await
+                .unwrap();
+        }
+    };
+    // Nobody waits: the completion and the release send nothing, so the marker sent
+    // after them is the first notification to arrive (notifications are delivered in
+    // commit order).
+    let done = id("unwatched-done");
+    let lease = acquire(&store, &done).await;
+    assert!(matches!(
+        store.claim(&claim_req(&done, 1)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    assert_eq!(
+        store
+            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Done
+    );
+    let gone = id("unwatched-released");
+    let lease = acquire(&store, &gone).await;
+    assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
+    marker("marker-1").await;
+    assert_eq!(next_notification(&mut messages).await, "marker-1");
+
+    // A waiting duplicate marks the record: its completion notifies, then its release.
+    for complete in [true, false] {
+        let watched = id(if complete {
+            "watched-done"
+        } else {
+            "watched-released"
+        });
+        let lease = acquire(&store, &watched).await;
+        wait_on(&store, &watched).await;
+        if complete {
+            assert_eq!(
+                store
+                    .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+                    .await
+                    .unwrap(),
+                Finish::Done
+            );
+        } else {
+            assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
+        }
+        marker("marker-2").await;
+        let first = next_notification(&mut messages).await;
+        assert_ne!(first, "marker-2", "the awaited record sent no notification");
+        assert_eq!(next_notification(&mut messages).await, "marker-2");
+    }
+}
+
+// R8, R9, R10: a claim that changes nothing (a replay, a mismatch, a duplicate in
+// flight) writes nothing: no WAL is generated by a run of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r08_claims_that_change_nothing_write_nothing() {
+    let schema = PgSchema::fresh();
+    let store = schema.store().await;
+    let done = id("replayed");
+    let lease = acquire(&store, &done).await;
+    assert_eq!(
+        store
+            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Done
+    );
+    let flying = id("flying");
+    let _lease = acquire(&store, &flying).await;
+    let c = client().await;
+    // Other sessions of this cluster may write meanwhile; a few tries find a quiet
+    // window in which only our claims run.
+    let lsn = async || -> String {
+        c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let mut quiet = false;
+    for _ in 0..20 {
+        let before = lsn().await;
+        for _ in 0..20 {
+            assert!(matches!(
+                store.claim(&claim_req(&done, 1)).await.unwrap(),
+                Claim::Completed(_)
+            ));
+            assert_eq!(
+                store.claim(&claim_req(&done, 2)).await.unwrap(),
+                Claim::Mismatch
+            );
+            assert!(matches!(
+                store.claim(&claim_req(&flying, 1)).await.unwrap(),
+                Claim::InFlight { .. }
+            ));
+        }
+        if lsn().await == before {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(
+        quiet,
+        "60 claims that change nothing wrote WAL in every try"
+    );
 }

@@ -29,6 +29,7 @@
 //!     fingerprint: Fingerprint::from_bytes([7; 32]),
 //!     owner: OwnerToken::random(),
 //!     lease: Duration::from_secs(60),
+//!     waiting: false,
 //! };
 //! let Claim::Acquired(lease) = store.claim(&req).await? else { unreachable!() };
 //! let snapshot = Snapshot {

@@ -16,7 +16,7 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTab
 
 use crate::error::{OpenError, STORE, backend};
 use crate::layout::{EXPIRY, FILE_NAME, RECORDS};
-use crate::writer::Writer;
+use crate::writer::{Durability, Writer};
 
 /// Settings of a [`RedbStore`].
 #[derive(Clone, Debug)]
@@ -365,7 +365,11 @@ impl Store for RedbStore {
         let req = req.clone();
         self.inner
             .writer
-            .apply(&req.id.clone(), move |r, now| machine::claim(r, &req, now))
+            .apply(
+                &req.id.clone(),
+                Durability::UntilNextDurable,
+                move |r, now| machine::claim(r, &req, now),
+            )
             .await
     }
 
@@ -373,7 +377,7 @@ impl Store for RedbStore {
         let owned = lease.clone();
         self.inner
             .writer
-            .apply(&lease.id, move |r, now| {
+            .apply(&lease.id, Durability::UntilNextDurable, move |r, now| {
                 machine::renew(r, &owned, lease_for, now)
             })
             .await
@@ -389,7 +393,7 @@ impl Store for RedbStore {
         let done = self
             .inner
             .writer
-            .apply(&lease.id, move |r, now| {
+            .apply(&lease.id, Durability::Durable, move |r, now| {
                 machine::complete(r, &owned, &snapshot, ttl, now)
             })
             .await?;
@@ -403,7 +407,9 @@ impl Store for RedbStore {
         let done = self
             .inner
             .writer
-            .apply(&lease.id, move |r, _| machine::release(r, &owned))
+            .apply(&lease.id, Durability::UntilNextDurable, move |r, _| {
+                machine::release(r, &owned)
+            })
             .await?;
         self.inner.hub.notify(&lease.id);
         Ok(done)

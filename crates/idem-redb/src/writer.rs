@@ -2,8 +2,15 @@
 //! previous commit was being written, in a single write transaction, so concurrent
 //! requests share one fsync instead of paying one each.
 //!
-//! Durability is unchanged: no caller gets its answer before the commit that holds its
-//! write has returned (R16). Atomicity is unchanged too: the transitions of a batch run
+//! Durability: no caller gets its answer before the commit that holds its write has
+//! returned (R16). A batch is fsynced only when it holds a write that must survive a
+//! crash ([`Durability::Durable`]: completions and deletions). Claims, renewals and
+//! releases are [`Durability::UntilNextDurable`]: they commit without an fsync of their
+//! own and reach the disk with the next durable commit. A crash loses only such writes,
+//! and none of them was ever told to a client as a result: a lost claim or renewal is an
+//! in-flight record whose owner died with the process (the retry runs again, as after
+//! its lease, R11), and a lost release brings back an in-flight record that frees itself
+//! when its lease ends. Atomicity is unchanged too: the transitions of a batch run
 //! one after the other inside the transaction, each reading what the previous ones
 //! wrote, exactly as if each had its own transaction in that order.
 //!
@@ -42,12 +49,25 @@ pub(crate) struct Writer {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
+/// Whether a transition's write must be on disk before its caller hears back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Fsynced before the answer: a completion or deletion, which a client is told of
+    /// (R16).
+    Durable,
+    /// Committed without an fsync of its own; on disk with the next durable commit. For
+    /// in-flight state, which dies with its owner anyway (R11).
+    UntilNextDurable,
+}
+
 /// The open tables of one batch's write transaction.
 pub(crate) struct Batch<'txn> {
     records: Table<'txn, &'static [u8], &'static [u8]>,
     expiry: Table<'txn, (u64, &'static [u8]), ()>,
     now: Millis,
     wrote: bool,
+    /// A write of this batch must be fsynced before the answers go out.
+    durable: bool,
     poisoned: Option<StoreError>,
 }
 
@@ -65,10 +85,12 @@ impl Writer {
     pub(crate) async fn apply<T: Send + 'static>(
         &self,
         id: &RecordId,
+        durability: Durability,
         f: impl FnOnce(Option<&Record>, Millis) -> (T, Write) + Send + 'static,
     ) -> Result<T, StoreError> {
         let key = id.to_bytes();
-        self.submit(move |batch| batch.transition(&key, f)).await
+        self.submit(move |batch| batch.transition(&key, durability, f))
+            .await
     }
 
     /// Deletes the record of `id` in the next batch, whatever its state and even if it
@@ -115,6 +137,7 @@ impl Batch<'_> {
     fn transition<T>(
         &mut self,
         key: &[u8],
+        durability: Durability,
         f: impl FnOnce(Option<&Record>, Millis) -> (T, Write),
     ) -> Result<T, StoreError> {
         if let Some(e) = &self.poisoned {
@@ -132,6 +155,7 @@ impl Batch<'_> {
             return Ok(answer);
         }
         self.wrote = true;
+        self.durable |= durability == Durability::Durable;
         match self.write(key, existing.as_ref(), write) {
             Ok(()) => Ok(answer),
             Err(e) => {
@@ -150,6 +174,7 @@ impl Batch<'_> {
             ));
         }
         self.wrote = true;
+        self.durable = true;
         match self.remove_raw(key) {
             Ok(gone) => Ok(gone.filter(|r| r.is_live(self.now))),
             Err(e) => {
@@ -256,7 +281,7 @@ fn run_batch(inner: &Inner, jobs: Vec<Job>) -> (Vec<Reply>, Result<(), StoreErro
         let replies = jobs.into_iter().map(|job| job(None)).collect();
         (replies, Err(e))
     };
-    let txn = match inner.db.begin_write() {
+    let mut txn = match inner.db.begin_write() {
         Ok(txn) => txn,
         Err(e) => return not_run(jobs, backend(e)),
     };
@@ -277,17 +302,27 @@ fn run_batch(inner: &Inner, jobs: Vec<Job>) -> (Vec<Reply>, Result<(), StoreErro
             expiry,
             now,
             wrote: false,
+            durable: false,
             poisoned: None,
         };
         let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Some(&mut batch))).collect();
-        (replies, batch.wrote, batch.poisoned)
+        (
+            replies,
+            batch.wrote.then_some(batch.durable),
+            batch.poisoned,
+        )
     };
     let commit = match poisoned {
         // Dropping the transaction aborts it: nothing of this batch is written.
         Some(e) => Err(e),
-        // Default durability (Immediate): the commit returns after fsync, so a client
-        // that got a response finds its record after a crash (R16).
-        None if wrote => txn.commit().map_err(backend),
+        // Immediate (the default): the commit returns after fsync, so a client that got
+        // a response finds its record after a crash (R16).
+        None if wrote == Some(true) => txn.commit().map_err(backend),
+        // Only in-flight state changed: no fsync of its own (see the module docs).
+        None if wrote == Some(false) => match txn.set_durability(redb::Durability::None) {
+            Ok(()) => txn.commit().map_err(backend),
+            Err(e) => Err(backend(e)),
+        },
         None => {
             // Nothing changed (mismatches, duplicates in flight): no fsync needed.
             if let Err(e) = txn.abort() {

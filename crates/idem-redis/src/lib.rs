@@ -67,7 +67,9 @@
 //! has nothing to do and answers `Ok(0)`.
 //!
 //! # Waiting duplicates
-//! Completion and release scripts `PUBLISH` the record id on `<prefix>:done`. Each store
+//! A duplicate that will wait marks the record in its claim (field `w`), and the
+//! completion and release scripts of a marked record `PUBLISH` its id on
+//! `<prefix>:done`; a record nobody waits on publishes nothing. Each store
 //! keeps one subscriber connection (for a cluster, at one seed node, moving to the next
 //! on failure; a classic `PUBLISH` reaches every node) that wakes the store's
 //! [`Watch`]es, so waiting holds no command connection. Notifications sent while the
@@ -384,7 +386,8 @@ impl Store for RedisStore {
             .key(self.key(&req.id))
             .arg(&req.fingerprint.as_bytes()[..])
             .arg(req.owner.to_hex())
-            .arg(millis(req.lease));
+            .arg(millis(req.lease))
+            .arg(if req.waiting { "1" } else { "0" });
         let reply = conn::within(
             self.inner.command_timeout,
             self.inner.conn.invoke(&invocation),

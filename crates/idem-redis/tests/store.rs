@@ -297,12 +297,26 @@ async fn acquire(store: &RedisStore, id: &idem_core::record::RecordId) -> Lease 
     }
 }
 
+/// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
+/// record's completion or release notifies every instance.
+async fn wait_on(store: &RedisStore, id: &idem_core::record::RecordId) {
+    let req = idem_core::store::ClaimRequest {
+        waiting: true,
+        ..claim_req(id, 1)
+    };
+    match store.claim(&req).await.unwrap() {
+        Claim::InFlight { .. } => {}
+        other => panic!("expected InFlight, got {other:?}"),
+    }
+}
+
 /// R10, R18: a watch on one instance wakes when another instance finishes the record.
 async fn watch_wakes_across_instances(waiter: &RedisStore, finisher: &RedisStore) {
     for complete in [true, false, true, false, true, false] {
         let id = id("cross-watch");
         let lease = acquire(finisher, &id).await;
         let mut watch = waiter.watch(&id);
+        wait_on(waiter, &id).await;
         let finisher = finisher.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -335,6 +349,76 @@ mod standalone {
         async { RealTimeFixture::new(support::shared(&support::unique_prefix()).await, LEASE, ()) },
         16
     );
+
+    // R10: a completion or release nobody waits for publishes nothing to the
+    // instances' subscribers; one a waiting duplicate asked about does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r10_only_awaited_records_publish() {
+        use futures_util::StreamExt as _;
+        let prefix = support::unique_prefix();
+        let store = support::shared(&prefix).await;
+        let channel = format!("{prefix}:done");
+        let client = redis::Client::open(support::SHARED_URL).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(&channel).await.unwrap();
+        let mut messages = pubsub.into_on_message();
+        let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+        let mut marker = async |text: &str| {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(text)
+                .query_async(&mut publisher)
+                .await
+                .unwrap();
+        };
+        let mut next = async || -> Vec<u8> {
+            tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .expect("a message within 5 s")
+                .expect("the subscription is open")
+                .get_payload_bytes()
+                .to_vec()
+        };
+        // Nobody waits: the marker published after them is the first message.
+        let done = id("unwatched-done");
+        let lease = acquire(&store, &done).await;
+        assert_eq!(
+            store
+                .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
+                .await
+                .unwrap(),
+            Finish::Done
+        );
+        let gone = id("unwatched-released");
+        let lease = acquire(&store, &gone).await;
+        assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
+        marker("marker-1").await;
+        assert_eq!(next().await, b"marker-1");
+        // A waiting duplicate marks the record: its completion publishes, then its release.
+        for complete in [true, false] {
+            let watched = id(if complete {
+                "watched-done"
+            } else {
+                "watched-released"
+            });
+            let lease = acquire(&store, &watched).await;
+            wait_on(&store, &watched).await;
+            if complete {
+                assert_eq!(
+                    store
+                        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
+                        .await
+                        .unwrap(),
+                    Finish::Done
+                );
+            } else {
+                assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
+            }
+            marker("marker-2").await;
+            assert_eq!(next().await, watched.to_bytes());
+            assert_eq!(next().await, b"marker-2");
+        }
+    }
 
     // R10, R18
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,6 +677,7 @@ mod outage {
             let id = id("after");
             let lease = acquire(&other, &id).await;
             let mut watch = store.watch(&id);
+            wait_on(&store, &id).await;
             let _ = other
                 .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
                 .await

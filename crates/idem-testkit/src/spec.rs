@@ -568,6 +568,7 @@ pub async fn r11_frozen_owner_is_taken_over<T: Target>(t: &T) {
             fingerprint,
             owner: OwnerToken::random(),
             lease,
+            waiting: false,
         })
         .await
         .unwrap()

@@ -53,6 +53,7 @@ async fn main() {
             fingerprint: Fingerprint::from_bytes([9; 32]),
             owner: OwnerToken::random(),
             lease: Duration::from_secs(60),
+            waiting: false,
         };
         let Ok(Claim::Acquired(lease)) = store.claim(&req).await else {
             panic!("claim {i} was not acquired");

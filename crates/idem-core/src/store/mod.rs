@@ -13,6 +13,10 @@
 //!   (R9); if it is completed, answer [`Claim::Completed`] with its snapshot (R8); if it
 //!   is in flight, answer [`Claim::InFlight`] with the time left on its lease (R10).
 //!   Exactly one of any number of concurrent claims on an id acquires it (R6, R18).
+//!   A claim that answers `InFlight` to a request that will wait
+//!   ([`ClaimRequest::waiting`]) also makes sure, in the same atomic step, that the
+//!   record's completion, release or deletion wakes this id's watchers on every
+//!   instance; a store may skip that notification for records nobody waits on (R10).
 //! - [`Store::renew`], [`Store::complete`], [`Store::release`]: only when the record is
 //!   still in flight under the lease's owner token do they extend the lease, store the
 //!   snapshot (keeping the fingerprint, state `completed`, expiry `now + ttl`), or delete
@@ -71,6 +75,11 @@ pub struct ClaimRequest {
     pub owner: OwnerToken,
     /// How long the lease lasts unless renewed.
     pub lease: Duration,
+    /// The caller waits for the record if it is in flight (R10 `wait` mode), so the
+    /// store must wake it when the record completes or is released. Networked stores
+    /// notify other instances only for records a waiter asked about: a completion with
+    /// nobody waiting sends nothing.
+    pub waiting: bool,
 }
 
 /// Proof of ownership of an in-flight record.

@@ -166,6 +166,7 @@ pub fn claim_req(id: &RecordId, n: u8) -> ClaimRequest {
         fingerprint: fp(n),
         owner: OwnerToken::random(),
         lease: Duration::from_secs(10),
+        waiting: false,
     }
 }
 
@@ -183,6 +184,7 @@ pub fn snapshot(body: &[u8]) -> Snapshot {
 fn req<F: Fixture>(fx: &F, id: &RecordId, n: u8) -> ClaimRequest {
     ClaimRequest {
         lease: fx.lease(),
+        waiting: false,
         ..claim_req(id, n)
     }
 }
@@ -546,12 +548,20 @@ pub async fn r04_scopes_are_independent<F: Fixture>(fx: &F) {
     );
 }
 
-/// R10: a watch taken before a completion or release wakes on it.
+/// R10: a watch taken before a waiting duplicate's claim wakes on the completion or
+/// release that follows.
 pub async fn r10_watch_wakes_on_finish<F: Fixture>(fx: &F) {
     for complete in [true, false] {
         let id = id("watch");
         let lease = acquire(fx, &id, 1).await;
         let mut watch = fx.store().watch(&id);
+        let waiter = ClaimRequest {
+            waiting: true,
+            ..req(fx, &id, 1)
+        };
+        let Claim::InFlight { .. } = fx.store().claim(&waiter).await.unwrap() else {
+            panic!("expected InFlight for the waiting duplicate");
+        };
         let store = fx.store().clone();
         let ttl = ttl(fx);
         let finisher = tokio::spawn(async move {

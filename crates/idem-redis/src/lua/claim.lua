@@ -5,6 +5,7 @@
 -- ARGV[1]  the request's fingerprint (32 bytes)
 -- ARGV[2]  the new owner's token (hex)
 -- ARGV[3]  the lease, in milliseconds
+-- ARGV[4]  '1' when the caller waits if the record is in flight (R10 `wait` mode)
 --
 -- Replies: {0} acquired, {1} mismatch, {2, snapshot} completed, {3, pttl} in flight.
 --
@@ -37,5 +38,11 @@ if h[3] == ARGV[2] then
   -- cluster client resends after a broken connection). Owner tokens are fresh per
   -- claim, so only the claim that created the record carries this one: it already won.
   return {0}
+end
+-- R10: a duplicate that is going to wait marks the record, in this same step, so its
+-- completion or release publishes a wake-up (complete.lua, release.lua). Unmarked
+-- records, the default conflict mode's only kind, publish nothing.
+if ARGV[4] == '1' then
+  redis.call('HSETNX', KEYS[1], 'w', '1')
 end
 return {3, redis.call('PTTL', KEYS[1])}

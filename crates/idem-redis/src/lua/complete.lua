@@ -14,7 +14,7 @@
 -- taken over (or released, or expired). The owner check and the write are one step, so
 -- the stale owner can never overwrite the new owner's record. State, snapshot and
 -- expiry change together: a reader sees the record wholly in flight or wholly completed.
-local h = redis.call('HMGET', KEYS[1], 'st', 'ow')
+local h = redis.call('HMGET', KEYS[1], 'st', 'ow', 'w')
 if h[2] ~= ARGV[1] then
   return 0
 end
@@ -29,5 +29,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'st', 'c', 'sn', ARGV[2], 'dl', deadline)
 redis.call('PEXPIREAT', KEYS[1], deadline)
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+-- Only a record a waiter marked (claim.lua) wakes anyone: with nobody waiting,
+-- nothing is published to the instances' subscribers.
+if h[3] then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
 return 1

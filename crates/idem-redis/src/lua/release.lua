@@ -11,10 +11,13 @@
 -- Race closed: a late release by an owner whose lease ended and whose record was taken
 -- over. A plain DEL would delete the new owner's record and let the operation run a
 -- third time; the owner check and the DEL are one step.
-local h = redis.call('HMGET', KEYS[1], 'st', 'ow')
+local h = redis.call('HMGET', KEYS[1], 'st', 'ow', 'w')
 if h[1] ~= 'f' or h[2] ~= ARGV[1] then
   return 0
 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+-- Only a record a waiter marked (claim.lua) wakes anyone.
+if h[3] then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
 return 1

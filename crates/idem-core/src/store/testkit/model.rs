@@ -295,6 +295,7 @@ pub async fn check<F: ModelFixture>(fx: &F, ops: &[Op]) -> Result<(), TestCaseEr
                     fingerprint: Fingerprint::from_bytes([fp; 32]),
                     owner,
                     lease: lease_for,
+                    waiting: false,
                 };
                 let (answer, at) = time.call(store.claim(&req)).await;
                 let answer = answer.map_err(|e| TestCaseError::fail(format!("claim: {e}")))?;
