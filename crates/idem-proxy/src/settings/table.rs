@@ -403,7 +403,7 @@ pub static SETTINGS: &[&dyn Setting] = &[
             env: "IDEM_UPSTREAM_TIMEOUT",
             value_name: "D",
             help: "time for the API's response head; then 504 and the key is released (R12)",
-            example: "5s",
+            example: "7s",
             ..Info::BASE
         },
         parse: parse_duration,
@@ -550,7 +550,7 @@ pub static SETTINGS: &[&dyn Setting] = &[
             env: "IDEM_SHUTDOWN_GRACE",
             value_name: "D",
             help: "on SIGTERM/Ctrl-C, time for open requests to finish and record",
-            example: "5s",
+            example: "12s",
             ..Info::BASE
         },
         parse: parse_duration,

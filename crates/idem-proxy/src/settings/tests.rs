@@ -15,9 +15,18 @@ fn defaults_are_valid() {
 fn the_table_is_consistent() {
     let defaults = Values::default();
     let mut names = std::collections::BTreeSet::new();
+    let mut examples = std::collections::BTreeSet::new();
     for s in SETTINGS {
         let i = s.info();
         assert!(names.insert(i.name), "{} twice", i.name);
+        // Distinct examples: a setting writing another's field shows in a test that
+        // sets them all at once.
+        assert!(
+            i.kind == Kind::Switch || examples.insert(i.example),
+            "{}: example `{}` taken",
+            i.name,
+            i.example
+        );
         assert_eq!(i.env, format!("IDEM_{}", i.name.to_ascii_uppercase()));
         assert!(!i.help.is_empty(), "{}", i.name);
         assert_eq!(
@@ -61,4 +70,214 @@ fn the_readme_flag_table_is_generated() {
         readme_table() == generated,
         "README.md's flag table is out of date; put this between its markers:\n\n{generated}"
     );
+}
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use http::{HeaderName, Method};
+use idem::policy::{OnConcurrent, StoreFailure};
+
+use crate::cli::{Cli, Command};
+
+/// `idem serve ARGS` resolved (no environment: clap reads only the variables of the
+/// settings, which these tests never set).
+fn resolve(args: &[&str], file: Option<&str>) -> Result<Effective, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("idem.toml");
+    let mut argv = vec!["idem", "serve"];
+    let p = path.display().to_string();
+    if let Some(text) = file {
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        argv.extend(["--config", &p]);
+    }
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let Command::Serve(a) = cli.command else {
+        unreachable!()
+    };
+    a.resolve().map_err(|e| e.to_string())
+}
+
+fn serve_config(args: &[&str]) -> Result<ServeConfig, String> {
+    let mut all = vec!["--upstream", "http://127.0.0.1:9"];
+    all.extend_from_slice(args);
+    resolve(&all, None)?
+        .serve_config()
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_follow_the_spec() {
+    let c = serve_config(&[]).unwrap();
+    let p = &c.proxy.policy;
+    assert_eq!(p.methods(), &[Method::POST, Method::PATCH]);
+    assert_eq!(p.ttl(), Duration::from_secs(86400));
+    assert_eq!(p.lease(), Duration::from_secs(60));
+    assert_eq!(p.mismatch_status(), 422);
+    assert_eq!(p.on_concurrent(), OnConcurrent::Conflict);
+    assert_eq!(c.store, "file:./idem-data");
+}
+
+#[test]
+fn flags_are_applied() {
+    let c = serve_config(&[
+        "--on-concurrent",
+        "wait",
+        "--wait-timeout",
+        "5s",
+        "--methods",
+        "post,put",
+        "--scope-header",
+        "x-tenant",
+        "--fingerprint",
+        "json",
+        "--mismatch-status",
+        "400",
+        "--max-request-body",
+        "2KiB",
+        "--fail-open",
+    ])
+    .unwrap();
+    let p = &c.proxy.policy;
+    assert_eq!(
+        p.on_concurrent(),
+        OnConcurrent::Wait {
+            timeout: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(p.methods(), &[Method::POST, Method::PUT]);
+    assert_eq!(p.mismatch_status(), 400);
+    assert_eq!(p.max_request_body(), 2048);
+    assert_eq!(p.store_failure(), StoreFailure::FailOpen);
+    assert_eq!(
+        p.scope().header_names(),
+        &[HeaderName::from_static("x-tenant")]
+    );
+    // A list flag may also be repeated.
+    let c = serve_config(&["--methods", "PUT", "--methods", "DELETE,POST"]).unwrap();
+    assert_eq!(
+        c.proxy.policy.methods(),
+        &[Method::PUT, Method::DELETE, Method::POST]
+    );
+}
+
+#[test]
+fn route_rules_inherit_and_override() {
+    let e = resolve(
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--wait-timeout",
+            "7s",
+            "--ttl",
+            "2h",
+        ],
+        Some(
+            "[[route]]\nmatch = \"PUT /a/*\"\non_concurrent = \"wait\"\n\n\
+             [[route]]\nmatch = \"/b\"\nmethods = \"DELETE\"\nlease = \"5s\"\nrequire_key = false\n\n\
+             [[route]]\nmatch = \"/c\"\nenabled = false\n",
+        ),
+    )
+    .unwrap();
+    let c = e.serve_config().unwrap();
+    let r = &c.proxy.routes;
+    let p0 = r[0].policy.as_ref().unwrap();
+    // A rule naming methods covers exactly those; the wait uses the server's timeout.
+    assert_eq!(p0.methods(), &[Method::PUT]);
+    assert_eq!(
+        p0.on_concurrent(),
+        OnConcurrent::Wait {
+            timeout: Duration::from_secs(7)
+        }
+    );
+    assert_eq!(p0.ttl(), Duration::from_secs(7200));
+    let p1 = r[1].policy.as_ref().unwrap();
+    assert_eq!(p1.methods(), &[Method::DELETE]);
+    assert_eq!(p1.lease(), Duration::from_secs(5));
+    assert!(!p1.require_key());
+    assert_eq!(p1.on_concurrent(), OnConcurrent::Conflict);
+    assert!(r[2].policy.is_none());
+    assert!(r[2].origin.ends_with("idem.toml:12"), "{}", r[2].origin);
+    // Each rule's values say where they came from.
+    let v1 = e.rules[1].values.as_ref().unwrap();
+    assert!(matches!(v1.origin("lease"), Origin::Route(at) if at.ends_with(":8")));
+    assert_eq!(v1.origin("ttl"), Origin::Flag);
+    assert_eq!(v1.origin("fingerprint"), Origin::Default);
+}
+
+#[test]
+fn a_route_switch_is_a_real_boolean() {
+    // `require_key = "yes"` is read by the switch's parser, as on the command line;
+    // anything else is refused, not taken for false.
+    let e = resolve(
+        &["--upstream", "http://127.0.0.1:9"],
+        Some("[[route]]\nmatch = \"/a\"\nrequire_key = \"yes\"\n"),
+    )
+    .unwrap();
+    assert!(e.rules[0].route.policy.as_ref().unwrap().require_key());
+    let err = resolve(
+        &["--upstream", "http://127.0.0.1:9"],
+        Some("[[route]]\nmatch = \"/a\"\nrequire_key = \"maybe\"\n"),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("idem.toml:3: route `/a`: `require_key`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_are_one_line_errors_naming_their_place() {
+    for (args, place) in [
+        (&["--ttl", "forever"][..], "--ttl"),
+        (&["--mismatch-status", "418"], "mismatch_status"),
+        (&["--cacheable", "7xx"], "--cacheable"),
+        (&["--fingerprint", "xml"], "--fingerprint"),
+        (&["--methods", "PO ST"], "--methods"),
+        (&["--lease", "1ms"], "lease"),
+        (&["--admin-token", "short"], "--admin-token"),
+        (
+            &["--admin-token", "0123456789abcdef-token"],
+            "--admin-listen",
+        ),
+    ] {
+        let err = serve_config(args).unwrap_err();
+        assert!(err.contains(place), "{args:?}: {err}");
+        assert!(!err.contains('\n'), "{args:?}: {err}");
+    }
+    let err = resolve(&["--upstream", "https://x"], None).unwrap_err();
+    assert!(
+        err.starts_with("--upstream: ") && err.contains("https"),
+        "{err}"
+    );
+    // The policy is the one judge of the mismatch status (R9).
+    assert_eq!(
+        serve_config(&["--mismatch-status", "409"])
+            .unwrap()
+            .proxy
+            .policy
+            .mismatch_status(),
+        409
+    );
+    // A secret is never echoed.
+    let err = serve_config(&["--admin-token", "short secret"]).unwrap_err();
+    assert!(!err.contains("short secret"), "{err}");
+}
+
+#[test]
+fn every_file_setting_is_accepted_by_check_config() {
+    // The settings the config file used to refuse.
+    let e = resolve(
+        &["--upstream", "http://127.0.0.1:9"],
+        Some(
+            "request_read_timeout = \"5s\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             admin_token = \"0123456789abcdef-token\"\n\
+             encryption_keys = \"k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n",
+        ),
+    )
+    .unwrap();
+    let c = e.serve_config().unwrap();
+    assert_eq!(c.proxy.request_read_timeout, Duration::from_secs(5));
+    assert!(c.admin_token.is_some() && c.encryption.is_some());
 }
