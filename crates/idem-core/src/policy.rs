@@ -402,6 +402,11 @@ impl PolicyBuilder {
         self
     }
 
+    /// The settings as set so far, before [`build`](Self::build) checks them.
+    pub fn peek(&self) -> &Policy {
+        &self.0
+    }
+
     /// Checks the settings against each other.
     pub fn build(self) -> Result<Policy, ConfigError> {
         let p = self.0;

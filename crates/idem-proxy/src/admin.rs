@@ -87,11 +87,6 @@ struct Admin<St> {
     metrics: PrometheusHandle,
 }
 
-/// The admin routes over `store`, with the `/admin/` API off (no token).
-pub fn router<St: Store>(store: St, metrics: PrometheusHandle) -> Router {
-    router_with(store, metrics, None)
-}
-
 /// The admin routes over `store`; the `/admin/` API is on when `token` is set.
 ///
 /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so audit lines

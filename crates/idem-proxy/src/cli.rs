@@ -1,12 +1,19 @@
-//! The command line. Every `serve` flag can also be set by an `IDEM_*` environment
-//! variable and in the config file (`--config`); a flag wins over its variable, which
-//! wins over the file, which wins over the built-in default.
+//! The command line: every subcommand's flags.
+//!
+//! The `serve` settings come from [`settings`](crate::settings): each can also be set
+//! by an `IDEM_*` environment variable and in the config file (`--config`); a flag wins
+//! over its variable, which wins over the file, which wins over the built-in default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::config::FlagError;
+use crate::settings::{self, CONFIG, Effective, Given};
+
+pub use crate::settings::{parse_duration, parse_size};
 
 /// idem: idempotency keys for any HTTP API.
 #[derive(Debug, Parser)]
@@ -16,17 +23,22 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format.
-    #[arg(long, global = true, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, display_order = 1000)]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info`, `warn,idem::decision=info` or `idem::decision=off`; when
     /// absent, `RUST_LOG`, else `info`. One INFO line (target `idem::decision`) is
     /// logged per protected request.
-    #[arg(long, global = true, env = "IDEM_LOG_LEVEL")]
+    #[arg(long, global = true, env = "IDEM_LOG_LEVEL", display_order = 1000)]
     pub log_level: Option<String>,
     /// OpenTelemetry collector (OTLP over HTTP) to export request spans to, e.g.
     /// http://127.0.0.1:4318; spans go to ENDPOINT/v1/traces. Off unless set.
     #[cfg(feature = "otel")]
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        display_order = 1000
+    )]
     pub otlp_endpoint: Option<String>,
 }
 
@@ -47,7 +59,7 @@ pub enum Command {
     /// retries, and every status idem may answer, one section per problem type.
     Docs(Box<DocsArgs>),
     /// Inspect and delete idempotency records (on call): get, list, delete.
-    Keys(crate::keys::KeysArgs),
+    Keys(KeysArgs),
 }
 
 /// Flags of `idem check-config`.
@@ -86,139 +98,64 @@ pub enum LogFormat {
     Json,
 }
 
-/// What a concurrent duplicate gets (R10).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ConcurrentMode {
-    /// 409 with Retry-After at once.
-    Conflict,
-    /// Wait for the first request, then replay its response.
-    Wait,
+/// Flags of `idem serve` (and of `check-config` and `docs`, which take the same
+/// settings): `--config` and every setting of
+/// [`SETTINGS`](crate::settings::SETTINGS), each also read from its environment variable.
+///
+/// Values are kept as text here; [`settings::resolve`](crate::settings::resolve) parses
+/// them with the config file's and reports a bad one with where it came from.
+#[derive(Clone, Debug, Default)]
+pub struct ServeArgs {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// The settings given by flag or environment variable.
+    pub given: Vec<Given>,
 }
 
-/// Flags of `idem serve`.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// A TOML config file with these settings and `[[route]]` rules (see idem.example.toml);
-    /// flags and environment variables override its values.
-    #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "IDEM_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// The API to protect, as http://host:port[/prefix] (required, here or in the file).
-    #[arg(long, env = "IDEM_UPSTREAM")]
-    pub upstream: Option<String>,
-    /// Where records live: memory, file:PATH (embedded, durable), redis://…, postgres://…
-    #[arg(long, env = "IDEM_STORE", default_value = "file:./idem-data")]
-    pub store: String,
-    /// How long a completed key is replayed, counted from completion (e.g. 24h).
-    #[arg(long, env = "IDEM_TTL", value_parser = parse_duration, default_value = "24h")]
-    pub ttl: Duration,
-    /// How long a request owns its key without renewal; renewed while the upstream works.
-    #[arg(long, env = "IDEM_LEASE", value_parser = parse_duration, default_value = "60s")]
-    pub lease: Duration,
-    /// What a duplicate of a request still in progress gets.
-    #[arg(long, env = "IDEM_ON_CONCURRENT", value_enum, default_value_t = ConcurrentMode::Conflict)]
-    pub on_concurrent: ConcurrentMode,
-    /// With --on-concurrent wait: how long a duplicate waits before a 409.
-    #[arg(long, env = "IDEM_WAIT_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
-    pub wait_timeout: Duration,
-    /// Refuse covered requests that carry no key (400).
-    #[arg(long, env = "IDEM_REQUIRE_KEY")]
-    pub require_key: bool,
-    /// Covered methods, comma-separated.
-    #[arg(
-        long,
-        env = "IDEM_METHODS",
-        value_delimiter = ',',
-        default_value = "POST,PATCH"
-    )]
-    pub methods: Vec<String>,
-    /// The key header's name.
-    #[arg(long, env = "IDEM_HEADER", default_value = "Idempotency-Key")]
-    pub header: String,
-    /// Headers whose values scope keys (tenant, credential), comma-separated; `none` for one shared scope.
-    #[arg(
-        long,
-        env = "IDEM_SCOPE_HEADER",
-        value_delimiter = ',',
-        default_value = "Authorization"
-    )]
-    pub scope_header: Vec<String>,
-    /// How request bodies are fingerprinted: raw bytes, or canonical JSON.
-    #[arg(long, env = "IDEM_FINGERPRINT", default_value = "raw")]
-    pub fingerprint: String,
-    /// Request headers that count in the fingerprint, comma-separated.
-    #[arg(long, env = "IDEM_SIGNIFICANT_HEADERS", value_delimiter = ',')]
-    pub significant_headers: Vec<String>,
-    /// Largest request body accepted on a protected request (e.g. 1MiB); larger is 413.
-    #[arg(long, env = "IDEM_MAX_REQUEST_BODY", value_parser = parse_size, default_value = "1MiB")]
-    pub max_request_body: usize,
-    /// Largest response body stored for replay; larger is delivered but replays as 410.
-    #[arg(long, env = "IDEM_MAX_STORED_BODY", value_parser = parse_size, default_value = "1MiB")]
-    pub max_stored_body: usize,
-    /// Time allowed for the upstream's response head; then 504.
-    #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
-    pub upstream_timeout: Duration,
-    /// When the store fails, forward unprotected instead of answering 503.
-    #[arg(long, env = "IDEM_FAIL_OPEN")]
-    pub fail_open: bool,
-    /// Status of a key reused with a different request: 422 or 400.
-    #[arg(long, env = "IDEM_MISMATCH_STATUS", default_value = "422")]
-    pub mismatch_status: u16,
-    /// Which response statuses are stored and replayed; the rest release the key.
-    #[arg(
-        long,
-        env = "IDEM_CACHEABLE",
-        default_value = "2xx,3xx,4xx,!408,!409,!425,!429"
-    )]
-    pub cacheable: String,
-    /// Response headers never stored, comma-separated (hop-by-hop headers never are).
-    #[arg(long, env = "IDEM_DENY_HEADERS", value_delimiter = ',')]
-    pub deny_headers: Vec<String>,
-    /// Response media types that stream through unbuffered, comma-separated.
-    #[arg(
-        long,
-        env = "IDEM_STREAMING_TYPES",
-        value_delimiter = ',',
-        default_value = "text/event-stream"
-    )]
-    pub streaming_types: Vec<String>,
-    /// Address of the admin listener (/healthz, /readyz, /metrics); off unless set.
-    #[arg(long, env = "IDEM_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Bearer token that opens the admin API (/admin/keys…) on the admin listener; off unless set.
-    #[arg(long, env = "IDEM_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// File whose first line is the admin token (instead of --admin-token).
-    #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<std::path::PathBuf>,
-    /// Time allowed to receive a request's head, and then its whole body; a client that
-    /// sends slower is cut off (408 when the head was read), and its key is never claimed.
-    #[arg(long, env = "IDEM_REQUEST_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
-    pub request_read_timeout: Duration,
-    /// On shutdown, how long open requests may take to finish.
-    #[arg(long, env = "IDEM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
-    pub shutdown_grace: Duration,
-    /// Base URI of problem `type`s: they become URL#slug. Point it at where you publish
-    /// `idem docs`; default: idem's docs/problems.md.
-    #[arg(long, env = "IDEM_PROBLEM_BASE", value_name = "URL")]
-    pub problem_base: Option<String>,
-    /// Seal stored responses and digest stored keys with the keys in this file: one
-    /// ID:BASE64 (32 bytes) line per key, newest first; the last line also keys the
-    /// record-id digests and stays for good. Off unless set.
-    #[arg(long, env = "IDEM_ENCRYPTION_KEY_FILE", value_name = "PATH")]
-    pub encryption_key_file: Option<std::path::PathBuf>,
-    /// The same key list given inline (newline-separated); prefer the environment
-    /// variable or the file, a flag's value shows in the process list.
-    #[arg(
-        long,
-        env = "IDEM_ENCRYPTION_KEYS",
-        hide_env_values = true,
-        value_name = "KEYS",
-        conflicts_with = "encryption_key_file"
-    )]
-    pub encryption_keys: Option<String>,
+impl ServeArgs {
+    /// Layers these over the config file and the defaults.
+    pub fn resolve(&self) -> Result<Effective, FlagError> {
+        settings::resolve(&self.given, self.config.as_deref())
+    }
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self {
+            config: m
+                .try_get_one::<PathBuf>(CONFIG.name)
+                .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?
+                .cloned(),
+            given: settings::given(m)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            Arg::new(CONFIG.name)
+                .long(CONFIG.name)
+                .env(CONFIG.env)
+                .value_name(CONFIG.value_name)
+                .value_parser(clap::value_parser!(PathBuf))
+                .display_order(0)
+                .help(
+                    "A TOML config file with these settings and [[route]] rules (see \
+                     idem.example.toml); flags and environment variables override its values",
+                ),
+        )
+        .args(settings::clap_args())
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// Flags of `idem demo`.
@@ -235,57 +172,96 @@ pub struct DemoArgs {
     pub once: bool,
 }
 
-/// Parses `500ms`, `2s`, `5m`, `24h`, `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 2s or 24h ({e})"))
+/// Flags of `idem keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KeysCommand,
 }
 
-/// Parses a byte size: `1024`, `64KiB`, `1MiB`, `10MB`, `1k`.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 1048576 or 1MiB"))?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{s}`: unknown size unit (use B, KiB, MiB, GiB, kB, MB, GB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+/// The `idem keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Show one record: state, fingerprint, times, owner lease or stored response.
+    Get {
+        /// Where the records are.
+        #[command(flatten)]
+        target: Target,
+        /// Whose key.
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// The idempotency key, as the client sent it (unquoted).
+        key: String,
+    },
+    /// List live records, oldest filter first: e.g. `--in-flight --older-than 5m`.
+    List {
+        /// Where the records are.
+        #[command(flatten)]
+        target: Target,
+        /// Only records of this scope.
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Only requests still in flight (running, or stuck until their lease ends).
+        #[arg(long, conflicts_with = "completed")]
+        in_flight: bool,
+        /// Only completed records.
+        #[arg(long)]
+        completed: bool,
+        /// Only records created at least this long ago (e.g. 5m).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// At most this many records (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Continue after this cursor (printed after a full page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Delete a record whatever its state, so the key runs afresh; asks first on a terminal.
+    Delete {
+        /// Where the records are.
+        #[command(flatten)]
+        target: Target,
+        /// Whose key.
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// The idempotency key, as the client sent it (unquoted).
+        key: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where `idem keys` finds the records.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The admin listener of a running `idem serve`, e.g. http://127.0.0.1:9090
+    #[arg(long = "admin", env = "IDEM_ADMIN_URL", conflicts_with = "store")]
+    pub admin: Option<String>,
+    /// The admin token (`serve --admin-token`).
+    #[arg(long, env = "IDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the store directly instead: memory, file:DIR, redis://…, postgres://… (an
+    /// embedded file: store cannot be opened while `idem serve` has it open).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1024"), Ok(1024));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("64 KiB"), Ok(65536));
-        assert_eq!(parse_size("2kb"), Ok(2000));
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("1XB").is_err());
-        assert!(parse_size("99999999999999999999GiB").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
-        assert!(parse_duration("soon").is_err());
-    }
+/// Whose keys: a scope digest, or the header values the proxy computes it from.
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// The scope: the digest in hex as logs show it, or `global` (`--scope-header none`).
+    #[arg(long, conflicts_with_all = ["authorization", "scope_header"])]
+    pub scope: Option<String>,
+    /// The client's Authorization value; the scope is computed as the proxy does by default.
+    #[arg(long, conflicts_with = "scope_header")]
+    pub authorization: Option<String>,
+    /// `Name: value` of each header the proxy scopes by (`serve --scope-header`), in its order.
+    #[arg(long = "scope-header")]
+    pub scope_header: Vec<String>,
 }

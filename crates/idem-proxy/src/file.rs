@@ -1,8 +1,10 @@
 //! The config file (`--config idem.toml`, `IDEM_CONFIG`): every `idem serve` setting under
-//! the flag's name with `_` for `-`, plus `[[route]]` rules.
+//! its name (the flag's, with `_` for `-`), plus `[[route]]` rules with the settings a
+//! route may set. The keys are those of [`SETTINGS`](crate::settings::SETTINGS).
 //!
-//! File values become the defaults of the command line, so clap itself applies the
-//! precedence: flag > environment variable > file > built-in default.
+//! A value is read as its flag's text: strings as they are, numbers and booleans
+//! printed, a list as its items joined with `,`; the setting's own parser checks it when
+//! it is applied.
 //!
 //! ```
 //! use idem_proxy::file::ConfigFile;
@@ -20,121 +22,129 @@
 //! assert!(ConfigFile::parse("idem.toml", "tll = \"1h\"").unwrap_err().contains("idem.toml:1"));
 //! ```
 
+use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::{Spanned, Value};
 
-macro_rules! server_settings {
-    ($($name:ident),* $(,)?) => {
-        /// The server-wide settings of the file, each as written (checked by the flag's
-        /// own parser when applied).
-        #[derive(Debug, Default, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Settings {
-            $( $name: Option<Spanned<Value>>, )*
-            #[serde(default)]
-            route: Vec<RawRoute>,
-        }
+use crate::settings::{SETTINGS, Setting};
 
-        impl Settings {
-            fn entries(&self) -> Vec<(&'static str, &Spanned<Value>)> {
-                let mut out = Vec::new();
-                $( if let Some(v) = &self.$name { out.push((stringify!($name), v)); } )*
-                out
-            }
-        }
-    };
-}
-
-server_settings!(
-    listen,
-    upstream,
-    store,
-    ttl,
-    lease,
-    on_concurrent,
-    wait_timeout,
-    require_key,
-    methods,
-    header,
-    scope_header,
-    fingerprint,
-    significant_headers,
-    max_request_body,
-    max_stored_body,
-    upstream_timeout,
-    fail_open,
-    mismatch_status,
-    cacheable,
-    deny_headers,
-    streaming_types,
-    admin_listen,
-    shutdown_grace,
-    problem_base,
-);
-
-/// One `[[route]]` table as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    #[serde(rename = "match")]
-    pattern: Spanned<String>,
-    enabled: Option<Spanned<bool>>,
-    methods: Option<Spanned<Value>>,
-    require_key: Option<Spanned<bool>>,
-    ttl: Option<Spanned<Value>>,
-    lease: Option<Spanned<Value>>,
-    fingerprint: Option<Spanned<Value>>,
-    significant_headers: Option<Spanned<Value>>,
-    cacheable: Option<Spanned<Value>>,
-    on_concurrent: Option<Spanned<Value>>,
-    wait_timeout: Option<Spanned<Value>>,
-    max_request_body: Option<Spanned<Value>>,
-    max_stored_body: Option<Spanned<Value>>,
-}
-
-/// A server-wide setting from the file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Setting {
-    /// The flag's name with `_`, e.g. `max_request_body`.
-    pub name: &'static str,
+/// One setting as the file writes it.
+#[derive(Clone)]
+pub struct Entry {
+    /// Which setting.
+    pub setting: &'static dyn Setting,
     /// The value as flag text (lists joined with `,`).
     pub value: String,
     /// `FILE:LINE`.
     pub origin: String,
 }
 
-/// A `[[route]]` rule from the file, values as flag text.
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl Entry {
+    /// The setting's name, e.g. `max_request_body`.
+    pub fn name(&self) -> &'static str {
+        self.setting.info().name
+    }
+}
+
+impl fmt::Debug for Entry {
+    // The value may be a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("name", &self.name())
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `[[route]]` rule from the file.
+#[derive(Clone, Debug)]
 pub struct RouteRule {
     /// The `match` pattern.
     pub pattern: String,
     /// False: pass matching requests through untouched.
     pub enabled: bool,
-    /// The settings the rule sets itself, by name, with `FILE:LINE` of each.
-    pub settings: Vec<Setting>,
+    /// The settings the rule sets itself.
+    pub settings: Vec<Entry>,
     /// `FILE:LINE` of the rule.
     pub origin: String,
 }
 
 impl RouteRule {
     /// The rule's value of a setting, if it sets it.
-    pub fn get(&self, name: &str) -> Option<&Setting> {
-        self.settings.iter().find(|s| s.name == name)
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.settings.iter().find(|s| s.name() == name)
     }
 }
 
 /// A parsed config file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ConfigFile {
     /// The path, as given.
     pub path: String,
-    /// Server-wide settings, in the order of the flags.
-    pub settings: Vec<Setting>,
+    /// Server-wide settings, by key.
+    pub settings: Vec<Entry>,
     /// Route rules, in file order (first match wins).
     pub routes: Vec<RouteRule>,
+}
+
+/// The file's top level as written: `route` and every other key.
+struct RawFile {
+    entries: Vec<(String, Spanned<Value>)>,
+    routes: Vec<Spanned<RawTable>>,
+}
+
+/// A table as written, keys in order.
+struct RawTable(Vec<(String, Spanned<Value>)>);
+
+impl<'de> Deserialize<'de> for RawFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFile, A::Error> {
+                let mut file = RawFile {
+                    entries: Vec::new(),
+                    routes: Vec::new(),
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "route" {
+                        file.routes = map.next_value()?;
+                    } else {
+                        file.entries.push((key, map.next_value()?));
+                    }
+                }
+                Ok(file)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTable;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a `[[route]]` table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawTable, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(RawTable(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl ConfigFile {
@@ -148,58 +158,56 @@ impl ConfigFile {
     /// Parses `text`, naming it `path` in errors and origins.
     pub fn parse(path: &str, text: &str) -> Result<Self, String> {
         let at = |span: Range<usize>| format!("{path}:{}", line_of(text, span.start));
-        let raw: Settings = toml::from_str(text).map_err(|e| {
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
             let place = e.span().map_or_else(|| path.to_owned(), &at);
             format!("{place}: {}", e.message().trim().replace('\n', " "))
         })?;
-        let settings = raw
-            .entries()
-            .into_iter()
-            .map(|(name, v)| {
-                Ok(Setting {
-                    name,
-                    value: flag_text(name, v.get_ref())
-                        .map_err(|e| format!("{}: {e}", at(v.span())))?,
-                    origin: at(v.span()),
-                })
+        let entry = |key: &str, v: &Spanned<Value>, route: bool| -> Result<Entry, String> {
+            let setting = SETTINGS
+                .iter()
+                .copied()
+                .find(|s| s.info().name == key && (s.info().route || !route))
+                .ok_or_else(|| format!("{}: {}", at(v.span()), unknown(key, route)))?;
+            Ok(Entry {
+                setting,
+                value: flag_text(key, v.get_ref()).map_err(|e| format!("{}: {e}", at(v.span())))?,
+                origin: at(v.span()),
             })
-            .collect::<Result<Vec<_>, String>>()?;
-        let mut routes = Vec::with_capacity(raw.route.len());
-        for r in &raw.route {
+        };
+        let settings = raw
+            .entries
+            .iter()
+            .map(|(k, v)| entry(k, v, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for table in &raw.routes {
+            let mut pattern = None;
+            let mut enabled = true;
             let mut settings = Vec::new();
-            let mut add = |name: &'static str, v: &Option<Spanned<Value>>| -> Result<(), String> {
-                if let Some(v) = v {
-                    settings.push(Setting {
-                        name,
-                        value: flag_text(name, v.get_ref())
-                            .map_err(|e| format!("{}: {e}", at(v.span())))?,
-                        origin: at(v.span()),
-                    });
+            for (key, v) in &table.get_ref().0 {
+                match (key.as_str(), v.get_ref()) {
+                    ("match", Value::String(p)) => pattern = Some((p.clone(), at(v.span()))),
+                    ("enabled", Value::Boolean(b)) => enabled = *b,
+                    ("match", _) => {
+                        return Err(format!("{}: `match` must be a string", at(v.span())));
+                    }
+                    ("enabled", _) => {
+                        return Err(format!("{}: `enabled` must be true or false", at(v.span())));
+                    }
+                    _ => settings.push(entry(key, v, true)?),
                 }
-                Ok(())
-            };
-            add("methods", &r.methods)?;
-            add("ttl", &r.ttl)?;
-            add("lease", &r.lease)?;
-            add("fingerprint", &r.fingerprint)?;
-            add("significant_headers", &r.significant_headers)?;
-            add("cacheable", &r.cacheable)?;
-            add("on_concurrent", &r.on_concurrent)?;
-            add("wait_timeout", &r.wait_timeout)?;
-            add("max_request_body", &r.max_request_body)?;
-            add("max_stored_body", &r.max_stored_body)?;
-            if let Some(b) = &r.require_key {
-                settings.push(Setting {
-                    name: "require_key",
-                    value: b.get_ref().to_string(),
-                    origin: at(b.span()),
-                });
             }
+            let (pattern, origin) = pattern.ok_or_else(|| {
+                format!(
+                    "{}: a `[[route]]` needs `match`, e.g. match = \"POST /v1/payments/*\"",
+                    at(table.span())
+                )
+            })?;
             routes.push(RouteRule {
-                pattern: r.pattern.get_ref().clone(),
-                enabled: r.enabled.as_ref().is_none_or(|b| *b.get_ref()),
+                pattern,
+                enabled,
                 settings,
-                origin: at(r.pattern.span()),
+                origin,
             });
         }
         Ok(Self {
@@ -208,6 +216,35 @@ impl ConfigFile {
             routes,
         })
     }
+
+    /// The file's server-wide value of a setting, if it sets it.
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.settings.iter().find(|s| s.name() == name)
+    }
+}
+
+/// The error for a key that names no setting (or none a route may set).
+fn unknown(key: &str, route: bool) -> String {
+    let keys: Vec<String> = route
+        .then(|| ["match".to_owned(), "enabled".to_owned()])
+        .into_iter()
+        .flatten()
+        .chain(
+            SETTINGS
+                .iter()
+                .filter(|s| s.info().route || !route)
+                .map(|s| s.info().name.to_owned()),
+        )
+        .chain((!route).then(|| "route".to_owned()))
+        .map(|k| format!("`{k}`"))
+        .collect();
+    if route && SETTINGS.iter().any(|s| s.info().name == key) {
+        return format!(
+            "`{key}` is server-wide, a route cannot set it; a route sets {}",
+            keys.join(", ")
+        );
+    }
+    format!("unknown field `{key}`, expected one of {}", keys.join(", "))
 }
 
 /// The 1-based line of byte `offset`.
@@ -255,18 +292,18 @@ mod tests {
         let names: Vec<_> = f
             .settings
             .iter()
-            .map(|s| (s.name, s.value.as_str()))
+            .map(|s| (s.name(), s.value.as_str()))
             .collect();
         assert_eq!(
             names,
             [
-                ("ttl", "1h"),
-                ("require_key", "true"),
+                ("max_request_body", "2048"),
                 ("methods", "POST,PUT"),
-                ("max_request_body", "2048")
+                ("require_key", "true"),
+                ("ttl", "1h"),
             ]
         );
-        assert_eq!(f.settings[0].origin, "x.toml:1");
+        assert_eq!(f.get("ttl").unwrap().origin, "x.toml:1");
         assert!(!f.routes[0].enabled);
         assert_eq!(f.routes[1].origin, "x.toml:11");
         assert_eq!(f.routes[1].get("ttl").unwrap().value, "5m");
@@ -282,9 +319,42 @@ mod tests {
         let e =
             ConfigFile::parse("x.toml", "[[route]]\nmatch = \"/a\"\nrequire = true\n").unwrap_err();
         assert!(e.starts_with("x.toml:3: ") && e.contains("require"), "{e}");
+        let e = ConfigFile::parse("x.toml", "[[route]]\nmatch = \"/a\"\nstore = \"memory\"\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("x.toml:3: ") && e.contains("server-wide"),
+            "{e}"
+        );
         let e = ConfigFile::parse("x.toml", "ttl = 1.5\n").unwrap_err();
         assert!(e.starts_with("x.toml:1: ") && e.contains("ttl"), "{e}");
         let e = ConfigFile::parse("x.toml", "[[route]]\nttl = \"1h\"\n").unwrap_err();
         assert!(e.contains("match"), "{e}");
+        let e = ConfigFile::parse("x.toml", "[[route]]\nmatch = \"/a\"\nenabled = \"no\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("x.toml:3: ") && e.contains("enabled"), "{e}");
+    }
+
+    // Every setting the table has is a file key, and the route-settable ones route keys.
+    #[test]
+    fn every_setting_is_a_key() {
+        for s in SETTINGS {
+            let i = s.info();
+            let text = format!(
+                "{} = \"{}\"\n\n[[route]]\nmatch = \"/a\"\n",
+                i.name, i.example
+            );
+            let f = ConfigFile::parse("x.toml", &text).unwrap();
+            assert_eq!(f.get(i.name).unwrap().value, i.example);
+            let text = format!(
+                "[[route]]\nmatch = \"/a\"\n{} = \"{}\"\n",
+                i.name, i.example
+            );
+            assert_eq!(
+                ConfigFile::parse("x.toml", &text).is_ok(),
+                i.route,
+                "{}",
+                i.name
+            );
+        }
     }
 }

@@ -30,8 +30,11 @@ pub mod forward;
 pub mod keys;
 mod pool;
 pub mod routes;
+pub mod run;
 pub mod server;
+pub mod settings;
 #[cfg(feature = "otel")]
 pub mod telemetry;
 
+pub use run::run;
 pub use server::{Running, serve, spawn};

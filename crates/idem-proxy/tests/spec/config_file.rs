@@ -448,3 +448,126 @@ async fn r09_flag_beats_file_over_http() {
         );
     }
 }
+
+/// Where a walk sets its settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Flag,
+    Env,
+    File,
+    Route,
+}
+
+/// Every setting of the table reaches the field it names from its flag, its environment
+/// variable, its file key and, where a route may set it, its route key:
+/// `check-config --explain` reads each value back from the field it landed in.
+#[test]
+fn every_setting_reaches_its_field_from_flag_env_file_and_route() {
+    use idem_proxy::settings::{Kind, SETTINGS, Setting, Values};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("keys");
+    std::fs::write(
+        &key_file,
+        "k2:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
+    )
+    .unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "fedcba9876543210-token\n").unwrap();
+    let example = |s: &dyn Setting| -> String {
+        match s.info().name {
+            "encryption_key_file" => key_file.display().to_string(),
+            "admin_token_file" => token_file.display().to_string(),
+            _ => s.info().example.to_owned(),
+        }
+    };
+    // A secret and the file holding it exclude each other: the files go in a second
+    // pass, with what they need (an upstream, the admin listener).
+    let files = ["encryption_key_file", "admin_token_file"];
+    let first: Vec<&dyn Setting> = SETTINGS
+        .iter()
+        .copied()
+        .filter(|s| !files.contains(&s.info().name))
+        .collect();
+    let second: Vec<&dyn Setting> = SETTINGS
+        .iter()
+        .copied()
+        .filter(|s| {
+            let name = s.info().name;
+            files.contains(&name) || name == "upstream" || name == "admin_listen"
+        })
+        .collect();
+    let routed: Vec<&dyn Setting> = SETTINGS
+        .iter()
+        .copied()
+        .filter(|s| s.info().route)
+        .collect();
+
+    let walk = |settings: &[&dyn Setting], source: Source| {
+        let mut args = vec!["check-config".to_owned()];
+        let mut env = Vec::new();
+        let mut toml = String::new();
+        let mut lines = std::collections::BTreeMap::new();
+        if source == Source::Route {
+            args.push("--upstream=http://127.0.0.1:9".to_owned());
+            toml.push_str("[[route]]\nmatch = \"/walk\"\n");
+        }
+        for s in settings {
+            let i = s.info();
+            let value = example(*s);
+            match source {
+                Source::Flag if i.kind == Kind::Switch => args.push(i.flag()),
+                Source::Flag => args.push(format!("{}={value}", i.flag())),
+                Source::Env => env.push((i.env.to_owned(), value)),
+                Source::File | Source::Route => {
+                    let toml_value = match i.kind {
+                        Kind::Switch => value,
+                        Kind::List => format!("{:?}", value.split(',').collect::<Vec<_>>()),
+                        Kind::Value => format!("{value:?}"),
+                    };
+                    toml.push_str(&format!("{} = {toml_value}\n", i.name));
+                    lines.insert(i.name, toml.lines().count());
+                }
+            }
+        }
+        let path = dir.path().join(format!("walk-{source:?}.toml"));
+        std::fs::write(&path, &toml).unwrap();
+        let p = path.display().to_string();
+        if matches!(source, Source::File | Source::Route) {
+            args.push(format!("--config={p}"));
+        }
+        args.extend(["--explain".to_owned(), "PUT /walk".to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (code, out, err) = run(&args, &env);
+        assert_eq!(code, 0, "{source:?}: {err}");
+        for s in settings {
+            let name = s.info().name;
+            let mut values = Values::default();
+            s.apply(&mut values, &example(*s)).unwrap();
+            let want = s.show(&values).unwrap();
+            assert_ne!(Some(&want), s.show(&Values::default()).as_ref(), "{name}");
+            let origin = match source {
+                Source::Flag => "flag".to_owned(),
+                Source::Env => "env".to_owned(),
+                Source::File => format!("file {p}:{}", lines[name]),
+                Source::Route => format!("route {p}:{}", lines[name]),
+            };
+            let line = out
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("{source:?}: no {name} line in\n{out}"));
+            let got = line[name.len()..]
+                .trim_end()
+                .strip_suffix(&origin)
+                .unwrap_or_else(|| panic!("{source:?}: {name} not from {origin}: {line}"))
+                .trim();
+            assert_eq!(got, want, "{source:?}: {name}: {line}");
+        }
+    };
+    for source in [Source::Flag, Source::Env, Source::File] {
+        walk(&first, source);
+        walk(&second, source);
+    }
+    walk(&routed, Source::Route);
+}

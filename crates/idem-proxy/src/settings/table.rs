@@ -1,0 +1,597 @@
+//! The table: one entry per `idem serve` setting.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use idem::policy::StoreFailure;
+use idem::scope::ScopeSource;
+use idem::store::SealingKeys;
+
+use super::parse::{
+    parse_bool, parse_duration, parse_header_name, parse_header_names, parse_methods, parse_size,
+    parse_status, parse_status_set, parse_words, show_duration, show_list, show_size,
+    show_status_set,
+};
+use super::values::{ConcurrentMode, Values};
+use crate::admin::AdminToken;
+
+/// How a setting is written on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `--require-key`: on when given; its variable and file key take `true`/`false`.
+    Switch,
+    /// `--ttl 24h`: one value.
+    Value,
+    /// `--methods POST,PUT`: comma-separated, or the flag repeated; a TOML array in a file.
+    List,
+}
+
+/// What a setting is, apart from its type.
+#[derive(Clone, Copy, Debug)]
+pub struct Info {
+    /// The file key, and the flag with `-` for `_`: `max_request_body`.
+    pub name: &'static str,
+    /// The environment variable: `IDEM_MAX_REQUEST_BODY`.
+    pub env: &'static str,
+    /// The value's placeholder in `--help` and the README: `SIZE`.
+    pub value_name: &'static str,
+    /// One or two sentences for `--help` and the README (Markdown: backticks, links).
+    pub help: &'static str,
+    /// How the default reads when there is no value: `off`, `none`, `(required)`.
+    pub unset: &'static str,
+    /// A valid value other than the default (the tests set every setting to it).
+    pub example: &'static str,
+    /// Whether a `[[route]]` rule may set it.
+    pub route: bool,
+    /// Never echoed: not in `--help`'s environment values, errors or `check-config`.
+    pub secret: bool,
+    /// How it is written.
+    pub kind: Kind,
+}
+
+impl Info {
+    const BASE: Self = Self {
+        name: "",
+        env: "",
+        value_name: "",
+        help: "",
+        unset: "off",
+        example: "",
+        route: false,
+        secret: false,
+        kind: Kind::Value,
+    };
+
+    /// The flag, `--max-request-body`.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.name.replace('_', "-"))
+    }
+}
+
+/// One setting of type `T`: what it is, how its text parses, where the value goes and
+/// how it reads back.
+pub struct Def<T> {
+    /// Name, variable, help…
+    pub info: Info,
+    /// Flag, variable and file text to value.
+    pub parse: fn(&str) -> Result<T, String>,
+    /// Puts the value in its field (of the policy builder, the proxy config, …).
+    pub set: fn(&mut Values, T),
+    /// The field's value as text that `parse` reads back; `None` when unset.
+    pub get: fn(&Values) -> Option<String>,
+}
+
+impl<T> fmt::Debug for Def<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Def").field("info", &self.info).finish()
+    }
+}
+
+/// A setting of any type: what the rest of the crate works with.
+pub trait Setting: Sync + fmt::Debug {
+    /// What it is.
+    fn info(&self) -> &Info;
+    /// Parses `text` and puts the value in `values`; the error says why, in one line.
+    fn apply(&self, values: &mut Values, text: &str) -> Result<(), String>;
+    /// The current value, as text its parser reads; `None` when unset.
+    fn show(&self, values: &Values) -> Option<String>;
+}
+
+impl<T> Setting for Def<T> {
+    fn info(&self) -> &Info {
+        &self.info
+    }
+
+    fn apply(&self, values: &mut Values, text: &str) -> Result<(), String> {
+        let value = (self.parse)(text)?;
+        (self.set)(values, value);
+        Ok(())
+    }
+
+    fn show(&self, values: &Values) -> Option<String> {
+        (self.get)(values)
+    }
+}
+
+fn parse_path(s: &str) -> Result<PathBuf, String> {
+    if s.trim().is_empty() {
+        return Err("expected a file path".to_owned());
+    }
+    Ok(PathBuf::from(s))
+}
+
+fn parse_text(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("expected a value".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8080"))
+}
+
+fn parse_scope(s: &str) -> Result<ScopeSource, String> {
+    let names = s.split(',').map(str::trim);
+    if names.clone().any(|n| n.eq_ignore_ascii_case("none")) {
+        return Ok(ScopeSource::none());
+    }
+    parse_header_names(s).map(ScopeSource::headers)
+}
+
+/// Shown instead of a secret's value.
+const SET: &str = "(set)";
+
+fn path(p: Option<&PathBuf>) -> Option<String> {
+    p.map(|p| p.display().to_string())
+}
+
+/// Every `idem serve` setting, in `--help` and README order.
+pub static SETTINGS: &[&dyn Setting] = &[
+    &Def {
+        info: Info {
+            name: "listen",
+            env: "IDEM_LISTEN",
+            value_name: "ADDR",
+            help: "address to listen on",
+            example: "127.0.0.1:9999",
+            ..Info::BASE
+        },
+        parse: parse_addr,
+        set: |v, a| v.listen = a,
+        get: |v| Some(v.listen.to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "upstream",
+            env: "IDEM_UPSTREAM",
+            value_name: "URL",
+            help: "the API, `http://host:port[/prefix]`",
+            unset: "(required)",
+            example: "http://127.0.0.1:3000/api",
+            ..Info::BASE
+        },
+        parse: |s| s.trim().parse().map_err(|e| format!("{e}")),
+        set: |v, u| v.upstream = Some(u),
+        get: |v| v.upstream.as_ref().map(ToString::to_string),
+    },
+    &Def {
+        info: Info {
+            name: "store",
+            env: "IDEM_STORE",
+            value_name: "STORE",
+            help: "`memory` (volatile), `file:DIR` (embedded, durable), `redis://…`, \
+                   `redis+cluster://…`, `postgres://…`",
+            example: "memory",
+            ..Info::BASE
+        },
+        parse: parse_text,
+        set: |v, s| v.store = s,
+        get: |v| Some(v.store.clone()),
+    },
+    &Def {
+        info: Info {
+            name: "encryption_key_file",
+            env: "IDEM_ENCRYPTION_KEY_FILE",
+            value_name: "PATH",
+            help: "seal stored responses and digest stored keys with the keys in this file: \
+                   one `ID:BASE64` (32 bytes) line per key, newest first; see \
+                   [Encryption at rest](#encryption-at-rest)",
+            example: "/etc/idem/keys",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.encryption_key_file = Some(p),
+        get: |v| path(v.encryption_key_file.as_ref()),
+    },
+    &Def {
+        info: Info {
+            name: "encryption_keys",
+            env: "IDEM_ENCRYPTION_KEYS",
+            value_name: "KEYS",
+            help: "the same key list inline, newline-separated (prefer the variable: a flag \
+                   shows in `ps`)",
+            example: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            secret: true,
+            ..Info::BASE
+        },
+        parse: |s| SealingKeys::parse(s).map_err(|e| e.to_string()),
+        set: |v, k| v.encryption_keys = Some(k),
+        get: |v| v.encryption_keys.as_ref().map(|_| SET.to_owned()),
+    },
+    &Def {
+        info: Info {
+            name: "ttl",
+            env: "IDEM_TTL",
+            value_name: "D",
+            help: "how long a completed key is replayed, from completion (R14)",
+            example: "7d",
+            route: true,
+            ..Info::BASE
+        },
+        parse: parse_duration,
+        set: |v, d| v.edit_policy(|b| b.ttl(d)),
+        get: |v| Some(show_duration(v.peek().ttl())),
+    },
+    &Def {
+        info: Info {
+            name: "lease",
+            env: "IDEM_LEASE",
+            value_name: "D",
+            help: "how long a request owns its key without renewal; renewed every lease/3 \
+                   while the API works, so a crashed instance's keys free up after one \
+                   lease (R11)",
+            example: "90s",
+            route: true,
+            ..Info::BASE
+        },
+        parse: parse_duration,
+        set: |v, d| v.edit_policy(|b| b.lease(d)),
+        get: |v| Some(show_duration(v.peek().lease())),
+    },
+    &Def {
+        info: Info {
+            name: "on_concurrent",
+            env: "IDEM_ON_CONCURRENT",
+            value_name: "MODE",
+            help: "`conflict`: a duplicate in progress gets 409 at once; `wait`: it waits \
+                   and gets the replay (R10)",
+            example: "wait",
+            route: true,
+            ..Info::BASE
+        },
+        parse: ConcurrentMode::parse,
+        set: |v, m| v.on_concurrent = m,
+        get: |v| Some(v.on_concurrent.as_str().to_owned()),
+    },
+    &Def {
+        info: Info {
+            name: "wait_timeout",
+            env: "IDEM_WAIT_TIMEOUT",
+            value_name: "D",
+            help: "with `wait`: how long a duplicate waits, then 409",
+            example: "5s",
+            route: true,
+            ..Info::BASE
+        },
+        parse: parse_duration,
+        set: |v, d| v.wait_timeout = d,
+        get: |v| Some(show_duration(v.wait_timeout)),
+    },
+    &Def {
+        info: Info {
+            name: "require_key",
+            env: "IDEM_REQUIRE_KEY",
+            help: "covered requests without a key get 400 (R3)",
+            example: "true",
+            route: true,
+            kind: Kind::Switch,
+            ..Info::BASE
+        },
+        parse: parse_bool,
+        set: |v, yes| v.edit_policy(|b| b.require_key(yes)),
+        get: |v| Some(v.peek().require_key().to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "methods",
+            env: "IDEM_METHODS",
+            value_name: "LIST",
+            help: "covered methods (R2)",
+            example: "PUT,DELETE",
+            route: true,
+            kind: Kind::List,
+            ..Info::BASE
+        },
+        parse: parse_methods,
+        set: |v, m| v.edit_policy(|b| b.methods(m)),
+        get: |v| show_list(v.peek().methods()),
+    },
+    &Def {
+        info: Info {
+            name: "header",
+            env: "IDEM_HEADER",
+            value_name: "NAME",
+            help: "the key header (R1)",
+            example: "X-Request-Key",
+            ..Info::BASE
+        },
+        parse: parse_header_name,
+        set: |v, h| v.edit_policy(|b| b.header(h)),
+        get: |v| Some(v.peek().header().to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "scope_header",
+            env: "IDEM_SCOPE_HEADER",
+            value_name: "LIST",
+            help: "headers whose values scope keys; `none` for one shared scope (R4). A \
+                   refreshed token is a new scope: scope by a stable tenant header if \
+                   tokens rotate",
+            example: "X-Tenant",
+            kind: Kind::List,
+            ..Info::BASE
+        },
+        parse: parse_scope,
+        set: |v, s| v.edit_policy(|b| b.scope(s)),
+        get: |v| Some(show_list(v.peek().scope().header_names()).unwrap_or("none".to_owned())),
+    },
+    &Def {
+        info: Info {
+            name: "fingerprint",
+            env: "IDEM_FINGERPRINT",
+            value_name: "MODE",
+            help: "`raw` body bytes, or `json`: canonical JSON, so reordered keys match (R5)",
+            example: "json",
+            route: true,
+            ..Info::BASE
+        },
+        parse: |s| s.trim().parse(),
+        set: |v, f| v.edit_policy(|b| b.fingerprint(f)),
+        get: |v| Some(format!("{:?}", v.peek().fingerprint()).to_lowercase()),
+    },
+    &Def {
+        info: Info {
+            name: "significant_headers",
+            env: "IDEM_SIGNIFICANT_HEADERS",
+            value_name: "LIST",
+            help: "request headers that count in the fingerprint (R5)",
+            unset: "none",
+            example: "X-Account",
+            route: true,
+            kind: Kind::List,
+            ..Info::BASE
+        },
+        parse: parse_header_names,
+        set: |v, h| v.edit_policy(|b| b.significant_headers(h)),
+        get: |v| show_list(v.peek().significant_headers()),
+    },
+    &Def {
+        info: Info {
+            name: "max_request_body",
+            env: "IDEM_MAX_REQUEST_BODY",
+            value_name: "SIZE",
+            help: "larger protected requests get 413, nothing stored (R13)",
+            example: "64KiB",
+            route: true,
+            ..Info::BASE
+        },
+        parse: parse_size,
+        set: |v, n| v.edit_policy(|b| b.max_request_body(n)),
+        get: |v| Some(show_size(v.peek().max_request_body())),
+    },
+    &Def {
+        info: Info {
+            name: "max_stored_body",
+            env: "IDEM_MAX_STORED_BODY",
+            value_name: "SIZE",
+            help: "larger responses reach the client but replay as 410 (R13)",
+            example: "2MiB",
+            route: true,
+            ..Info::BASE
+        },
+        parse: parse_size,
+        set: |v, n| v.edit_policy(|b| b.max_stored_body(n)),
+        get: |v| Some(show_size(v.peek().max_stored_body())),
+    },
+    &Def {
+        info: Info {
+            name: "upstream_timeout",
+            env: "IDEM_UPSTREAM_TIMEOUT",
+            value_name: "D",
+            help: "time for the API's response head; then 504 and the key is released (R12)",
+            example: "7s",
+            ..Info::BASE
+        },
+        parse: parse_duration,
+        set: |v, d| v.proxy.upstream_timeout = d,
+        get: |v| Some(show_duration(v.proxy.upstream_timeout)),
+    },
+    &Def {
+        info: Info {
+            name: "fail_open",
+            env: "IDEM_FAIL_OPEN",
+            help: "when the store fails, forward unprotected instead of 503 (R15)",
+            example: "true",
+            kind: Kind::Switch,
+            ..Info::BASE
+        },
+        parse: parse_bool,
+        set: |v, yes| {
+            let mode = if yes {
+                StoreFailure::FailOpen
+            } else {
+                StoreFailure::FailClosed
+            };
+            v.edit_policy(|b| b.store_failure(mode));
+        },
+        get: |v| Some((v.peek().store_failure() == StoreFailure::FailOpen).to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "mismatch_status",
+            env: "IDEM_MISMATCH_STATUS",
+            value_name: "CODE",
+            help: "status of a key reused with another payload: 422, 400 or 409 (R9)",
+            example: "400",
+            ..Info::BASE
+        },
+        parse: parse_status,
+        set: |v, s| v.edit_policy(|b| b.mismatch_status(s)),
+        get: |v| Some(v.peek().mismatch_status().as_u16().to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "cacheable",
+            env: "IDEM_CACHEABLE",
+            value_name: "LIST",
+            help: "statuses stored and replayed; others release the key (R7)",
+            example: "2xx",
+            route: true,
+            ..Info::BASE
+        },
+        parse: parse_status_set,
+        set: |v, s| v.edit_policy(|b| b.cacheable(s)),
+        get: |v| Some(show_status_set(v.peek().cacheable())),
+    },
+    &Def {
+        info: Info {
+            name: "deny_headers",
+            env: "IDEM_DENY_HEADERS",
+            value_name: "LIST",
+            help: "response headers never stored (hop-by-hop headers never are) (R19)",
+            unset: "none",
+            example: "Set-Cookie",
+            kind: Kind::List,
+            ..Info::BASE
+        },
+        parse: parse_header_names,
+        set: |v, h| v.edit_policy(|b| b.deny_headers(h)),
+        get: |v| show_list(v.peek().deny_headers()),
+    },
+    &Def {
+        info: Info {
+            name: "streaming_types",
+            env: "IDEM_STREAMING_TYPES",
+            value_name: "LIST",
+            help: "media types passed through unbuffered and not stored (R19)",
+            unset: "none",
+            example: "text/event-stream,application/x-ndjson",
+            kind: Kind::List,
+            ..Info::BASE
+        },
+        parse: parse_words,
+        set: |v, t| v.edit_policy(|b| b.streaming_types(t)),
+        get: |v| show_list(v.peek().streaming_types()),
+    },
+    &Def {
+        info: Info {
+            name: "admin_listen",
+            env: "IDEM_ADMIN_LISTEN",
+            value_name: "ADDR",
+            help: "admin listener: `/healthz`, `/readyz` (the store answers), `/metrics` \
+                   (Prometheus)",
+            example: "127.0.0.1:9090",
+            ..Info::BASE
+        },
+        parse: parse_addr,
+        set: |v, a| v.admin_listen = Some(a),
+        get: |v| v.admin_listen.map(|a| a.to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "admin_token",
+            env: "IDEM_ADMIN_TOKEN",
+            value_name: "T",
+            help: "bearer token (16+ characters) that opens the on-call API `/admin/keys…` on \
+                   the admin listener",
+            example: "0123456789abcdef-token",
+            secret: true,
+            ..Info::BASE
+        },
+        parse: |s| AdminToken::new(s).map_err(|e| e.to_string()),
+        set: |v, t| v.admin_token = Some(t),
+        get: |v| v.admin_token.as_ref().map(|_| SET.to_owned()),
+    },
+    &Def {
+        info: Info {
+            name: "admin_token_file",
+            env: "IDEM_ADMIN_TOKEN_FILE",
+            value_name: "F",
+            help: "the same, read from the first line of a file",
+            example: "/etc/idem/admin-token",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.admin_token_file = Some(p),
+        get: |v| path(v.admin_token_file.as_ref()),
+    },
+    &Def {
+        info: Info {
+            name: "request_read_timeout",
+            env: "IDEM_REQUEST_READ_TIMEOUT",
+            value_name: "D",
+            help: "time to receive a request's header block, and then its whole body; \
+                   slower clients (slowloris) are cut off: a slow head closes the \
+                   connection, a slow body gets 408 and its key is never claimed",
+            example: "10s",
+            ..Info::BASE
+        },
+        parse: parse_duration,
+        set: |v, d| v.proxy.request_read_timeout = d,
+        get: |v| Some(show_duration(v.proxy.request_read_timeout)),
+    },
+    &Def {
+        info: Info {
+            name: "shutdown_grace",
+            env: "IDEM_SHUTDOWN_GRACE",
+            value_name: "D",
+            help: "on SIGTERM/Ctrl-C, time for open requests to finish and record",
+            example: "12s",
+            ..Info::BASE
+        },
+        parse: parse_duration,
+        set: |v, d| v.proxy.shutdown_grace = d,
+        get: |v| Some(show_duration(v.proxy.shutdown_grace)),
+    },
+    &Def {
+        info: Info {
+            name: "problem_base",
+            env: "IDEM_PROBLEM_BASE",
+            value_name: "URL",
+            help: "problem `type` URIs become `URL#slug` (R17); publish `idem docs` output \
+                   at `URL`",
+            example: "https://api.example.com/docs/idempotency",
+            ..Info::BASE
+        },
+        parse: parse_text,
+        set: |v, b| v.edit_policy(|p| p.problem_base(b)),
+        get: |v| {
+            Some(v.peek().problem_base().map_or_else(
+                || idem::problem::TYPE_BASE.trim_end_matches('#').to_owned(),
+                ToString::to_string,
+            ))
+        },
+    },
+];
+
+/// `--config`: not a setting (a file cannot name another file), but a flag of the same
+/// commands, documented in the same table.
+pub const CONFIG: Info = Info {
+    name: "config",
+    env: "IDEM_CONFIG",
+    value_name: "FILE",
+    help: "a TOML file with these settings and per-route rules, see \
+           [below](#configuration-file); flags and environment variables override its values",
+    unset: "none",
+    example: "idem.toml",
+    ..Info::BASE
+};
+
+/// The setting called `name`.
+pub fn find(name: &str) -> Option<&'static dyn Setting> {
+    SETTINGS.iter().copied().find(|s| s.info().name == name)
+}
