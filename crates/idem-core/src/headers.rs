@@ -22,9 +22,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        // Bytes, not `to_str`: one non-ASCII byte in the value must not hide the names
+        // around it.
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -91,6 +92,20 @@ mod tests {
         let out = storable(&h, &[HeaderName::from_static("x-secret")]);
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(out.contains_key(header::CONTENT_TYPE));
+    }
+
+    // R24: the names `Connection` nominates are removed even when another token of the
+    // value is not ASCII.
+    #[test]
+    fn r24_connection_tokens_read_as_bytes() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"idempotency-key, \xe9t\xe9").unwrap(),
+        );
+        h.insert("idempotency-key", HeaderValue::from_static("k"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     // R19
