@@ -1,7 +1,10 @@
 //! What a request asks for (R5).
 //!
-//! A SHA-256 over method, path with query exactly as sent, the configured significant
-//! headers and the body. Fields are length-prefixed so no two different requests can
+//! A SHA-256 over method, path with query as the request carries them, the configured
+//! significant headers and the body. `idem serve` normalises the path and drops
+//! hop-by-hop headers before this is computed (R24), so the fingerprint is that of the
+//! request as forwarded: `/v1/%70ay` and `/v1/./pay` are one request, as they are to the
+//! upstream. Fields are length-prefixed so no two different requests can
 //! hash the same bytes. In [`FingerprintMode::Json`] a body that parses as JSON is
 //! hashed in a canonical form (object keys sorted, insignificant whitespace dropped),
 //! so semantically equal retries match; a body that does not parse is hashed raw.

@@ -67,6 +67,11 @@ problem_kinds! {
     RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request not received in time"),
     /// The request body could not be read.
     BadRequestBody => (StatusCode::BAD_REQUEST, "unreadable-body", "Request body could not be read"),
+    /// The request could be read more than one way (an encoded `/`, a case variant of a
+    /// covered method, a missing or repeated `Host`), so it is refused rather than guessed (R24).
+    AmbiguousRequest => (StatusCode::BAD_REQUEST, "ambiguous-request", "Ambiguous request"),
+    /// The method asks for something a reverse proxy does not do (`CONNECT`) (R24).
+    UnsupportedMethod => (StatusCode::NOT_IMPLEMENTED, "unsupported-method", "Method not supported"),
     /// The idempotency store is unreachable or failing (R15).
     StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "Idempotency store unavailable"),
     /// The upstream refused or reset the connection (R12).

@@ -25,6 +25,11 @@ pub fn explain(request: &str, effective: &Effective) -> Result<String, String> {
             "--explain `{request}`: the path must start with `/`"
         ));
     }
+    // R24: the rules see the path `idem serve` forwards.
+    let path = crate::view::normalise_path(path).map_err(|e| {
+        format!("--explain `{request}`: {e}: `idem serve` answers 400 (ambiguous-request)")
+    })?;
+    let path = path.as_str();
     let routes = effective.routes();
     let found = routes::find(&routes, &method, path);
     let mut out = String::new();

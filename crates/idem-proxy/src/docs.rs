@@ -218,6 +218,20 @@ fn advice(kind: ProblemKind) -> (&'static str, &'static str) {
             "The request body could not be read (the connection broke while it was sent). \
              Nothing was processed; send the request again with the same key.",
         ),
+        ProblemKind::AmbiguousRequest => (
+            "send the request in its plain form",
+            "The request could be read in more than one way, so it was refused rather than \
+             guessed: an encoded `/` (`%2F`) or a `\\` in the path, a malformed \
+             percent-encoding, a dot segment with parameters (`..;`), a method in another \
+             case than its registered one (`post` for `POST`), or a missing, repeated or \
+             invalid `Host` header. Nothing was processed. Send the path unencoded and the \
+             method in upper case.",
+        ),
+        ProblemKind::UnsupportedMethod => (
+            "do not use this method here",
+            "The method asks for something this reverse proxy does not do (`CONNECT`: a \
+             tunnel). Nothing was processed.",
+        ),
         ProblemKind::StoreUnavailable => (
             "retry later with the same key",
             "The service cannot record the request right now, so it did not run it. Retry \

@@ -17,6 +17,7 @@ use idem::headers::strip_hop_by_hop;
 use idem::{Body, Problem, ProblemKind};
 
 use crate::pool::Pool;
+use crate::view::{self, Refusal};
 use tower_service::Service;
 
 /// Where requests go: `http://host:port` with an optional path prefix.
@@ -56,7 +57,13 @@ impl FromStr for Upstream {
         if uri.query().is_some() {
             return Err(err("an upstream URL cannot have a query"));
         }
-        let prefix = uri.path().trim_end_matches('/').to_owned();
+        // The prefix in normal form too, so a joined path starts with it byte for byte.
+        let prefix = view::normalise_path(uri.path())
+            .map_err(|_| {
+                err("the path prefix has an encoded `/`, a `\\` or a bad percent-encoding")
+            })?
+            .trim_end_matches('/')
+            .to_owned();
         Ok(Self { authority, prefix })
     }
 }
@@ -76,6 +83,15 @@ impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "http://{}{}", self.authority, self.prefix)
     }
+}
+
+/// Why a request could not be rewritten for the upstream.
+#[derive(Debug, thiserror::Error)]
+enum RewriteError {
+    #[error(transparent)]
+    Target(#[from] Refusal),
+    #[error(transparent)]
+    Uri(#[from] http::uri::InvalidUri),
 }
 
 /// The peer's address, set on each request by the server for `X-Forwarded-For`.
@@ -126,16 +142,11 @@ impl Forward {
         self
     }
 
-    fn rewrite(this: &Inner, req: Request<Body>) -> Result<Request<Body>, http::Error> {
+    fn rewrite(this: &Inner, req: Request<Body>) -> Result<Request<Body>, RewriteError> {
         let (mut parts, body) = req.into_parts();
-        let upstream = &this.upstream;
-        let pq = match parts.uri.path_and_query() {
-            Some(pq) if upstream.prefix.is_empty() => pq.clone(),
-            pq => {
-                let pq = pq.map_or("/", |pq| pq.as_str());
-                PathAndQuery::try_from(format!("{}{pq}", upstream.prefix))?
-            }
-        };
+        let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        // R24: the path is normal already (the door), so nothing can climb out of the prefix.
+        let pq = PathAndQuery::try_from(view::join(&this.upstream.prefix, pq)?)?;
         // Origin form on the wire, with the upstream's own Host.
         let uri = Uri::from(pq);
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -186,6 +197,11 @@ impl Service<Request<Body>> for Forward {
         Box::pin(async move {
             let req = match Self::rewrite(&this, req) {
                 Ok(r) => r,
+                Err(RewriteError::Target(refusal)) => {
+                    return Ok(
+                        this.problem(refusal.kind(), &format!("{refusal}; nothing was processed"))
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build the upstream request");
                     return Ok(
@@ -248,5 +264,11 @@ mod tests {
         assert!("ftp://x".parse::<Upstream>().is_err());
         assert!("nope".parse::<Upstream>().is_err());
         assert!("http://x/?a=1".parse::<Upstream>().is_err());
+        // R24: the prefix is normalised like a request path, and an ambiguous one refused.
+        let u: Upstream = "http://x/v1/./a/../%62//".parse().unwrap();
+        assert_eq!(u.prefix, "/v1/b");
+        let u: Upstream = "http://x/../..".parse().unwrap();
+        assert_eq!(u.prefix, "");
+        assert!("http://x/v1%2Fa".parse::<Upstream>().is_err());
     }
 }

@@ -35,6 +35,7 @@ pub mod server;
 pub mod settings;
 #[cfg(feature = "otel")]
 pub mod telemetry;
+pub mod view;
 
 pub use run::run;
 pub use server::{Running, serve, spawn};

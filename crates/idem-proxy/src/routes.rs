@@ -5,6 +5,13 @@
 //! segments are literal text, `*` or `{name}` (exactly one segment), or a final `**`
 //! (the rest of the path, zero or more segments). The query never counts.
 //!
+//! Requests are matched on their normalised path (R24, see [`view`](crate::view)): what
+//! the upstream receives and routes on. On top of that, a rule matches the way the most
+//! lenient common frameworks route, so no framework reaches a handler its rule misses:
+//! literal segments compare without regard to ASCII case (Express, ASP.NET), a segment's
+//! `;parameters` are ignored (Tomcat, Spring), and a trailing `/` never changes which rule
+//! matches (Express, Rails). Methods are exact: case variants are refused at the door.
+//!
 //! ```
 //! use http::Method;
 //! use idem_proxy::routes::PathPattern;
@@ -15,6 +22,7 @@
 //! assert!(!p.matches(&Method::POST, "/v1/orders/42/refund/extra"));
 //! let any: PathPattern = "/v1/payments/**".parse().unwrap();
 //! assert!(any.matches(&Method::PUT, "/v1/payments/a/b"));
+//! assert!(p.matches(&Method::POST, "/V1/Orders;jsessionid=1/42/refund/"));
 //! ```
 
 use std::convert::Infallible;
@@ -72,7 +80,10 @@ impl FromStr for PathPattern {
                     .map_err(|_| format!("pattern `{source}`: `{m}` is not a method"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let parts: Vec<&str> = path[1..].split('/').collect();
+        // The literal text in the same normal form as request paths.
+        let normal =
+            crate::view::normalise_path(path).map_err(|e| format!("pattern `{source}`: {e}"))?;
+        let parts: Vec<&str> = trim_trailing_slash(&normal[1..]).split('/').collect();
         let mut segments = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
             let seg = match *part {
@@ -109,7 +120,7 @@ impl PathPattern {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };
-        let mut parts = rest.split('/');
+        let mut parts = trim_trailing_slash(rest).split('/');
         for seg in &self.segments {
             match seg {
                 Segment::Rest => return true,
@@ -119,7 +130,11 @@ impl PathPattern {
                     }
                 }
                 Segment::Literal(lit) => {
-                    if parts.next() != Some(lit.as_str()) {
+                    let Some(part) = parts.next() else {
+                        return false;
+                    };
+                    let bare = part.split(';').next().unwrap_or(part);
+                    if !part.eq_ignore_ascii_case(lit) && !bare.eq_ignore_ascii_case(lit) {
                         return false;
                     }
                 }
@@ -139,6 +154,11 @@ impl PathPattern {
             .split_once(char::is_whitespace)
             .map_or(self.source.as_str(), |(_, p)| p.trim())
     }
+}
+
+/// `a/b/` as `a/b`: a trailing slash does not change which rule matches.
+fn trim_trailing_slash(rest: &str) -> &str {
+    rest.strip_suffix('/').unwrap_or(rest)
 }
 
 impl fmt::Display for PathPattern {
@@ -286,11 +306,40 @@ mod tests {
         assert!(p("/v1/**").matches(&Method::GET, "/v1/a/b/c"));
         assert!(!p("/v1/**").matches(&Method::GET, "/v2/a"));
         assert!(p("/**").matches(&Method::GET, "/anything/at/all"));
+        assert!(p("/").matches(&Method::GET, "/"));
+        assert!(!p("/").matches(&Method::GET, "/a"));
+    }
+
+    // R24: a rule matches wherever a lenient framework would route the request to it.
+    #[test]
+    fn r24_matches_like_the_most_lenient_framework() {
+        let pay = p("POST /v1/payments/*");
+        for path in [
+            "/v1/payments/1/",
+            "/V1/PAYMENTS/1",
+            "/v1/payments;jsessionid=x/1",
+            "/v1/Payments;a=b/1/",
+        ] {
+            assert!(pay.matches(&Method::POST, path), "{path}");
+        }
+        for path in [
+            "/v1/payments/",
+            "/v1/payments",
+            "/v1/paymentsx/1",
+            "/v1/payments/1/2",
+        ] {
+            assert!(!pay.matches(&Method::POST, path), "{path}");
+        }
+        // Patterns are normalised like paths.
+        assert!(p("/v1/%70ayments/./*").matches(&Method::POST, "/v1/payments/1"));
+        assert!(p("/v1/payments/").matches(&Method::POST, "/v1/payments"));
     }
 
     #[test]
     fn bad_patterns() {
-        for bad in ["v1/x", "/a/**/b", "/a/b*", "/a/{x", "P@ST /a"] {
+        for bad in [
+            "v1/x", "/a/**/b", "/a/b*", "/a/{x", "P@ST /a", "/a%2Fb", "/a/..;/b",
+        ] {
             assert!(bad.parse::<PathPattern>().is_err(), "{bad}");
         }
     }

@@ -23,6 +23,7 @@ use tower::{Layer, ServiceExt};
 use crate::config::ProxyConfig;
 use crate::forward::{Forward, Peer};
 use crate::routes::Dispatch;
+use crate::view::Door;
 
 /// Serves the proxy on `listener` over `store` until `shutdown` resolves.
 ///
@@ -53,7 +54,10 @@ pub async fn serve<St: Store>(
         });
         routes.push((route.pattern.clone(), svc));
     }
-    let service = Dispatch::new(routes, forward.clone(), layer.layer(forward));
+    // R24: every request is normalised once before the rules, the key, the scope or the
+    // fingerprint look at it.
+    let service =
+        Door::new(&config).layer(Dispatch::new(routes, forward.clone(), layer.layer(forward)));
     let read_timeout = config.request_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slow clients (slowloris): a head not received in time closes the connection.

@@ -1,10 +1,12 @@
 //! Hostile clients against `idem serve`, in-process, over real sockets: oversize keys
 //! and header blocks, huge bodies, slow clients, a flood of keys, and tenants probing
 //! each other's records. The proxy must refuse cleanly, stay healthy, and never leave a
-//! key claimed or a record readable by the wrong tenant.
+//! key claimed or a record readable by the wrong tenant. `view` holds the requests that
+//! try to show the rules another request than the upstream runs (R24).
 
 #[path = "../common/mod.rs"]
 mod common;
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
