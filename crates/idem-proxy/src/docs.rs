@@ -215,8 +215,10 @@ fn advice(kind: ProblemKind) -> (&'static str, &'static str) {
         ),
         ProblemKind::BadRequestBody => (
             "send the request again",
-            "The request body could not be read (the connection broke while it was sent). \
-             Nothing was processed; send the request again with the same key.",
+            "The request body could not be read (the connection broke while it was sent, \
+             or it was framed with a transfer coding other than `chunked` alone). \
+             Nothing was processed; send the request again with the same key, its body \
+             framed by Content-Length or plain `chunked`.",
         ),
         ProblemKind::StoreUnavailable => (
             "retry later with the same key",

@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod connections;
 
 use std::sync::Arc;
 use std::time::Duration;
