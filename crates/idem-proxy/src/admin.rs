@@ -45,7 +45,8 @@ use serde_json::{Value, json};
 pub mod names {
     /// Histogram: seconds from forwarding a request to the upstream's response head.
     pub const UPSTREAM_SECONDS: &str = "idem_upstream_duration_seconds";
-    /// Counter: upstream failures by `kind` (unavailable, timeout).
+    /// Counter: upstream failures by `kind` (unavailable, timeout, invalid: a
+    /// response whose framing is refused).
     pub const UPSTREAM_FAILURES: &str = "idem_upstream_failures_total";
 }
 

@@ -227,8 +227,9 @@ fn advice(kind: ProblemKind) -> (&'static str, &'static str) {
         ),
         ProblemKind::UpstreamUnavailable => (
             "retry with the same key",
-            "The API behind the idempotency layer could not be reached or broke the \
-             connection (502). The key was released: retry with the same key.",
+            "The API behind the idempotency layer could not be reached, broke the \
+             connection, or sent a malformed answer (502). Nothing was stored and the key \
+             was released: retry with the same key.",
         ),
         ProblemKind::UpstreamTimeout => (
             "retry with the same key",

@@ -431,7 +431,9 @@ pub static SETTINGS: &[&dyn Setting] = &[
             name: "upstream_timeout",
             env: "IDEM_UPSTREAM_TIMEOUT",
             value_name: "D",
-            help: "time for the API's response head; then 504 and the key is released (R12)",
+            help: "time for the API's response head, then 504 and the key is released \
+                   (R12); also the longest wait for each part of its body, then the answer \
+                   breaks off (502 when it was being stored)",
             example: "7s",
             ..Info::BASE
         },

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod connections;
+mod framing;
 
 use std::sync::Arc;
 use std::time::Duration;
