@@ -36,6 +36,7 @@ pub mod server;
 pub mod settings;
 #[cfg(feature = "otel")]
 pub mod telemetry;
+mod throttle;
 
 pub use run::run;
 pub use server::{Running, serve, spawn};

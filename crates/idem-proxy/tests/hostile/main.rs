@@ -3,6 +3,7 @@
 //! each other's records. The proxy must refuse cleanly, stay healthy, and never leave a
 //! key claimed or a record readable by the wrong tenant.
 
+mod admin;
 #[path = "../common/mod.rs"]
 mod common;
 mod connections;
