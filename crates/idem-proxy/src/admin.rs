@@ -15,8 +15,10 @@
 //! `--scope-header none`). The `/admin/` routes need `Authorization: Bearer <token>`
 //! with the token given by `--admin-token` or `--admin-token-file` (compared in constant
 //! time); a missing or wrong token is 401 with `WWW-Authenticate`, and without a
-//! configured token they answer 404 (the API is off). Every error is a problem
-//! document.
+//! configured token they answer 404 (the API is off). An address that sent ten wrong
+//! tokens gets 429 with `Retry-After` until it earns an attempt back (one a second),
+//! whatever it sends meanwhile; correct tokens are never slowed (R25). Every error is a
+//! problem document.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,11 +43,14 @@ use idem::{IdempotencyKey, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
+use crate::throttle::Throttle;
+
 /// Metric names the proxy records beyond the engine's ([`idem::metrics`]).
 pub mod names {
     /// Histogram: seconds from forwarding a request to the upstream's response head.
     pub const UPSTREAM_SECONDS: &str = "idem_upstream_duration_seconds";
-    /// Counter: upstream failures by `kind` (unavailable, timeout).
+    /// Counter: upstream failures by `kind` (unavailable, timeout, invalid: a
+    /// response whose framing is refused).
     pub const UPSTREAM_FAILURES: &str = "idem_upstream_failures_total";
 }
 
@@ -109,7 +114,13 @@ pub fn router_with<St: Store>(
                 "no such admin endpoint",
             )
         })
-        .route_layer(middleware::from_fn_with_state(Arc::new(token), authorize));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(Gate {
+                token,
+                failures: Throttle::default(),
+            }),
+            authorize,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<St>))
@@ -177,12 +188,14 @@ impl fmt::Debug for AdminToken {
 #[derive(Clone, Debug)]
 struct Caller(String);
 
-async fn authorize(
-    State(token): State<Arc<Option<AdminToken>>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = token.as_ref() else {
+/// What guards the `/admin/` routes: the token, and the failed attempts by address.
+struct Gate {
+    token: Option<AdminToken>,
+    failures: Throttle,
+}
+
+async fn authorize(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    let Some(token) = gate.token.as_ref() else {
         return problem(
             StatusCode::NOT_FOUND,
             "admin-disabled",
@@ -196,11 +209,27 @@ async fn authorize(
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim().as_bytes().to_vec());
-    let peer = req
+    let addr = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+        .map(|c| c.0);
+    let peer = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let ip = addr.map(|a| a.ip());
+    // Before the token is looked at: while throttled, a guess tells nothing.
+    if let Err(wait) = gate.failures.check(ip) {
+        tracing::warn!(target: "idem::audit", peer, path = %req.uri().path(), "admin request refused: too many wrong tokens");
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        let mut resp = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "admin-throttled",
+            format!("too many wrong tokens from this address; retry in {secs} s"),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+        return resp;
+    }
     if !presented.is_some_and(|p| token.matches(&p)) {
+        gate.failures.failed(ip);
         tracing::warn!(target: "idem::audit", peer, path = %req.uri().path(), "admin request refused: missing or wrong token");
         let mut resp = problem(
             StatusCode::UNAUTHORIZED,

@@ -28,8 +28,44 @@ pub struct ProxyConfig {
     /// Per-route rules, first match wins; requests matching none get `policy`.
     pub routes: Vec<Route>,
     /// Time allowed to receive a request: its head, then separately its whole body.
+    /// A connection's first head is timed from the accept, whatever it sends (R25).
     pub request_read_timeout: Duration,
+    /// What client connections may hold (R25).
+    pub connections: ConnectionLimits,
 }
+
+/// The smallest header block limit (`--max-header-bytes`) the HTTP/1 parser takes.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+/// What client connections may hold (R25): `--idle-timeout`, `--max-connections`,
+/// `--max-header-bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection with no request in progress is closed after this long (keep-alive);
+    /// so is one whose client has not read what it was sent for this long.
+    pub idle_timeout: Duration,
+    /// Connections served at once. Beyond it, new connections wait in the listen
+    /// backlog (they are not accepted) until one closes.
+    pub max_connections: usize,
+    /// Largest request header block in bytes (HTTP/1: request line and headers;
+    /// HTTP/2: the header list size); larger is 431. At least [`MIN_HEADER_BYTES`].
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            // nginx's keepalive_timeout.
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 10_000,
+            // Envoy allows 60 KiB, nginx 4 x 8 KiB buffers.
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The largest `--max-header-bytes`: what HTTP/2 peers are offered stays sane.
+pub const MAX_HEADER_BYTES: usize = 16 << 20;
 
 impl ProxyConfig {
     /// Settings for `upstream` with every default (the defaults of `idem serve`).
@@ -41,6 +77,7 @@ impl ProxyConfig {
             shutdown_grace: Duration::from_secs(30),
             routes: Vec::new(),
             request_read_timeout: Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
         }
     }
 }

@@ -215,8 +215,10 @@ fn advice(kind: ProblemKind) -> (&'static str, &'static str) {
         ),
         ProblemKind::BadRequestBody => (
             "send the request again",
-            "The request body could not be read (the connection broke while it was sent). \
-             Nothing was processed; send the request again with the same key.",
+            "The request body could not be read (the connection broke while it was sent, \
+             or it was framed with a transfer coding other than `chunked` alone). \
+             Nothing was processed; send the request again with the same key, its body \
+             framed by Content-Length or plain `chunked`.",
         ),
         ProblemKind::AmbiguousRequest => (
             "send the request in its plain form",
@@ -239,8 +241,9 @@ fn advice(kind: ProblemKind) -> (&'static str, &'static str) {
         ),
         ProblemKind::UpstreamUnavailable => (
             "retry with the same key",
-            "The API behind the idempotency layer could not be reached or broke the \
-             connection (502). The key was released: retry with the same key.",
+            "The API behind the idempotency layer could not be reached, broke the \
+             connection, or sent a malformed answer (502). Nothing was stored and the key \
+             was released: retry with the same key.",
         ),
         ProblemKind::UpstreamTimeout => (
             "retry with the same key",

@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, Uri, Version, header};
 use idem::headers::strip_hop_by_hop;
 use idem::{Body, Problem, ProblemKind};
 
-use crate::pool::Pool;
+use crate::pool::{ExchangeError, Pool};
 use crate::view::{self, Refusal};
 use tower_service::Service;
 
@@ -217,7 +217,18 @@ impl Service<Request<Body>> for Forward {
                 Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    Ok(Response::from_parts(parts, Body::new(body)))
+                    Ok(Response::from_parts(parts, body))
+                }
+                Ok(Err(e @ ExchangeError::Framing(_))) => {
+                    // R25: relayed, it would desync the client's connection and be
+                    // stored as a complete answer.
+                    metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "invalid")
+                        .increment(1);
+                    tracing::warn!(error = %e, upstream = %this.upstream, "upstream response refused");
+                    Ok(this.problem(
+                        ProblemKind::UpstreamUnavailable,
+                        "the upstream's response was malformed (its body framing is invalid); nothing was stored and the request may be retried with the same key",
+                    ))
                 }
                 Ok(Err(e)) => {
                     metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "unavailable").increment(1);

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
+mod conn;
 pub mod demo;
 pub mod docs;
 pub mod file;
@@ -35,6 +36,7 @@ pub mod server;
 pub mod settings;
 #[cfg(feature = "otel")]
 pub mod telemetry;
+mod throttle;
 pub mod view;
 
 pub use run::run;

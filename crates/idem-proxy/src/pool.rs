@@ -7,6 +7,12 @@
 //! is read, so a whole exchange runs on the downstream connection's task. A connection
 //! goes back to the pool once its response body has ended; one left mid-response (its
 //! body dropped early) is closed.
+//!
+//! Every response head is checked for a framing idem can relay (R25, RFC 9112 §6.3): a
+//! response with both `Content-Length` and `Transfer-Encoding`, or a transfer coding
+//! other than `chunked` alone, is an error and its connection is closed. hyper itself
+//! refuses differing `Content-Length` values and bad chunk sizes, and fails a body cut
+//! short; a body that stops arriving fails after the read timeout.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -15,13 +21,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
-use idem::Body;
+use idem::{Body, BoxError};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 type Conn = Connection<TokioIo<TcpStream>, Body>;
 
@@ -40,6 +46,49 @@ pub(crate) enum ExchangeError {
     /// The exchange failed on an open connection.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The response head frames its body in a way idem cannot relay.
+    #[error("invalid response framing: {0}")]
+    Framing(&'static str),
+}
+
+/// A response body that stopped arriving for the read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's response body stalled for {0:?}")]
+pub(crate) struct BodyStalled(Duration);
+
+/// Checks the framing of a response head; one `Content-Length` sent several times, or
+/// as a list of equal values (which hyper accepts), becomes a single field.
+fn check_framing(headers: &mut HeaderMap) -> Result<(), ExchangeError> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(ExchangeError::Framing(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if !crate::conn::only_chunked(headers.get_all(header::TRANSFER_ENCODING).iter()) {
+            return Err(ExchangeError::Framing(
+                "a Transfer-Encoding other than chunked",
+            ));
+        }
+        return Ok(());
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), more) = (lengths.next(), lengths.next().is_some()) else {
+        return Ok(());
+    };
+    if more || !first.as_bytes().iter().all(u8::is_ascii_digit) {
+        // hyper has checked that the values agree.
+        let len = first
+            .as_bytes()
+            .split(|b| *b == b',')
+            .next()
+            .map(<[u8]>::trim_ascii)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(ExchangeError::Framing("an invalid Content-Length"))?;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Ok(())
 }
 
 /// One open connection: the request half and the connection future that does the I/O.
@@ -74,19 +123,20 @@ struct Idle {
 pub(crate) struct Pool {
     authority: String,
     connect_timeout: Duration,
+    /// Longest wait for the next part of a response body.
+    read_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
 }
 
 impl Pool {
-    pub(crate) fn new(
-        authority: String,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Self {
+    /// A pool for `authority`: connecting may take `timeout`, and so may the wait for
+    /// each part of a response body; idle connections are kept `idle_timeout`.
+    pub(crate) fn new(authority: String, timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
             authority,
-            connect_timeout,
+            connect_timeout: timeout,
+            read_timeout: timeout,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
         }
@@ -162,11 +212,15 @@ impl Pool {
             .await;
             match sent {
                 Ok(resp) => {
-                    let (head, body) = resp.into_parts();
+                    let (mut head, body) = resp.into_parts();
+                    // On error the link is dropped, so the connection is closed.
+                    check_framing(&mut head.headers)?;
                     let body = Driven {
                         body,
                         link: Some(link),
                         pool: Arc::clone(self),
+                        stall: None,
+                        waiting: false,
                     };
                     return Ok(Response::from_parts(head, Body::new(body)));
                 }
@@ -189,16 +243,21 @@ struct Driven {
     body: Incoming,
     link: Option<Link>,
     pool: Arc<Pool>,
+    /// Armed while the body keeps the reader waiting: most bodies arrive with the head,
+    /// and then no timer is set at all.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// The last poll found no frame.
+    waiting: bool,
 }
 
 impl HttpBody for Driven {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let mut frame = Pin::new(&mut this.body).poll_frame(cx);
         if frame.is_pending()
@@ -208,6 +267,29 @@ impl HttpBody for Driven {
             link.drive(cx);
             frame = Pin::new(&mut this.body).poll_frame(cx);
         }
+        if frame.is_pending() {
+            // The timeout counts from when the reader started waiting, not from the
+            // last frame: a slow reader downstream is no stalled upstream.
+            let limit = this.pool.read_timeout;
+            let started = !this.waiting;
+            this.waiting = true;
+            let stall = match this.stall.as_mut() {
+                Some(stall) => {
+                    if started {
+                        stall.as_mut().reset(Instant::now() + limit);
+                    }
+                    stall
+                }
+                None => this.stall.insert(Box::pin(tokio::time::sleep(limit))),
+            };
+            if stall.as_mut().poll(cx).is_ready() {
+                // Dropping the link closes the connection, whatever it still sends.
+                this.link = None;
+                return Poll::Ready(Some(Err(BodyStalled(limit).into())));
+            }
+            return Poll::Pending;
+        }
+        this.waiting = false;
         if let Poll::Ready(None) = frame
             && let Some(mut link) = this.link.take()
         {
@@ -215,7 +297,7 @@ impl HttpBody for Driven {
             link.drive(cx);
             this.pool.checkin(link);
         }
-        frame
+        frame.map(|f| f.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -306,6 +388,51 @@ mod tests {
             Duration::from_secs(2),
             Duration::from_secs(60),
         ))
+    }
+
+    #[test]
+    fn framing_is_checked_and_lengths_made_one() {
+        let head = |fields: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in fields {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        for ok in [
+            &[("content-length", "3")][..],
+            &[("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "Chunked")],
+            &[],
+        ] {
+            let mut h = head(ok);
+            check_framing(&mut h).unwrap();
+            assert_eq!(h, head(ok));
+        }
+        for bad in [
+            &[("content-length", "3"), ("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "gzip")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            let err = check_framing(&mut head(bad)).unwrap_err();
+            assert!(matches!(err, ExchangeError::Framing(_)), "{bad:?}");
+        }
+        // hyper lets equal values through; the client gets one.
+        for repeated in [
+            &[("content-length", "3"), ("content-length", "3")][..],
+            &[("content-length", "3, 3")],
+        ] {
+            let mut h = head(repeated);
+            check_framing(&mut h).unwrap();
+            assert_eq!(h, head(&[("content-length", "3")]));
+        }
     }
 
     #[tokio::test]

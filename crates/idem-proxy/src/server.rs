@@ -9,18 +9,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, header};
+use http::{Request, Response, Version, header};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use idem::{Body, BoxError, IdempotencyLayer, Problem, ProblemKind, Store};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, ServiceExt};
 
-use crate::config::ProxyConfig;
+use crate::config::{MIN_HEADER_BYTES, ProxyConfig};
+use crate::conn;
 use crate::forward::{Forward, Peer};
 use crate::routes::Dispatch;
 use crate::view::Door;
@@ -59,50 +61,94 @@ pub async fn serve<St: Store>(
     let service =
         Door::new(&config).layer(Dispatch::new(routes, forward.clone(), layer.layer(forward)));
     let read_timeout = config.request_read_timeout;
+    let bounds = config.connections;
+    let limits = conn::Limits {
+        read_timeout,
+        idle_timeout: bounds.idle_timeout,
+    };
+    let problem_base = config.policy.problem_base().cloned();
+    // hyper refuses smaller buffers (it would panic); the flag checks this too.
+    let max_header_bytes = bounds.max_header_bytes.max(MIN_HEADER_BYTES);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Slow clients (slowloris): a head not received in time closes the connection.
+    // The watchdog (conn.rs) times heads from the accept, for both protocols; hyper's
+    // own header timer would also close idle keep-alive connections at the read
+    // timeout. The read buffer bounds the HTTP/1 head (431 beyond), the header list
+    // size the HTTP/2 one.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(read_timeout);
+        .header_read_timeout(None)
+        .max_buf_size(max_header_bytes);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    // Beyond the limit, connections wait in the listen backlog until one closes.
+    let slots = Arc::new(Semaphore::new(
+        bounds.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+    'serve: loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
             },
             () = &mut shutdown => break,
         };
+        let (stream, peer) = loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => break conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of
+                        // spinning; the watchdogs free descriptors as they close
+                        // connections, and the next try takes the waiting one.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut shutdown => break 'serve,
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let activity = conn::Activity::new();
+        let io = conn::Watched::new(stream, Arc::clone(&activity));
+        let watchdog = conn::watchdog(Arc::clone(&activity), limits);
         let service = service.clone();
+        let problem_base = problem_base.clone();
         let svc = tower::service_fn(move |req: Request<Incoming>| {
+            let in_flight = activity.begin(req.version() == Version::HTTP_2);
+            let refused = conn::refused_coding(req.headers())
+                .map(|detail| conn::refusal(detail, problem_base.clone()));
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(Peer(peer));
             let (body, expired) = ReadDeadline::new(body, read_timeout);
-            let call = service.clone().oneshot(Request::from_parts(parts, body));
+            let service = service.clone();
             async move {
-                let resp = call.await?;
-                Ok::<_, std::convert::Infallible>(if expired.load(Ordering::Acquire) {
+                if let Some(resp) = refused {
+                    return Ok::<_, std::convert::Infallible>(resp.map(|b| in_flight.track(b)));
+                }
+                let resp = service.oneshot(Request::from_parts(parts, body)).await?;
+                let resp = if expired.load(Ordering::Acquire) {
                     timed_out(read_timeout)
                 } else {
                     resp
-                })
+                };
+                Ok(resp.map(|b| in_flight.track(b)))
             }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let _slot = slot;
+            tokio::select! {
+                biased;
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = watchdog => tracing::debug!(%peer, "connection closed: no request in time, idle, or not reading"),
             }
         });
     }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use idem::policy::StoreFailure;
 use idem::scope::ScopeSource;
@@ -14,6 +15,7 @@ use super::parse::{
 };
 use super::values::{ConcurrentMode, Values};
 use crate::admin::AdminToken;
+use crate::config::{MAX_HEADER_BYTES, MIN_HEADER_BYTES};
 
 /// How a setting is written on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +142,33 @@ fn parse_scope(s: &str) -> Result<ScopeSource, String> {
         return Ok(ScopeSource::none());
     }
     parse_header_names(s).map(ScopeSource::headers)
+}
+
+/// A duration that must not be zero: a zero timeout would refuse every request.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// A count of at least one.
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err(format!("`{s}`: must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// A header block limit within what the HTTP/1 parser and HTTP/2 peers take.
+fn parse_header_bytes(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) {
+        return Err(format!("`{s}`: must be between 8KiB and 16MiB"));
+    }
+    Ok(n)
 }
 
 /// Shown instead of a secret's value.
@@ -402,7 +431,9 @@ pub static SETTINGS: &[&dyn Setting] = &[
             name: "upstream_timeout",
             env: "IDEM_UPSTREAM_TIMEOUT",
             value_name: "D",
-            help: "time for the API's response head; then 504 and the key is released (R12)",
+            help: "time for the API's response head, then 504 and the key is released \
+                   (R12); also the longest wait for each part of its body, then the answer \
+                   breaks off (502 when it was being stored)",
             example: "7s",
             ..Info::BASE
         },
@@ -536,13 +567,61 @@ pub static SETTINGS: &[&dyn Setting] = &[
             value_name: "D",
             help: "time to receive a request's header block, and then its whole body; \
                    slower clients (slowloris) are cut off: a slow head closes the \
-                   connection, a slow body gets 408 and its key is never claimed",
+                   connection, a slow body gets 408 and its key is never claimed. A new \
+                   connection's first head is timed from the accept, so one that sends \
+                   nothing (or half an HTTP/2 preface or HEADERS block) is closed too (R25)",
             example: "10s",
             ..Info::BASE
         },
-        parse: parse_duration,
+        parse: parse_timeout,
         set: |v, d| v.proxy.request_read_timeout = d,
         get: |v| Some(show_duration(v.proxy.request_read_timeout)),
+    },
+    // Connection limits (R25).
+    &Def {
+        info: Info {
+            name: "idle_timeout",
+            env: "IDEM_IDLE_TIMEOUT",
+            value_name: "D",
+            help: "a keep-alive connection with no request in progress is closed after this \
+                   (nginx's `keepalive_timeout`); so is one whose client has not read its \
+                   response for this long (R25)",
+            example: "20s",
+            ..Info::BASE
+        },
+        parse: parse_timeout,
+        set: |v, d| v.proxy.connections.idle_timeout = d,
+        get: |v| Some(show_duration(v.proxy.connections.idle_timeout)),
+    },
+    &Def {
+        info: Info {
+            name: "max_connections",
+            env: "IDEM_MAX_CONNECTIONS",
+            value_name: "N",
+            help: "client connections served at once; further ones wait in the listen \
+                   backlog, unaccepted, until one closes (R25). Keep it below the \
+                   process's file descriptor limit (`ulimit -n`) minus the upstream \
+                   connections",
+            example: "500",
+            ..Info::BASE
+        },
+        parse: parse_count,
+        set: |v, n| v.proxy.connections.max_connections = n,
+        get: |v| Some(v.proxy.connections.max_connections.to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "max_header_bytes",
+            env: "IDEM_MAX_HEADER_BYTES",
+            value_name: "SIZE",
+            help: "largest request header block (HTTP/1 request line and headers, HTTP/2 \
+                   header list), 8KiB to 16MiB; larger gets 431 (R25)",
+            example: "16KiB",
+            ..Info::BASE
+        },
+        parse: parse_header_bytes,
+        set: |v, n| v.proxy.connections.max_header_bytes = n,
+        get: |v| Some(show_size(v.proxy.connections.max_header_bytes)),
     },
     &Def {
         info: Info {

@@ -117,6 +117,10 @@ fn defaults_follow_the_spec() {
     assert_eq!(p.mismatch_status(), 422);
     assert_eq!(p.on_concurrent(), OnConcurrent::Conflict);
     assert_eq!(c.store, "file:./idem-data");
+    assert_eq!(
+        c.proxy.connections,
+        crate::config::ConnectionLimits::default()
+    );
 }
 
 #[test]
@@ -237,6 +241,11 @@ fn bad_values_are_one_line_errors_naming_their_place() {
         (&["--methods", "PO ST"], "--methods"),
         (&["--lease", "1ms"], "lease"),
         (&["--admin-token", "short"], "--admin-token"),
+        (&["--request-read-timeout", "0s"], "--request-read-timeout"),
+        (&["--idle-timeout", "0s"], "--idle-timeout"),
+        (&["--max-connections", "0"], "--max-connections"),
+        (&["--max-header-bytes", "4KiB"], "--max-header-bytes"),
+        (&["--max-header-bytes", "1GiB"], "--max-header-bytes"),
         (
             &["--admin-token", "0123456789abcdef-token"],
             "--admin-listen",

@@ -4,8 +4,11 @@
 //! key claimed or a record readable by the wrong tenant. `view` holds the requests that
 //! try to show the rules another request than the upstream runs (R24).
 
+mod admin;
 #[path = "../common/mod.rs"]
 mod common;
+mod connections;
+mod framing;
 mod view;
 
 use std::sync::Arc;
