@@ -75,7 +75,7 @@
 //!   [`OpenError`], never silently an empty store, unless
 //!   [`RedbStoreConfig::fresh`] asks to move it aside and start empty. Every stored
 //!   record ends with a checksum, so damage to one is [`StoreError::Corrupt`] for that
-//!   key alone.
+//!   key alone; [`Store::list`] reports such records instead of failing.
 //! - **Bounded.** A background task deletes records whose lease or expiry has passed,
 //!   `sweep_batch` records per write transaction every `sweep_interval`, found through
 //!   an expiry index instead of a full scan (see [`layout`]).

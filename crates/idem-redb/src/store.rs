@@ -10,7 +10,8 @@ use idem_core::clock::{Clock, SystemClock};
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::machine::{self, Write};
 use idem_core::store::{
-    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, Store, StoreError, WaitHub, Watch,
+    Claim, ClaimRequest, CorruptRecord, Finish, Lease, ListFilter, ListPage, Store, StoreError,
+    WaitHub, Watch,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -208,25 +209,53 @@ impl Inner {
             (None, Some(s)) => Bound::Included(s.as_slice()),
             (None, None) => Bound::Unbounded,
         };
+        let limit = filter.page_size();
         let mut found = Vec::new();
+        // Entries whose id does not read, with how many entries came before each: they
+        // cannot be a cursor, so each is reported on the page it falls within.
+        let mut unreadable = Vec::new();
         for entry in records
             .range::<&[u8]>((start, Bound::Unbounded))
             .map_err(backend)?
         {
             let (k, v) = entry.map_err(backend)?;
-            let id = RecordId::from_bytes(k.value())?;
-            if filter.scope.is_some_and(|s| *id.scope() > s) {
+            let raw = k.value();
+            // Past the scope's 16 bytes: compared raw, as a damaged id is still sorted.
+            if scope
+                .as_deref()
+                .is_some_and(|s| raw.get(..16).unwrap_or(raw) > s)
+            {
                 break;
             }
-            let record = decode(v.value())?;
-            if filter.matches(&id, &record, now) {
-                found.push((id, record));
-                if found.len() > filter.page_size() {
-                    break;
+            let id = match RecordId::from_bytes(raw) {
+                Ok(id) => id,
+                Err(why) => {
+                    tracing::error!(store = STORE, error = %why, "a stored record id does not decode");
+                    unreadable.push((found.len(), why));
+                    continue;
                 }
+            };
+            // A record that does not decode is reported, not a failure of the page: one
+            // damaged record must not hide the others from on-call (R16).
+            match decode(v.value()) {
+                Ok(record) if filter.matches(&id, &record, now) => found.push((id, Ok(record))),
+                Ok(_) => continue,
+                Err(StoreError::Corrupt(why)) => found.push((id, Err(why))),
+                Err(e) => return Err(e),
+            }
+            if found.len() > limit {
+                break;
             }
         }
-        Ok(ListPage::from_sorted(found, filter))
+        let more = found.len() > limit;
+        let mut page = ListPage::from_sorted_entries(found, filter);
+        page.corrupt.extend(
+            unreadable
+                .into_iter()
+                .filter(|&(before, _)| !more || before < limit)
+                .map(|(_, why)| CorruptRecord { id: None, why }),
+        );
+        Ok(page)
     }
 
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
