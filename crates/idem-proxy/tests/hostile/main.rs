@@ -1,10 +1,12 @@
 //! Hostile clients against `idem serve`, in-process, over real sockets: oversize keys
 //! and header blocks, huge bodies, slow clients, a flood of keys, and tenants probing
 //! each other's records. The proxy must refuse cleanly, stay healthy, and never leave a
-//! key claimed or a record readable by the wrong tenant.
+//! key claimed or a record readable by the wrong tenant. `damaged_store`: a store file
+//! damaged or replaced under the `idem` binary.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod damaged_store;
 
 use std::sync::Arc;
 use std::time::Duration;
