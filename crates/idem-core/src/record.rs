@@ -1,9 +1,22 @@
-//! What a store keeps for `(scope, key)`, and its versioned binary encoding (R16).
+//! What a store keeps for `(scope, key)`, and its versioned binary encoding (R16, R25).
 //!
 //! The encoding starts with a version byte; [`Record::decode`] and [`Snapshot::decode`]
 //! refuse anything unexpected (unknown version or tag, truncation, trailing bytes,
-//! invalid header names or values) with [`Corrupt`], so a damaged record is never
-//! replayed.
+//! invalid header names or values, a checksum that does not match) with [`Corrupt`], so
+//! a damaged record is never replayed.
+//!
+//! # Versions
+//!
+//! - **2** (written now): the version 1 layout with version byte 2, followed by the
+//!   XXH3-64 checksum (8 bytes, big-endian) of every byte before it. Any damage to the
+//!   stored bytes (a flipped bit, a body edited in place, a torn write that a store let
+//!   through) fails the checksum and decodes as [`Corrupt`]. The checksum is not a
+//!   secret: it catches damage, not a forger who can write the file; against that,
+//!   [`Sealed`](crate::store::Sealed) authenticates every stored response.
+//! - **1** (written before checksums): still decoded, so records stored before an
+//!   upgrade keep replaying until they expire or are next written (as version 2). A
+//!   version 2 record whose version byte is damaged into 1 still fails: the version 1
+//!   layout has no room for the checksum's 8 bytes.
 
 use std::fmt;
 
@@ -202,7 +215,12 @@ pub struct Record {
 #[error("corrupt record: {0}")]
 pub struct Corrupt(pub &'static str);
 
-const VERSION: u8 = 1;
+/// The version [`Record::encode`] and [`Snapshot::encode`] write: checksummed.
+const VERSION: u8 = 2;
+/// The version written before checksums; still read.
+const VERSION_UNCHECKED: u8 = 1;
+/// The length of the checksum that ends a version 2 encoding.
+const CHECKSUM_LEN: usize = 8;
 const TAG_IN_FLIGHT: u8 = 1;
 const TAG_COMPLETED: u8 = 2;
 const BODY_FULL: u8 = 0;
@@ -226,9 +244,9 @@ impl Record {
         }
     }
 
-    /// Encodes the record (format version 1).
+    /// Encodes the record (format version 2: checksummed).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(64 + CHECKSUM_LEN);
         out.push(VERSION);
         match &self.state {
             State::InFlight { .. } => out.push(TAG_IN_FLIGHT),
@@ -249,15 +267,16 @@ impl Record {
                 snapshot.encode_into(&mut out);
             }
         }
+        seal_checksum(&mut out);
         out
     }
 
-    /// Decodes [`Record::encode`] output; anything else is [`Corrupt`].
+    /// Decodes [`Record::encode`] output (or a version 1 record); anything else,
+    /// including bytes whose checksum does not match, is [`Corrupt`].
     pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
-        let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
-            return Err(Corrupt("unknown record version"));
-        }
+        let (version, body) = checked(bytes, "unknown record version")?;
+        let mut r = Reader(body);
+        r.u8()?; // the version, read above
         let tag = r.u8()?;
         let fingerprint = Fingerprint::from_bytes(r.array()?);
         let created_at = r.u64()?;
@@ -269,7 +288,7 @@ impl Record {
             TAG_COMPLETED => {
                 let expires_at = r.u64()?;
                 State::Completed {
-                    snapshot: Snapshot::decode_from(&mut r)?,
+                    snapshot: Snapshot::decode_from(&mut r, version)?,
                     expires_at,
                 }
             }
@@ -285,11 +304,12 @@ impl Record {
 }
 
 impl Snapshot {
-    /// Encodes the snapshot alone (format version 1), for stores that keep it apart
-    /// from the record's other fields.
+    /// Encodes the snapshot alone (format version 2: checksummed), for stores that
+    /// keep it apart from the record's other fields.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode_into(&mut out);
+        seal_checksum(&mut out);
         out
     }
 
@@ -303,7 +323,7 @@ impl Snapshot {
             .iter()
             .map(|(n, v)| 6 + n.as_str().len() + v.len())
             .sum();
-        out.reserve(12 + headers_len + body_len);
+        out.reserve(12 + headers_len + body_len + CHECKSUM_LEN);
         out.push(VERSION);
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
         out.push(match self.body {
@@ -324,16 +344,20 @@ impl Snapshot {
         }
     }
 
-    /// Decodes [`Snapshot::encode`] output; anything else is [`Corrupt`].
+    /// Decodes [`Snapshot::encode`] output (or a version 1 snapshot); anything else,
+    /// including bytes whose checksum does not match, is [`Corrupt`].
     pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
-        let mut r = Reader(bytes);
-        let s = Self::decode_from(&mut r)?;
+        let (version, body) = checked(bytes, "unknown snapshot version")?;
+        let mut r = Reader(body);
+        let s = Self::decode_from(&mut r, version)?;
         r.finish()?;
         Ok(s)
     }
 
-    fn decode_from(r: &mut Reader<'_>) -> Result<Self, Corrupt> {
-        if r.u8()? != VERSION {
+    /// Reads the snapshot fields, which start with their own copy of the `version`
+    /// of what holds them (the checksum, if any, was verified and cut off already).
+    fn decode_from(r: &mut Reader<'_>, version: u8) -> Result<Self, Corrupt> {
+        if r.u8()? != version {
             return Err(Corrupt("unknown snapshot version"));
         }
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| Corrupt("invalid status"))?;
@@ -367,6 +391,35 @@ impl Snapshot {
             headers,
             body,
         })
+    }
+}
+
+/// Appends the checksum of everything in `out`: the last step of a version 2 encoding.
+fn seal_checksum(out: &mut Vec<u8>) {
+    let sum = xxhash_rust::xxh3::xxh3_64(out);
+    out.extend_from_slice(&sum.to_be_bytes());
+}
+
+/// The version of `bytes` and the part of them to parse: for version 2, everything but
+/// the checksum, once it matches; for version 1, all of them.
+fn checked<'a>(bytes: &'a [u8], unknown: &'static str) -> Result<(u8, &'a [u8]), Corrupt> {
+    match bytes.first().copied() {
+        Some(VERSION) => {
+            let split = bytes
+                .len()
+                .checked_sub(CHECKSUM_LEN)
+                .ok_or(Corrupt("truncated"))?;
+            let (body, sum) = bytes.split_at(split);
+            let mut stored = [0; CHECKSUM_LEN];
+            stored.copy_from_slice(sum);
+            if xxhash_rust::xxh3::xxh3_64(body) != u64::from_be_bytes(stored) {
+                return Err(Corrupt("checksum mismatch"));
+            }
+            Ok((VERSION, body))
+        }
+        Some(VERSION_UNCHECKED) => Ok((VERSION_UNCHECKED, bytes)),
+        Some(_) => Err(Corrupt(unknown)),
+        None => Err(Corrupt("truncated")),
     }
 }
 
@@ -491,6 +544,107 @@ mod tests {
             Record::decode(&bad_version),
             Err(Corrupt("unknown record version"))
         );
+    }
+
+    fn in_flight() -> Record {
+        Record {
+            fingerprint: Fingerprint::from_bytes([1; 32]),
+            created_at: 1,
+            state: State::InFlight {
+                owner: OwnerToken::from_u128(0x0123_4567_89ab_cdef),
+                lease_until: 42,
+            },
+        }
+    }
+
+    /// Every other value of every byte of `bytes`: the damage a flipped bit, a
+    /// misdirected write or an edit in place can do to one byte.
+    fn each_byte_changed(bytes: &[u8]) -> impl Iterator<Item = (usize, Vec<u8>)> + '_ {
+        (0..bytes.len()).flat_map(move |i| {
+            (0..=u8::MAX).filter(move |&v| v != bytes[i]).map(move |v| {
+                let mut damaged = bytes.to_vec();
+                damaged[i] = v;
+                (i, damaged)
+            })
+        })
+    }
+
+    // R16, R25: a damaged record is Corrupt, never replayed as something else
+    #[test]
+    fn r25_every_single_byte_change_of_a_record_is_corrupt() {
+        for rec in [completed(), in_flight()] {
+            let bytes = rec.encode();
+            for (i, damaged) in each_byte_changed(&bytes) {
+                match Record::decode(&damaged) {
+                    Err(_) => {}
+                    Ok(decoded) => assert_eq!(decoded, rec, "byte {i} changed the record"),
+                }
+            }
+        }
+        let Record {
+            state: State::Completed { snapshot, .. },
+            ..
+        } = completed()
+        else {
+            unreachable!()
+        };
+        let bytes = snapshot.encode();
+        for (i, damaged) in each_byte_changed(&bytes) {
+            match Snapshot::decode(&damaged) {
+                Err(_) => {}
+                Ok(decoded) => assert_eq!(decoded, snapshot, "byte {i} changed the snapshot"),
+            }
+        }
+    }
+
+    // R25: the body edited in place (same length, so every length field still fits) is
+    // caught by the checksum alone
+    #[test]
+    fn r25_a_body_edited_in_place_is_corrupt() {
+        let mut bytes = completed().encode();
+        let at = bytes
+            .windows(8)
+            .position(|w| w == b"{\"id\":1}")
+            .expect("the body is stored in the clear");
+        bytes[at..at + 8].copy_from_slice(b"{\"id\":2}");
+        assert_eq!(Record::decode(&bytes), Err(Corrupt("checksum mismatch")));
+    }
+
+    /// What the codec wrote before checksums: version bytes 1, no checksum.
+    fn version_1(record: &Record) -> Vec<u8> {
+        let mut bytes = record.encode();
+        bytes.truncate(bytes.len() - CHECKSUM_LEN);
+        bytes[0] = VERSION_UNCHECKED;
+        if let State::Completed { .. } = record.state {
+            // The snapshot's own version byte follows tag, fingerprint and two instants.
+            let at = 2 + 32 + 8 + 8;
+            assert_eq!(bytes[at], VERSION);
+            bytes[at] = VERSION_UNCHECKED;
+        }
+        bytes
+    }
+
+    // R16: records stored before checksums still decode (and re-encode checksummed);
+    // a version 2 record whose version byte is damaged into 1 does not
+    #[test]
+    fn r16_version_1_records_still_decode() {
+        for rec in [completed(), in_flight()] {
+            let old = version_1(&rec);
+            assert_eq!(Record::decode(&old), Ok(rec.clone()));
+            assert_eq!(Record::decode(&rec.encode()), Ok(rec.clone()));
+            let mut downgraded = rec.encode();
+            downgraded[0] = VERSION_UNCHECKED;
+            assert!(Record::decode(&downgraded).is_err());
+        }
+        let s = Snapshot {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: SnapshotBody::Full(Bytes::from_static(b"ok")),
+        };
+        let mut old = s.encode();
+        old.truncate(old.len() - CHECKSUM_LEN);
+        old[0] = VERSION_UNCHECKED;
+        assert_eq!(Snapshot::decode(&old), Ok(s));
     }
 
     #[test]

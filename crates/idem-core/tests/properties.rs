@@ -26,13 +26,21 @@ proptest! {
     }
 
     // R16: arbitrary bytes from a store decode to an error or a record, never a panic,
-    // and whatever decodes re-encodes to the same bytes.
+    // and whatever decodes re-encodes to the same bytes (version 1 input, which has no
+    // checksum, to bytes that decode to the same record).
     #[test]
     fn r16_decoding_is_total(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
         if let Ok(record) = Record::decode(&raw) {
-            prop_assert_eq!(&record.encode(), &raw);
+            let again = record.encode();
+            if raw[0] == again[0] {
+                prop_assert_eq!(&again, &raw);
+            } else {
+                prop_assert_eq!(Record::decode(&again).unwrap(), record);
+            }
         }
-        let _ = Snapshot::decode(&raw);
+        if let Ok(snapshot) = Snapshot::decode(&raw) {
+            prop_assert_eq!(Snapshot::decode(&snapshot.encode()).unwrap(), snapshot);
+        }
     }
 
     // R16: every record survives its encoding.

@@ -526,10 +526,17 @@ impl Store for PostgresStore {
                 let key: &str = row.try_get("key").map_err(error::pg)?;
                 let key = idem_core::IdempotencyKey::new(key)
                     .map_err(|_| Corrupt("stored key is not a valid key"))?;
-                Ok((RecordId::new(Scope::from_bytes(scope), key), record(row)?))
+                let id = RecordId::new(Scope::from_bytes(scope), key);
+                // A record that does not decode is reported, not a failure of the page:
+                // one damaged record must not hide the others (R16).
+                match record(row) {
+                    Ok(record) => Ok((id, Ok(record))),
+                    Err(StoreError::Corrupt(why)) => Ok((id, Err(why))),
+                    Err(e) => Err(e),
+                }
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(ListPage::from_sorted(records, filter))
+        Ok(ListPage::from_sorted_entries(records, filter))
     }
 
     async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {

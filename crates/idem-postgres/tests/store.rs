@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use idem_core::record::{OwnerToken, State};
 use idem_core::store::testkit::{claim_req, id, snapshot};
-use idem_core::store::{Claim, Finish, Lease, Store, StoreError};
+use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError};
 use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
 use tokio_postgres::NoTls;
 
@@ -654,6 +654,14 @@ async fn r16_corrupt_records_are_never_replayed() {
         store.claim(&claim_req(&id, 2)).await.unwrap(),
         Claim::Mismatch
     );
+    // Listing reports it instead of failing (R16), and goes on with the others.
+    let other = crate::id("listed");
+    let lease = acquire(&store, &other).await;
+    let page = store.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(page.corrupt.len(), 1, "{page:?}");
+    assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].0, lease.id);
 }
 
 // R21: the record completes with the caller's transaction, or not at all.

@@ -6,7 +6,8 @@
 //! - `GET /metrics`: every metric in the Prometheus text format.
 //! - `GET /admin/keys/{scope}/{key}`: one record as JSON ([`record_json`]).
 //! - `GET /admin/keys?state=in_flight|completed|any&older_than=5m&scope=S&limit=N&after=C`:
-//!   one page of live records, `{"keys": [...], "next": cursor or null}`.
+//!   one page of live records, `{"keys": [...], "next": cursor or null, "corrupt": [...]}`
+//!   (`corrupt`: the records in the page's range that do not decode, see [`corrupt_json`]).
 //! - `DELETE /admin/keys/{scope}/{key}`: removes the record whatever its state (waiting
 //!   duplicates wake and claim afresh), logs an audit line on target `idem::audit`, and
 //!   answers `{"deleted": record}`.
@@ -38,7 +39,7 @@ use idem::clock::{Clock, Millis, SystemClock};
 use idem::problem::TYPE_BASE;
 use idem::record::{NotRetained, Record, RecordId, SnapshotBody, State as RecordState};
 use idem::scope::Scope;
-use idem::store::{ListFilter, StateFilter};
+use idem::store::{CorruptRecord, ListFilter, StateFilter};
 use idem::{IdempotencyKey, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
@@ -308,6 +309,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The records of a list page that do not decode, as the admin API answers them: one
+/// {`scope` (hex), `key`, `error`} each (`scope` and `key` null when the stored id is
+/// itself damaged). They are never replayed; deleting one lets its key run again.
+pub fn corrupt_json(corrupt: &[CorruptRecord]) -> Value {
+    corrupt
+        .iter()
+        .map(|c| {
+            json!({
+                "scope": c.id.as_ref().map(|id| id.scope().to_hex()),
+                "key": c.id.as_ref().map(|id| id.key().as_str()),
+                "error": c.why.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// A record as the admin API answers it:
 ///
 /// `scope` (hex), `key`, `state` (`in_flight` or `completed`), `fingerprint` (hex),
@@ -434,8 +451,12 @@ async fn list<St: Store>(
                 .iter()
                 .map(|(id, r)| record_json(id, r, now))
                 .collect();
-            axum::Json(json!({ "keys": keys, "next": page.next.map(|n| n.to_hex()) }))
-                .into_response()
+            axum::Json(json!({
+                "keys": keys,
+                "next": page.next.map(|n| n.to_hex()),
+                "corrupt": corrupt_json(&page.corrupt),
+            }))
+            .into_response()
         }
         Err(e) => store_failed(&e),
     }

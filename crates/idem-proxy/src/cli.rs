@@ -60,6 +60,8 @@ pub enum Command {
     Docs(Box<DocsArgs>),
     /// Inspect and delete idempotency records (on call): get, list, delete.
     Keys(KeysArgs),
+    /// Read every stored record and report how many decode; exit 1 if any is corrupt.
+    CheckStore(crate::check_store::CheckStoreArgs),
 }
 
 /// Flags of `idem check-config`.

@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod check;
+pub mod check_store;
 pub mod cli;
 pub mod config;
 mod conn;

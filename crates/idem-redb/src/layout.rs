@@ -8,6 +8,10 @@
 //!   so the sweeper finds expired records with one range scan instead of reading every
 //!   record (R14).
 //!
+//! - [`META`] says whose file this is: [`FORMAT_KEY`] → [`FORMAT`]. A redb file without
+//!   it (other than one holding only idem's two tables, written before the marker) is
+//!   refused as foreign rather than served from (R25).
+//!
 //! Invariant: every write transaction that puts a record removes the record's old
 //! [`EXPIRY`] entry and inserts the new one, and a delete removes both, so the index
 //! never disagrees with the table after a commit. The sweeper still re-reads the record
@@ -30,3 +34,13 @@ pub const RECORDS: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new
 /// Keys sort by instant first, so every entry due at or before `now` lies in the range
 /// `..(now + 1, [])`.
 pub const EXPIRY: TableDefinition<'static, (u64, &[u8]), ()> = TableDefinition::new("expiry");
+
+/// The file's owner and format: [`FORMAT_KEY`] → [`FORMAT`].
+pub const META: TableDefinition<'static, &str, &str> = TableDefinition::new("idem_meta");
+
+/// The key of the format marker in [`META`].
+pub const FORMAT_KEY: &str = "format";
+
+/// The format marker: idem's redb layout, version 1 (these three tables; values are
+/// `Record::encode` output, whose own version byte says how to read each).
+pub const FORMAT: &str = "idem-redb/1";

@@ -69,6 +69,13 @@
 //!   batch rather than commit part of it. redb's copy-on-write commits mean a record is
 //!   wholly stored or absent, and a value that does not decode is
 //!   [`StoreError::Corrupt`], never replayed.
+//! - **Refuses a file it cannot trust (R25).** A directory without a database file is a
+//!   new store; a file that is empty (0 bytes), not idem's (no format marker, see
+//!   [`layout::META`]) or damaged so that redb refuses it (or panics on it) is an
+//!   [`OpenError`], never silently an empty store, unless
+//!   [`RedbStoreConfig::fresh`] asks to move it aside and start empty. Every stored
+//!   record ends with a checksum, so damage to one is [`StoreError::Corrupt`] for that
+//!   key alone; [`Store::list`] reports such records instead of failing.
 //! - **Bounded.** A background task deletes records whose lease or expiry has passed,
 //!   `sweep_batch` records per write transaction every `sweep_interval`, found through
 //!   an expiry index instead of a full scan (see [`layout`]).
@@ -93,6 +100,7 @@
 
 mod error;
 pub mod layout;
+mod open;
 mod store;
 mod writer;
 

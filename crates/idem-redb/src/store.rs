@@ -10,9 +10,10 @@ use idem_core::clock::{Clock, SystemClock};
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::machine::{self, Write};
 use idem_core::store::{
-    Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, Store, StoreError, WaitHub, Watch,
+    Claim, ClaimRequest, CorruptRecord, Finish, Lease, ListFilter, ListPage, Store, StoreError,
+    WaitHub, Watch,
 };
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::error::{OpenError, STORE, backend};
 use crate::layout::{EXPIRY, FILE_NAME, RECORDS};
@@ -29,6 +30,12 @@ pub struct RedbStoreConfig {
     pub sweep_batch: usize,
     /// The time source for leases and expiry (default [`SystemClock`]).
     pub clock: Arc<dyn Clock>,
+    /// Start with an empty store when the directory's database file is not usable (0
+    /// bytes, not idem's, or damaged so it does not open): the file is moved aside
+    /// (renamed `records.redb.unusable-<ms>`, never deleted) instead of refused with an
+    /// [`OpenError`]. Every key it held may run again. A usable database is opened as
+    /// it is. Default `false`; the store URL's `file:DIR?fresh=true`.
+    pub fresh: bool,
 }
 
 impl Default for RedbStoreConfig {
@@ -37,6 +44,7 @@ impl Default for RedbStoreConfig {
             sweep_interval: Duration::from_secs(10),
             sweep_batch: 1000,
             clock: Arc::new(SystemClock),
+            fresh: false,
         }
     }
 }
@@ -69,13 +77,19 @@ impl RedbStore {
     /// This blocks on file I/O (opening a large file after a crash runs redb's repair):
     /// call it at start-up, or inside `spawn_blocking`.
     ///
+    /// A file that is there must be idem's database: an empty (0-byte), foreign or
+    /// damaged file is refused (unless [`RedbStoreConfig::fresh`]), never silently
+    /// replaced by an empty store, and a panic inside redb while reading it is reported
+    /// as [`OpenError::Damaged`] (R25).
+    ///
     /// # Errors
     ///
     /// A [`StoreError::Backend`] whose source is an [`OpenError`]:
     /// [`OpenError::DirectoryInUse`] when another process (or another `RedbStore` in
-    /// this one) has the directory open, [`OpenError::CreateDir`] or
-    /// [`OpenError::Database`] when the directory or file cannot be used. A failure to
-    /// create the tables is a [`StoreError::Backend`] with redb's error as its source.
+    /// this one) has the directory open; [`OpenError::Empty`], [`OpenError::Foreign`]
+    /// or [`OpenError::Damaged`] for a file that is not a usable idem database;
+    /// [`OpenError::CreateDir`], [`OpenError::Unreadable`] or [`OpenError::Database`]
+    /// when the directory or file cannot be used.
     pub fn open(dir: impl AsRef<Path>, config: RedbStoreConfig) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| OpenError::CreateDir {
@@ -83,23 +97,7 @@ impl RedbStore {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|source| match source {
-            // redb locks the file for one writer; a second opener (another process or
-            // another handle here) is refused at once instead of waiting.
-            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-                OpenError::DirectoryInUse {
-                    dir: dir.clone(),
-                    source,
-                }
-            }
-            source => OpenError::Database { path, source },
-        })?;
-        // Create both tables up front: read transactions cannot open a table that was
-        // never created, and lookups should not need a write transaction.
-        let txn = db.begin_write().map_err(backend)?;
-        txn.open_table(RECORDS).map_err(backend)?;
-        txn.open_table(EXPIRY).map_err(backend)?;
-        txn.commit().map_err(backend)?;
+        let db = crate::open::open(&dir, &path, config.fresh)?;
 
         let (writer, writer_thread) = Writer::new();
         let inner = Arc::new(Inner {
@@ -211,25 +209,53 @@ impl Inner {
             (None, Some(s)) => Bound::Included(s.as_slice()),
             (None, None) => Bound::Unbounded,
         };
+        let limit = filter.page_size();
         let mut found = Vec::new();
+        // Entries whose id does not read, with how many entries came before each: they
+        // cannot be a cursor, so each is reported on the page it falls within.
+        let mut unreadable = Vec::new();
         for entry in records
             .range::<&[u8]>((start, Bound::Unbounded))
             .map_err(backend)?
         {
             let (k, v) = entry.map_err(backend)?;
-            let id = RecordId::from_bytes(k.value())?;
-            if filter.scope.is_some_and(|s| *id.scope() > s) {
+            let raw = k.value();
+            // Past the scope's 16 bytes: compared raw, as a damaged id is still sorted.
+            if scope
+                .as_deref()
+                .is_some_and(|s| raw.get(..16).unwrap_or(raw) > s)
+            {
                 break;
             }
-            let record = decode(v.value())?;
-            if filter.matches(&id, &record, now) {
-                found.push((id, record));
-                if found.len() > filter.page_size() {
-                    break;
+            let id = match RecordId::from_bytes(raw) {
+                Ok(id) => id,
+                Err(why) => {
+                    tracing::error!(store = STORE, error = %why, "a stored record id does not decode");
+                    unreadable.push((found.len(), why));
+                    continue;
                 }
+            };
+            // A record that does not decode is reported, not a failure of the page: one
+            // damaged record must not hide the others from on-call (R16).
+            match decode(v.value()) {
+                Ok(record) if filter.matches(&id, &record, now) => found.push((id, Ok(record))),
+                Ok(_) => continue,
+                Err(StoreError::Corrupt(why)) => found.push((id, Err(why))),
+                Err(e) => return Err(e),
+            }
+            if found.len() > limit {
+                break;
             }
         }
-        Ok(ListPage::from_sorted(found, filter))
+        let more = found.len() > limit;
+        let mut page = ListPage::from_sorted_entries(found, filter);
+        page.corrupt.extend(
+            unreadable
+                .into_iter()
+                .filter(|&(before, _)| !more || before < limit)
+                .map(|(_, why)| CorruptRecord { id: None, why }),
+        );
+        Ok(page)
     }
 
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(

@@ -264,7 +264,19 @@ impl WriterThread {
                 // Every handle is gone; dropping the jobs tells their callers.
                 return;
             };
-            let (replies, commit) = run_batch(&inner, std::mem::take(&mut jobs));
+            // redb may panic on a file damaged behind its back. The batch's callers
+            // then get an error (their replies are dropped) and the writer goes on, so
+            // one damaged page does not stop every later write (R25).
+            let batch = std::mem::take(&mut jobs);
+            let Ok((replies, commit)) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(&inner, batch)))
+            else {
+                tracing::error!(
+                    store = STORE,
+                    "a write batch panicked; its callers got an error"
+                );
+                continue;
+            };
             // Let go of the store before answering: a caller that drops its last
             // handle on hearing back must find the database closed.
             drop(inner);

@@ -502,20 +502,31 @@ impl Store for RedisStore {
         ids.dedup();
         let mut found = Vec::new();
         for id in ids {
-            let Some(record) = self.lookup(&id).await? else {
-                continue; // expired or deleted since the scan
+            let record = match self.lookup(&id).await {
+                Ok(Some(record)) => record,
+                Ok(None) => continue, // expired or deleted since the scan
+                // Reported, not a failure of the page: one damaged record must not hide
+                // the others (R16).
+                Err(StoreError::Corrupt(why)) => {
+                    found.push((id, Err(why)));
+                    if found.len() > filter.page_size() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             // Deadlines are on Redis's clock and Redis removes records itself: a record
             // it still returns is live, whatever this machine's clock says.
             let live_now = record.ends_at().saturating_sub(1);
             if filter.matches(&id, &record, live_now) {
-                found.push((id, record));
+                found.push((id, Ok(record)));
                 if found.len() > filter.page_size() {
                     break;
                 }
             }
         }
-        Ok(ListPage::from_sorted(found, filter))
+        Ok(ListPage::from_sorted_entries(found, filter))
     }
 
     async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use idem_core::store::testkit::{RealTimeFixture, claim_req, id, snapshot};
-use idem_core::store::{Claim, Finish, Lease, Store, StoreError};
+use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError};
 use idem_redis::{RedisStore, RedisStoreConfig};
 
 /// The lease the contract suite claims with: short, so expiry tests run in real time.
@@ -473,6 +473,14 @@ mod standalone {
             store.lookup(&id).await,
             Err(StoreError::Corrupt(_))
         ));
+        // Listing reports it instead of failing (R16), and goes on with the others.
+        let other = crate::id("listed");
+        let lease = acquire(&store, &other).await;
+        let page = store.list(&ListFilter::default()).await.unwrap();
+        assert_eq!(page.corrupt.len(), 1, "{page:?}");
+        assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.records[0].0, lease.id);
     }
 
     // R11: a completion sent again after a lost reply is not mistaken for a stale one,

@@ -19,7 +19,9 @@ use idem_core::store::{
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` (feature `postgres`) |
 ///
 /// Options ride in the query string and are taken out before the URL reaches the
-/// driver: `memory:capacity=N`; Redis `?prefix=idem&command_timeout=2s&connect_timeout=2s`;
+/// driver: `memory:capacity=N`; `file:DIR?fresh=true` (start with an empty store when
+/// the directory's database file is empty, foreign or damaged, moving it aside; without
+/// it such a file is refused); Redis `?prefix=idem&command_timeout=2s&connect_timeout=2s`;
 /// PostgreSQL `?schema=idem&pool_size=16&statement_timeout=2s&sweep_interval=10s&sweep_batch=500&migrate=true`.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -76,7 +78,23 @@ impl AnyStore {
                 ..MemoryStoreConfig::default()
             })));
         }
-        if let Some(path) = url.strip_prefix("file:") {
+        if let Some(rest) = url.strip_prefix("file:") {
+            let mut opts = Options::split(rest);
+            let fresh = match opts.take("fresh").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(v) => {
+                    return Err(StoreUrlError::Invalid(format!(
+                        "fresh={v}: expected true or false"
+                    )));
+                }
+            };
+            if let Some((name, _)) = opts.pairs.first() {
+                return Err(StoreUrlError::Invalid(format!(
+                    "`{url}`: unknown option `{name}` (file: takes fresh=true)"
+                )));
+            }
+            let path = opts.base;
             if path.is_empty() {
                 return Err(StoreUrlError::Invalid(
                     "file: needs a directory, e.g. file:./idem-data".into(),
@@ -84,12 +102,19 @@ impl AnyStore {
             }
             #[cfg(feature = "redb")]
             {
-                let store = idem_redb::RedbStore::open(path, idem_redb::RedbStoreConfig::default())
-                    .map_err(StoreUrlError::Open)?;
+                let config = idem_redb::RedbStoreConfig {
+                    fresh,
+                    ..idem_redb::RedbStoreConfig::default()
+                };
+                let store =
+                    idem_redb::RedbStore::open(&path, config).map_err(StoreUrlError::Open)?;
                 return Ok(Self::Redb(store));
             }
             #[cfg(not(feature = "redb"))]
-            return Err(StoreUrlError::NotCompiled("redb"));
+            {
+                let _ = (fresh, path);
+                return Err(StoreUrlError::NotCompiled("redb"));
+            }
         }
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
@@ -207,7 +232,6 @@ impl AnyStore {
 
 /// The `?name=value` options of a store URL: idem's own are taken out, the rest are
 /// handed to the store's driver.
-#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
 struct Options {
     base: String,
     pairs: Vec<(String, String)>,

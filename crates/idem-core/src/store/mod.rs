@@ -29,8 +29,10 @@
 //!   pooled connection.
 //! - [`Store::list`]: the live records matching a [`ListFilter`], in [`RecordId`] order
 //!   (scope bytes, then key bytes), at most `limit` of them, starting after the
-//!   filter's cursor; [`ListPage::next`] is the cursor of the next page. For on-call
-//!   inspection, not the request path: it may read the whole store.
+//!   filter's cursor; [`ListPage::next`] is the cursor of the next page. A stored
+//!   record that does not decode is reported in [`ListPage::corrupt`] (it takes a place
+//!   on the page) instead of failing the page, so one damaged record hides no other.
+//!   For on-call inspection, not the request path: it may read the whole store.
 //! - [`Store::delete`]: removes the record whatever its state or owner, answers the live
 //!   record it removed (if any), and wakes watchers as a release does, so a waiting
 //!   duplicate claims afresh. An in-flight owner whose record was deleted is
@@ -186,6 +188,16 @@ impl ListFilter {
     }
 }
 
+/// A stored record that does not decode, as [`Store::list`] reports it: never
+/// replayed, and never a reason to fail the whole page (R16, R25).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptRecord {
+    /// The record's id, or `None` when the stored id is itself damaged.
+    pub id: Option<RecordId>,
+    /// Why it does not decode.
+    pub why: Corrupt,
+}
+
 /// One page of [`Store::list`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListPage {
@@ -193,6 +205,10 @@ pub struct ListPage {
     pub records: Vec<(RecordId, Record)>,
     /// The cursor for the next page ([`ListFilter::after`]) when more records may follow.
     pub next: Option<RecordId>,
+    /// The stored records in this page's range that do not decode, in id order. A
+    /// corrupt record's state and age are unknown, so it is reported whatever the
+    /// filter's state and `created_before` say; it counts toward the page's limit.
+    pub corrupt: Vec<CorruptRecord>,
 }
 
 impl ListPage {
@@ -213,7 +229,40 @@ impl ListPage {
         } else {
             None
         };
-        Self { records, next }
+        Self {
+            records,
+            next,
+            corrupt: Vec::new(),
+        }
+    }
+
+    /// Like [`ListPage::from_sorted`], for matching entries in id order that may not
+    /// have decoded: the page holds at most `filter.page_size()` entries, good or
+    /// corrupt, and the cursor is the last of them, so every entry is reported on
+    /// exactly one page.
+    pub fn from_sorted_entries(
+        mut entries: Vec<(RecordId, Result<Record, Corrupt>)>,
+        filter: &ListFilter,
+    ) -> Self {
+        let limit = filter.page_size();
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let next = if more {
+            entries.last().map(|(id, _)| id.clone())
+        } else {
+            None
+        };
+        let mut page = Self {
+            next,
+            ..Self::default()
+        };
+        for (id, entry) in entries {
+            match entry {
+                Ok(record) => page.records.push((id, record)),
+                Err(why) => page.corrupt.push(CorruptRecord { id: Some(id), why }),
+            }
+        }
+        page
     }
 }
 

@@ -42,7 +42,7 @@ use sha2::Sha256;
 
 use crate::key::IdempotencyKey;
 use crate::record::{Corrupt, Record, RecordId, Snapshot, SnapshotBody, State};
-use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError, Watch};
+use crate::store::{Claim, ClaimRequest, CorruptRecord, Finish, Lease, Store, StoreError, Watch};
 
 const SEAL_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
@@ -422,17 +422,24 @@ impl<S: Store> Store for Sealed<S> {
     /// such an id too.
     async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
         let page = self.inner.list(filter).await?;
-        let records = page
-            .records
-            .into_iter()
-            .map(|(store_id, record)| {
-                let record = self.keys.open_record(&store_id, record)?;
-                Ok((store_id, record))
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let mut records = Vec::with_capacity(page.records.len());
+        let mut corrupt = page.corrupt;
+        // A blob that does not open is reported like one that does not decode: the
+        // page goes on (R16).
+        for (store_id, record) in page.records {
+            match self.keys.open_record(&store_id, record) {
+                Ok(record) => records.push((store_id, record)),
+                Err(why) => corrupt.push(CorruptRecord {
+                    id: Some(store_id),
+                    why,
+                }),
+            }
+        }
+        corrupt.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(ListPage {
             records,
             next: page.next,
+            corrupt,
         })
     }
 

@@ -78,6 +78,10 @@ impl Direct {
             .iter()
             .map(|(id, r)| record_json(id, r, now))
             .collect();
-        Ok(json!({ "keys": keys, "next": page.next.map(|n| n.to_hex()) }))
+        Ok(json!({
+            "keys": keys,
+            "next": page.next.map(|n| n.to_hex()),
+            "corrupt": crate::admin::corrupt_json(&page.corrupt),
+        }))
     }
 }

@@ -79,6 +79,15 @@ pub(super) fn print_page(json: bool, page: &Value) {
             );
         }
     }
+    // Records that do not decode: never replayed, listed so on call can delete them.
+    for c in page["corrupt"].as_array().unwrap_or(&empty) {
+        println!(
+            "corrupt: scope {} key {} ({})",
+            c["scope"].as_str().unwrap_or("(unreadable)"),
+            c["key"].as_str().unwrap_or("(unreadable)"),
+            c["error"].as_str().unwrap_or(""),
+        );
+    }
     if let Some(next) = page["next"].as_str() {
         println!("more: --after {next}");
     }

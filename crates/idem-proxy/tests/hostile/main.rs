@@ -2,12 +2,15 @@
 //! and header blocks, huge bodies, slow clients, a flood of keys, and tenants probing
 //! each other's records. The proxy must refuse cleanly, stay healthy, and never leave a
 //! key claimed or a record readable by the wrong tenant. `view` holds the requests that
-//! try to show the rules another request than the upstream runs (R24).
+//! try to show the rules another request than the upstream runs (R24); `connections`
+//! and `framing` what a client or an upstream can make idem hold (R25);
+//! `damaged_store` a store file damaged or replaced under the `idem` binary.
 
 mod admin;
 #[path = "../common/mod.rs"]
 mod common;
 mod connections;
+mod damaged_store;
 mod framing;
 mod view;
 
