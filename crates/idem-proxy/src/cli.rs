@@ -60,6 +60,10 @@ pub enum Command {
     Docs(Box<DocsArgs>),
     /// Inspect and delete idempotency records (on call): get, list, delete.
     Keys(KeysArgs),
+    /// Check a live endpoint against the idempotency rules from the outside (replay,
+    /// mismatch, concurrent duplicates, invalid keys, ...): it sends real requests, at
+    /// most --budget, to that URL only.
+    Check(Box<crate::conformance::CheckArgs>),
 }
 
 /// Flags of `idem check-config`.

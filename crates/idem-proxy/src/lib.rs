@@ -23,6 +23,7 @@ pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod demo;
 pub mod docs;
 pub mod file;

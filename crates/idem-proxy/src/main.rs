@@ -62,7 +62,12 @@ fn main() -> ExitCode {
     match runtime.block_on(idem_proxy::run(cli.command, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         // `idem keys`: a record that does not exist is not a failure of the command.
-        Err(e) if e.downcast_ref::<idem_proxy::keys::NotFound>().is_some() => {
+        // `idem check`: a failed check is a finding, not a broken command.
+        Err(e)
+            if e.downcast_ref::<idem_proxy::keys::NotFound>().is_some()
+                || e.downcast_ref::<idem_proxy::conformance::Failed>()
+                    .is_some() =>
+        {
             eprintln!("idem: {e:#}");
             ExitCode::from(1)
         }

@@ -30,6 +30,7 @@ pub async fn run(
             println!("{kind}: {applied} migration(s) applied");
         }
         Command::Keys(args) => crate::keys::run(args).await?,
+        Command::Check(args) => crate::conformance::run(*args).await?,
         Command::Demo(args) => {
             crate::demo::run(&args, shutdown).await?;
         }
