@@ -462,7 +462,7 @@ impl Checker {
             _ => {}
         }
         if !fails.is_empty() {
-            return Ok((Verdict::Fail, format!("{head}: {}", fails.join("; "))));
+            return Ok((Verdict::Fail, format!("{head}; {}", fails.join("; "))));
         }
         let mut detail = format!("{head}; one execution, ");
         if conflicts.is_empty() {
@@ -672,10 +672,12 @@ impl Checker {
             Verdict::Pass,
             format!(
                 "first credential {}; the second, same key and body: {} with a response of its \
-                 own ({})",
+                 own{}",
                 first.status_text(),
                 other.status_text(),
-                body_difference(&first.body, &other.body).unwrap_or_default()
+                body_difference(&first.body, &other.body)
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default()
             ),
         ))
     }
