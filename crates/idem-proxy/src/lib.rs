@@ -29,6 +29,7 @@ pub mod docs;
 pub mod file;
 pub mod forward;
 pub mod keys;
+pub mod openapi;
 mod pool;
 pub mod routes;
 pub mod run;
