@@ -56,12 +56,17 @@ pub enum Command {
     /// --explain, show the rule and every setting that applies to one request.
     CheckConfig(Box<CheckConfigArgs>),
     /// Print Markdown for your API's public docs: which endpoints take keys, retention,
-    /// retries, and every status idem may answer, one section per problem type.
+    /// retries, and every status idem may answer, one section per problem type; or the
+    /// same as OpenAPI (--format openapi, --openapi-merge api.yaml).
     Docs(Box<DocsArgs>),
     /// Inspect and delete idempotency records (on call): get, list, delete.
     Keys(KeysArgs),
     /// Read every stored record and report how many decode; exit 1 if any is corrupt.
     CheckStore(crate::check_store::CheckStoreArgs),
+    /// Check a live endpoint against the idempotency rules from the outside (replay,
+    /// mismatch, concurrent duplicates, invalid keys, ...): it sends real requests, at
+    /// most --budget, to that URL only.
+    Check(Box<crate::conformance::CheckArgs>),
 }
 
 /// Flags of `idem check-config`.
@@ -70,6 +75,10 @@ pub struct CheckConfigArgs {
     /// A request to explain, as `METHOD /path`, e.g. "POST /v1/payments/123".
     #[arg(long, value_name = "REQUEST")]
     pub explain: Option<String>,
+    /// An OpenAPI 3 document (JSON or YAML): warn about route rules that match none of
+    /// its operations.
+    #[arg(long, value_name = "FILE")]
+    pub openapi: Option<PathBuf>,
     /// The settings to check, as for `serve`.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -78,6 +87,9 @@ pub struct CheckConfigArgs {
 /// Flags of `idem docs`.
 #[derive(Debug, Args)]
 pub struct DocsArgs {
+    /// Markdown, or OpenAPI (standalone or merged into a document).
+    #[command(flatten)]
+    pub openapi: crate::openapi::OpenApiArgs,
     /// The settings to document, as for `serve`.
     #[command(flatten)]
     pub serve: ServeArgs,

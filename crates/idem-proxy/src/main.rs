@@ -62,10 +62,13 @@ fn main() -> ExitCode {
     match runtime.block_on(idem_proxy::run(cli.command, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         // `idem keys`: a record that does not exist is not a failure of the command;
-        // `idem check-store`: corrupt records were found and listed.
+        // `idem check-store`: corrupt records were found and listed; `idem check`: a
+        // failed check is a finding, not a broken command.
         Err(e)
             if e.downcast_ref::<idem_proxy::keys::NotFound>().is_some()
                 || e.downcast_ref::<idem_proxy::check_store::Damaged>()
+                    .is_some()
+                || e.downcast_ref::<idem_proxy::conformance::Failed>()
                     .is_some() =>
         {
             eprintln!("idem: {e:#}");

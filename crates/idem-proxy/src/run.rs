@@ -20,7 +20,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig(args) => print!("{}", check_config(&args)?),
-        Command::Docs(args) => print!("{}", docs(&args)?),
+        Command::Docs(args) => {
+            let (text, warnings) = docs(&args)?;
+            for w in warnings {
+                eprintln!("idem: warning: {w}");
+            }
+            print!("{text}");
+        }
         Command::Serve(args) => {
             let config = args.resolve()?.serve_config()?;
             bind(config).await?.run(shutdown).await?;
@@ -31,6 +37,7 @@ pub async fn run(
         }
         Command::Keys(args) => crate::keys::run(args).await?,
         Command::CheckStore(args) => crate::check_store::run(&args).await?,
+        Command::Check(args) => crate::conformance::run(*args).await?,
         Command::Demo(args) => {
             crate::demo::run(&args, shutdown).await?;
         }
@@ -43,6 +50,16 @@ pub async fn run(
 pub fn check_config(args: &CheckConfigArgs) -> anyhow::Result<String> {
     let effective = args.serve.resolve()?;
     let config = effective.serve_config()?;
+    if let Some(path) = &args.openapi {
+        // Warnings only: a rule for an endpoint the document does not describe yet is
+        // not an invalid configuration.
+        let (doc, _) = crate::openapi::load(path)?;
+        let name = path.display().to_string();
+        let routes = effective.routes();
+        for w in crate::openapi::route_warnings(&doc, &name, &effective.policy, &routes)? {
+            eprintln!("idem: warning: {w}");
+        }
+    }
     match &args.explain {
         Some(request) => crate::check::explain(request, &effective).map_err(anyhow::Error::msg),
         None => Ok(format!(
@@ -54,13 +71,19 @@ pub fn check_config(args: &CheckConfigArgs) -> anyhow::Result<String> {
     }
 }
 
-/// `idem docs`: the Markdown for an API's public docs (no upstream needed).
-pub fn docs(args: &DocsArgs) -> anyhow::Result<String> {
+/// `idem docs`: the Markdown for an API's public docs, or with `--format openapi` or
+/// `--openapi-merge` an OpenAPI document (no upstream needed); with the warnings about
+/// rules that match no operation of the merged document.
+pub fn docs(args: &DocsArgs) -> anyhow::Result<(String, Vec<String>)> {
     let effective = args.serve.resolve()?;
-    Ok(crate::docs::markdown(
-        &effective.policy,
-        &effective.routes(),
-    ))
+    let routes = effective.routes();
+    match crate::openapi::docs(&args.openapi, &effective.policy, &routes)? {
+        Some(out) => Ok(out),
+        None => Ok((
+            crate::docs::markdown(&effective.policy, &routes),
+            Vec::new(),
+        )),
+    }
 }
 
 /// `idem migrate`: applies the store's schema migrations; answers the store's kind and

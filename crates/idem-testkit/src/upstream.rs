@@ -33,7 +33,9 @@ struct Shared {
 /// A counting upstream. Routes:
 ///
 /// - `POST /charges[?delay_ms=N]`: a charge; 201 with `{"charge": n, "body": …}`
-///   where `n` numbers executions, so a second execution is visible in the body.
+///   where `n` numbers executions, so a second execution is visible in the body. A
+///   JSON body whose `amount` is negative fails validation: 422 with
+///   `{"error": …, "charge": n}` (still an execution).
 /// - `ANY /status/{code}`: answers `code`.
 /// - `ANY /flaky[?delay_ms=N]`: 500 on a key's first execution, 201 after.
 /// - `ANY /big?bytes=N`: 200 with `N` bytes.
@@ -155,6 +157,15 @@ async fn charge(
 ) -> Response {
     let n = count(&s, &uri, &headers);
     delay(&q).await;
+    let negative = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|doc| doc.get("amount").and_then(serde_json::Value::as_f64))
+        .is_some_and(|amount| amount < 0.0);
+    if negative {
+        let doc = serde_json::json!({ "error": "amount must not be negative", "charge": n });
+        let resp = (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(doc)).into_response();
+        return decorate(resp, &headers);
+    }
     let doc = serde_json::json!({
         "charge": n,
         "body": String::from_utf8_lossy(&body),
