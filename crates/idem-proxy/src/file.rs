@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::{Spanned, Value};
 
-use crate::settings::{SETTINGS, Setting};
+use crate::settings::table::{SETTINGS, Setting};
 
 /// One setting as the file writes it.
 #[derive(Clone)]

@@ -195,7 +195,9 @@ impl Bound {
         );
         let served = crate::serve(listener, store, config.proxy, shutdown).await;
         if let Some(task) = admin_task {
+            // Awaited, so the admin listener is closed when this returns.
             task.abort();
+            let _ = task.await;
         }
         served?;
         Ok(())

@@ -44,7 +44,7 @@
 //! ```
 
 mod parse;
-mod table;
+pub mod table;
 mod values;
 
 use std::fmt;
@@ -61,8 +61,8 @@ use crate::routes::{PathPattern, Route};
 
 pub use parse::{
     parse_bool, parse_duration, parse_header_name, parse_header_names, parse_list, parse_methods,
-    parse_size, parse_status, parse_status_set, parse_words, show_duration, show_list, show_size,
-    show_status_set,
+    parse_size, parse_status, parse_status_set, parse_timeout, parse_words, show_duration,
+    show_list, show_size, show_status_set,
 };
 pub use table::{CONFIG, Def, Info, Kind, SETTINGS, Setting, find};
 pub use values::{ConcurrentMode, Origin, Values};

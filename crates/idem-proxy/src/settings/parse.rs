@@ -15,6 +15,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration like 2s or 24h ({e})"))
 }
 
+/// Parses a duration that must be longer than zero (a zero timeout would refuse
+/// everything).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: must be longer than zero"));
+    }
+    Ok(d)
+}
+
 /// Parses a byte size: `1024`, `64KiB`, `1MiB`, `10MB`, `1k`.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -165,6 +175,8 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_timeout("0s").is_err());
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
         let d = Duration::from_millis(90_500);
         assert_eq!(parse_duration(&show_duration(d)), Ok(d));
     }

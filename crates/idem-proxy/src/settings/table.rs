@@ -1,8 +1,7 @@
-//! The table: one entry per `idem serve` setting.
+//! The table: one entry per `idem serve` setting (re-exported by [`settings`](super)).
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use idem::policy::StoreFailure;
 use idem::scope::ScopeSource;
@@ -10,8 +9,8 @@ use idem::store::SealingKeys;
 
 use super::parse::{
     parse_bool, parse_duration, parse_header_name, parse_header_names, parse_methods, parse_size,
-    parse_status, parse_status_set, parse_words, show_duration, show_list, show_size,
-    show_status_set,
+    parse_status, parse_status_set, parse_timeout, parse_words, show_duration, show_list,
+    show_size, show_status_set,
 };
 use super::values::{ConcurrentMode, Values};
 use crate::admin::AdminToken;
@@ -142,15 +141,6 @@ fn parse_scope(s: &str) -> Result<ScopeSource, String> {
         return Ok(ScopeSource::none());
     }
     parse_header_names(s).map(ScopeSource::headers)
-}
-
-/// A duration that must not be zero: a zero timeout would refuse every request.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err(format!("`{s}`: must be longer than zero"));
-    }
-    Ok(d)
 }
 
 /// A count of at least one.
