@@ -2,8 +2,9 @@
 //!
 //! The proxy is the `idem` crate's [`IdempotencyLayer`](idem::IdempotencyLayer) in front
 //! of a [`Forward`](forward::Forward) service on hyper, so the library and the
-//! proxy share one engine path. This library half exists so tests (and embedders) can
-//! run the proxy in-process:
+//! proxy share one engine path. Every `idem serve` setting is described once, in
+//! [`settings`]; [`run`] is what the `idem` binary runs, one function per subcommand.
+//! This library half exists so tests (and embedders) can run the proxy in-process:
 //!
 //! ```no_run
 //! use idem::store::MemoryStore;

@@ -344,18 +344,21 @@ fn rule(base: &Values, rule: &RouteRule) -> Result<Rule, FlagError> {
     })
 }
 
-/// The README's flag table, generated from [`SETTINGS`].
+/// The README's flag table, generated from [`SETTINGS`]: flag, variable, default,
+/// whether a `[[route]]` may set it, and the help text.
 pub fn markdown_table() -> String {
     let defaults = Values::default();
-    let mut md = String::from("| flag | env | default | meaning |\n|---|---|---|---|\n");
+    let mut md =
+        String::from("| flag | env | default | per route | meaning |\n|---|---|---|---|---|\n");
     let mut row = |info: &Info, default: String| {
         let flag = match info.kind {
             Kind::Switch => info.flag(),
             Kind::Value | Kind::List => format!("{} {}", info.flag(), info.value_name),
         };
+        let route = if info.route { "yes" } else { "" };
         let _ = writeln!(
             md,
-            "| `{flag}` | `{}` | {default} | {} |",
+            "| `{flag}` | `{}` | {default} | {route} | {} |",
             info.env, info.help
         );
     };
