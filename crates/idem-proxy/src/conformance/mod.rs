@@ -34,7 +34,7 @@ use clap::{Args, ValueEnum};
 pub use client::{Answer, Call, Endpoint, TransportError};
 pub use report::{junit, table, to_json};
 
-use crate::cli::parse_duration;
+use crate::settings::parse_duration;
 use checks::Checker;
 
 /// The placeholder a body template's fresh value replaces; `{{ n }}` is the same.
