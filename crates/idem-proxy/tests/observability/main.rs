@@ -4,6 +4,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
