@@ -6,6 +6,7 @@ mod config_file;
 mod process;
 mod proxy;
 mod sealed;
+mod store_tls;
 
 use idem::policy::Policy;
 use idem::redb::RedbStore;
