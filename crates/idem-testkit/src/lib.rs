@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod pg_cluster;
+pub mod pki;
 pub mod postgres;
 pub mod redb;
 pub mod spec;
@@ -12,5 +13,6 @@ pub mod upstream;
 
 pub use client::{Client, Resp};
 pub use pg_cluster::{PgCluster, PgClusterOptions};
+pub use pki::TestPki;
 pub use spec::{Front, On, Start, Target};
 pub use upstream::CountingUpstream;

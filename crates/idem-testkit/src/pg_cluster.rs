@@ -1,6 +1,6 @@
 //! [`PgCluster`]: a PostgreSQL server of a test's own, made with the installed
 //! PostgreSQL's `initdb` in a temporary directory, on a free loopback port, optionally
-//! serving TLS only (certificates made with the `openssl` command for the test).
+//! serving TLS only (certificates from [`TestPki`](crate::pki::TestPki)).
 //!
 //! The shared server on 127.0.0.1:5432 stays as it is; a test that needs other server
 //! settings (TLS, client certificates) starts one of these. Since tests run as root and
@@ -73,7 +73,7 @@ fn bin_dir() -> PathBuf {
         .expect("an initdb under /usr/lib/postgresql/*/bin")
 }
 
-fn run(cmd: &mut Command) {
+pub(crate) fn run(cmd: &mut Command) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -82,82 +82,6 @@ fn run(cmd: &mut Command) {
         "{cmd:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").args(args).current_dir(dir));
-}
-
-/// A certificate authority `name` (`name.crt`, `name.key`) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=idem test {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-}
-
-/// A leaf certificate `name` signed by the authority `ca`, with `ext` (an openssl
-/// extension section's lines).
-fn make_leaf(dir: &Path, name: &str, cn: &str, ca: &str, ext: &str) {
-    let ext_file = format!("{name}.ext");
-    std::fs::write(dir.join(&ext_file), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext_file,
-            "-out",
-            &format!("{name}.crt"),
-        ],
     );
 }
 
@@ -174,25 +98,7 @@ impl PgCluster {
         let root = dir.path();
         let data = root.join("data");
         if opts.ssl {
-            make_ca(root, "ca");
-            // Trusted by nobody: tests show verification refusing it.
-            make_ca(root, "other-ca");
-            make_leaf(
-                root,
-                "server",
-                "localhost",
-                "ca",
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                 extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\n",
-            );
-            make_leaf(
-                root,
-                "client",
-                "postgres",
-                "ca",
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                 extendedKeyUsage=clientAuth\n",
-            );
+            crate::pki::TestPki::make(root);
         }
         let hba = if !opts.ssl {
             "host all all 127.0.0.1/32 trust\n".to_owned()
@@ -322,30 +228,32 @@ impl PgCluster {
         url
     }
 
-    fn file(&self, name: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        assert!(path.exists(), "{name}: start the cluster with ssl");
-        path
+    fn pki(&self) -> crate::pki::TestPki {
+        assert!(
+            self.dir.path().join("ca.crt").exists(),
+            "start the cluster with ssl"
+        );
+        crate::pki::TestPki::at(self.dir.path())
     }
 
     /// The authority that signed the server's and the client's certificates (PEM).
     pub fn ca_cert(&self) -> PathBuf {
-        self.file("ca.crt")
+        self.pki().ca_cert()
     }
 
     /// An authority that signed nothing here: verification against it must fail.
     pub fn other_ca_cert(&self) -> PathBuf {
-        self.file("other-ca.crt")
+        self.pki().other_ca_cert()
     }
 
     /// A client certificate for user `postgres`, signed by [`ca_cert`](Self::ca_cert).
     pub fn client_cert(&self) -> PathBuf {
-        self.file("client.crt")
+        self.pki().client_cert()
     }
 
     /// The private key of [`client_cert`](Self::client_cert) (PEM, unencrypted).
     pub fn client_key(&self) -> PathBuf {
-        self.file("client.key")
+        self.pki().client_key()
     }
 }
 
