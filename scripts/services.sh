@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the services the tests need when they are down: PostgreSQL on 127.0.0.1:5432
 # and Redis on 127.0.0.1:6379 (no persistence), plus the redis-server and redis-cli
-# binaries the cluster and outage tests run themselves. Installs what is missing.
+# binaries the cluster and outage tests run themselves, and Prometheus with promtool
+# (scripts/prometheus.sh) for the observability tests. Installs what is missing.
 set -euo pipefail
 
 say() { printf 'services: %s\n' "$*" >&2; }
@@ -15,6 +16,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+"$(dirname "$0")/prometheus.sh"
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   say "starting Redis on 127.0.0.1:6379"

@@ -81,6 +81,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order the help text lists them.
+    pub const ALL: [Self; 12] = [
+        Self::Executed,
+        Self::TakenOver,
+        Self::Replayed,
+        Self::NotRetained,
+        Self::Conflict,
+        Self::Mismatch,
+        Self::InvalidKey,
+        Self::MissingKey,
+        Self::TooLarge,
+        Self::BadBody,
+        Self::StoreError,
+        Self::FailOpen,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,6 +132,14 @@ pub(crate) enum StoreOp {
 }
 
 impl StoreOp {
+    const ALL: [Self; 5] = [
+        Self::Claim,
+        Self::Renew,
+        Self::Complete,
+        Self::Release,
+        Self::Lookup,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Claim => "claim",
@@ -125,6 +149,28 @@ impl StoreOp {
             Self::Lookup => "lookup",
         }
     }
+}
+
+/// Registers every series the engine records, each label combination included, with
+/// the recorder installed now: counters and gauges at 0, histograms without samples.
+///
+/// A scrape then shows every series from the start rather than from the first request
+/// that touches it, so `rate()` sees the first increment and alerts written on absent
+/// series do not fire after each deploy. Call it once, after installing the recorder.
+pub fn register() {
+    for outcome in Outcome::ALL {
+        metrics::counter!(REQUESTS, "outcome" => outcome.as_str()).increment(0);
+    }
+    for op in StoreOp::ALL {
+        for result in ["ok", "error"] {
+            // Registering the handle is enough: the exporter lists a histogram from then on.
+            let _ = metrics::histogram!(STORE_SECONDS, "op" => op.as_str(), "result" => result);
+        }
+    }
+    metrics::gauge!(IN_FLIGHT).increment(0.0);
+    metrics::gauge!(WAITERS).increment(0.0);
+    metrics::counter!(COMPLETION_FAILURES).increment(0);
+    metrics::counter!(SUPERSEDED).increment(0);
 }
 
 /// Runs one store operation, records its latency in [`STORE_SECONDS`] and returns it
@@ -156,4 +202,26 @@ pub(crate) fn completion_failed() {
 
 pub(crate) fn superseded() {
     metrics::counter!(SUPERSEDED).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_requests_help_names_every_outcome_once() {
+        let help = ALL
+            .iter()
+            .find(|(name, _)| *name == REQUESTS)
+            .map(|(_, help)| *help)
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for outcome in Outcome::ALL {
+            assert!(seen.insert(outcome.as_str()), "{outcome:?} listed twice");
+            assert!(
+                help.contains(outcome.as_str()),
+                "{outcome:?} not in the help"
+            );
+        }
+    }
 }

@@ -105,6 +105,10 @@ pub enum ConfigError {
     /// The database URL does not parse.
     #[error("invalid database url")]
     Url(#[source] tokio_postgres::Error),
+    /// A TLS parameter of the URL (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) is
+    /// not usable; the text says which and why.
+    #[error("{0}")]
+    Tls(String),
     /// A setting is out of range.
     #[error("invalid setting {name}: {why}")]
     Setting {

@@ -36,6 +36,8 @@
 //!   batches with `FOR UPDATE SKIP LOCKED` (R14).
 //! - **Transactions.** [`PostgresStore::complete_in`] completes a record inside the
 //!   caller's transaction, together with its business writes (R21).
+//! - **TLS.** Set in the URL as for libpq (`sslmode=verify-full&sslrootcert=ca.pem`,
+//!   client certificates with `sslcert`/`sslkey`), handled by rustls; see [`tls`].
 //! - **Failures.** Connection and pool failures are
 //!   [`StoreError::Unavailable`](idem_core::store::StoreError::Unavailable), operations
 //!   past [`PostgresStoreConfig::statement_timeout`] are
@@ -53,6 +55,7 @@ mod migrate;
 mod recovery;
 mod sql;
 mod store;
+pub mod tls;
 
 pub use config::{ConfigError, PostgresStoreConfig};
 pub use recovery::RecoveryPoint;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use idem_core::record::RecordId;
 use idem_core::store::{BoxError, WaitHub};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+
+use crate::tls::Tls;
 use tokio_util::sync::CancellationToken;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -25,6 +27,7 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) config: tokio_postgres::Config,
+    pub(crate) tls: Tls,
     pub(crate) channel: String,
     pub(crate) hub: WaitHub,
     pub(crate) listening: Arc<AtomicBool>,
@@ -84,7 +87,7 @@ impl Listener {
     /// One connection: subscribe, wake everyone, then deliver notifications until the
     /// connection fails. Answers why it ended.
     async fn session(&self, subscribed: &mut bool) -> BoxError {
-        let (client, mut connection) = match self.config.connect(NoTls).await {
+        let (client, mut connection) = match self.config.connect(self.tls.clone()).await {
             Ok(pair) => pair,
             Err(e) => return e.into(),
         };

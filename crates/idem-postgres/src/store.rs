@@ -15,7 +15,7 @@ use idem_core::store::{
     WaitHub, Watch,
 };
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, NoTls, Row};
+use tokio_postgres::{GenericClient, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{PostgresStoreConfig, Schema, millis};
@@ -73,7 +73,9 @@ impl PostgresStore {
     /// while the database is down and reports [`StoreError::Unavailable`] per call
     /// until it is back (R15).
     ///
-    /// Connections are unencrypted (`NoTls`).
+    /// TLS is set in the URL as for libpq: `sslmode` (`disable`, `prefer` (the
+    /// default), `require`, `verify-ca`, `verify-full`), `sslrootcert`, and `sslcert`
+    /// with `sslkey` for a client certificate; see [`tls`](crate::tls).
     ///
     /// # Errors
     ///
@@ -83,9 +85,8 @@ impl PostgresStore {
         let schema = config
             .validate()
             .map_err(|e| StoreError::backend(STORE, e))?;
-        let mut pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::backend(STORE, crate::ConfigError::Url(e)))?;
+        let (mut pg, tls) =
+            crate::tls::parse_url(url).map_err(|e| StoreError::backend(STORE, e))?;
         pg.connect_timeout(config.connect_timeout);
         // The server gives up on statements nobody waits for any more, and every
         // statement's reasoning (sql/*.sql) assumes READ COMMITTED, whatever the
@@ -107,7 +108,7 @@ impl PostgresStore {
 
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -142,6 +143,7 @@ impl PostgresStore {
         tokio::spawn(
             Listener {
                 config: listener_pg,
+                tls,
                 channel: store.inner.channel.clone(),
                 hub,
                 listening,

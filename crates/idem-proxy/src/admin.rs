@@ -3,7 +3,9 @@
 //!
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 when the store answers a lookup within 2 s, else 503.
-//! - `GET /metrics`: every metric in the Prometheus text format.
+//! - `GET /metrics`: every metric in the Prometheus text format, each series present from
+//!   the first scrape ([`install_recorder`]), with `idem_build_info` and the `process_*`
+//!   metrics.
 //! - `GET /admin/keys/{scope}/{key}`: one record as JSON ([`record_json`]).
 //! - `GET /admin/keys?state=in_flight|completed|any&older_than=5m&scope=S&limit=N&after=C`:
 //!   one page of live records, `{"keys": [...], "next": cursor or null, "corrupt": [...]}`
@@ -44,6 +46,8 @@ use idem::{IdempotencyKey, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
+mod process;
+
 use crate::throttle::Throttle;
 
 /// Metric names the proxy records beyond the engine's ([`idem::metrics`]).
@@ -53,6 +57,30 @@ pub mod names {
     /// Counter: upstream failures by `kind` (unavailable, timeout, invalid: a
     /// response whose framing is refused).
     pub const UPSTREAM_FAILURES: &str = "idem_upstream_failures_total";
+    /// The `kind` label values of [`UPSTREAM_FAILURES`].
+    pub const UPSTREAM_FAILURE_KINDS: [&str; 3] = ["unavailable", "timeout", "invalid"];
+    /// Gauge, always 1: the running build, by `version` and `features` (the compiled-in
+    /// stores and exporters, comma-separated).
+    pub const BUILD_INFO: &str = "idem_build_info";
+}
+
+/// The cargo features this binary was built with, as `idem_build_info` shows them.
+pub fn build_features() -> &'static str {
+    const FEATURES: &[(bool, &str)] = &[
+        (cfg!(feature = "redb"), "redb"),
+        (cfg!(feature = "redis"), "redis"),
+        (cfg!(feature = "postgres"), "postgres"),
+        (cfg!(feature = "otel"), "otel"),
+    ];
+    static JOINED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    JOINED.get_or_init(|| {
+        FEATURES
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 /// Every metric with its help text: the engine's and the proxy's.
@@ -62,11 +90,20 @@ pub fn all_metrics() -> Vec<(&'static str, &'static str)> {
         names::UPSTREAM_SECONDS,
         "Time from forwarding to the upstream's response head",
     ));
-    all.push((names::UPSTREAM_FAILURES, "Upstream failures by kind"));
+    all.push((
+        names::UPSTREAM_FAILURES,
+        "Upstream failures by kind (unavailable, timeout)",
+    ));
+    all.push((
+        names::BUILD_INFO,
+        "The running build: 1, labelled by version and compiled-in features",
+    ));
     all
 }
 
-/// Installs the Prometheus recorder and describes every metric; the handle renders them.
+/// Installs the Prometheus recorder, describes every metric and registers every series
+/// (each label value included) at zero, so the first scrape already lists them all; the
+/// handle renders them.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     // Latencies from 0.5 ms to 10 s, rendered as Prometheus histograms (not summaries).
     const BUCKETS: &[f64] = &[
@@ -84,6 +121,17 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
             metrics::describe_gauge!(name, help);
         }
     }
+    idem::metrics::register();
+    let _ = metrics::histogram!(names::UPSTREAM_SECONDS);
+    for kind in names::UPSTREAM_FAILURE_KINDS {
+        metrics::counter!(names::UPSTREAM_FAILURES, "kind" => kind).increment(0);
+    }
+    metrics::gauge!(
+        names::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "features" => build_features(),
+    )
+    .set(1.0);
     Ok(handle)
 }
 
@@ -523,8 +571,16 @@ async fn readyz<St: Store>(State(admin): State<Admin<St>>) -> (StatusCode, &'sta
     }
 }
 
-async fn render<St: Store>(State(admin): State<Admin<St>>) -> String {
-    admin.metrics.render()
+async fn render<St: Store>(State(admin): State<Admin<St>>) -> impl IntoResponse {
+    let mut text = admin.metrics.render();
+    process::render(&mut text);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 #[cfg(test)]

@@ -27,9 +27,13 @@
 //!
 //! # URLs
 //! - `redis://[[user]:password@]host[:port][/db]`, `redis+unix:///path/to.sock`,
-//!   `unix:///path/to.sock`: one server, read by redis-rs. `rediss://…` is TLS (the
-//!   system's OpenSSL and trust store; `rediss://host/#insecure` skips certificate
-//!   checks, for tests only).
+//!   `unix:///path/to.sock`: one server, read by redis-rs. `rediss://…` is TLS, with
+//!   rustls: the server's certificate must chain to the system's trust store and name
+//!   the host, or to the authorities of `?tls_ca_cert_file=PATH` (PEM) when given;
+//!   `tls_cert_file=PATH&tls_key_file=PATH` present a client certificate (PEM, key
+//!   unencrypted) to a server that asks for one (`tls-auth-clients yes`).
+//!   `rediss://host/#insecure` skips certificate checks, for tests only. A cluster over
+//!   TLS is not supported.
 //! - `redis+cluster://[[user]:password@]host:port,host:port,…`: a Redis Cluster, named by
 //!   one or more seed nodes (the rest are discovered). A cluster has database 0 only.
 //!
@@ -128,7 +132,7 @@ use tokio::sync::oneshot;
 
 use crate::conn::Conn;
 use crate::subscriber::Subscriber;
-use crate::url::{ConfigError, Target};
+use crate::url::{ConfigError, Target, TlsFiles};
 
 /// Settings of a [`RedisStore`].
 #[derive(Clone, Debug)]
@@ -292,9 +296,17 @@ impl RedisStore {
                 "prefix `{prefix}` must be non-empty and hold no `{{` or `}}`"
             )));
         }
+        let (url, tls) = TlsFiles::split(url).map_err(|e| StoreError::backend("redis", e))?;
+        let url = url.as_str();
         let target = Target::parse(url).map_err(|e| StoreError::backend("redis", e))?;
-        let open =
-            |url: &str| redis::Client::open(url).map_err(|e| StoreError::backend("redis", e));
+        if tls.any() && matches!(target, Target::Cluster(_)) {
+            return Err(invalid(
+                "tls_ca_cert_file, tls_cert_file and tls_key_file are for rediss:// (one server); \
+                 a cluster over TLS is not supported"
+                    .into(),
+            ));
+        }
+        let open = |url: &str| tls.client(url).map_err(|e| StoreError::backend("redis", e));
         let (conn, nodes) = match &target {
             Target::Standalone(url) => {
                 let client = open(url)?;

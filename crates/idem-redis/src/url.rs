@@ -87,9 +87,161 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// The TLS files a `rediss://` URL names in its query (`tls_ca_cert_file`,
+/// `tls_cert_file`, `tls_key_file`, as redis.conf calls them), taken out before redis-rs
+/// reads the URL.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    ca_cert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsFiles {
+    /// Splits the TLS options off `url`: answers the URL without them, and them.
+    pub(crate) fn split(url: &str) -> Result<(String, Self), ConfigError> {
+        let mut files = Self::default();
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_owned(), files));
+        };
+        // A fragment (`#insecure`) follows the query.
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match k {
+                "tls_ca_cert_file" => &mut files.ca_cert,
+                "tls_cert_file" => &mut files.cert,
+                "tls_key_file" => &mut files.key,
+                _ => {
+                    kept.push(pair);
+                    continue;
+                }
+            };
+            *slot = Some(percent_decode(v).ok_or_else(|| {
+                ConfigError(format!("{k}: `{v}` is not a valid percent-encoded path"))
+            })?);
+        }
+        let mut rest = base.to_owned();
+        if !kept.is_empty() {
+            rest.push('?');
+            rest.push_str(&kept.join("&"));
+        }
+        if let Some(f) = fragment {
+            rest.push('#');
+            rest.push_str(f);
+        }
+        Ok((rest, files))
+    }
+
+    /// Whether any TLS file was named.
+    pub(crate) fn any(&self) -> bool {
+        self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The redis-rs client for `url`, trusting and presenting these files.
+    pub(crate) fn client(&self, url: &str) -> Result<redis::Client, ConfigError> {
+        if url.starts_with("rediss://") {
+            // redis-rs builds its rustls configuration on the process's default provider;
+            // with more than one compiled in there is none unless someone installs it.
+            // Another already installed is fine: the call then changes nothing.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let opened = if self.any() {
+            if !url.starts_with("rediss://") {
+                return Err(ConfigError(
+                    "tls_ca_cert_file, tls_cert_file and tls_key_file need a rediss:// URL".into(),
+                ));
+            }
+            let read = |what: &str, path: &str| {
+                std::fs::read(path).map_err(|e| ConfigError(format!("{what} {path}: {e}")))
+            };
+            let client_tls = match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read("tls_cert_file", cert)?,
+                    client_key: read("tls_key_file", key)?,
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError(
+                        "tls_cert_file and tls_key_file go together".into(),
+                    ));
+                }
+            };
+            let root_cert = self
+                .ca_cert
+                .as_deref()
+                .map(|ca| read("tls_ca_cert_file", ca))
+                .transpose()?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+        } else {
+            redis::Client::open(url)
+        };
+        opened.map_err(|e| ConfigError(format!("{}: {e}", redact(url))))
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_files_are_taken_out_of_the_url() {
+        let (rest, files) = TlsFiles::split(
+            "rediss://:pw@cache:6380/2?tls_ca_cert_file=%2Fetc%2Fca.pem&protocol=resp3\
+             &tls_cert_file=/c.pem&tls_key_file=/k.pem#insecure",
+        )
+        .unwrap();
+        assert_eq!(rest, "rediss://:pw@cache:6380/2?protocol=resp3#insecure");
+        assert_eq!(
+            files,
+            TlsFiles {
+                ca_cert: Some("/etc/ca.pem".into()),
+                cert: Some("/c.pem".into()),
+                key: Some("/k.pem".into()),
+            }
+        );
+        let (rest, files) = TlsFiles::split("rediss://cache?tls_ca_cert_file=/ca.pem").unwrap();
+        assert_eq!(rest, "rediss://cache");
+        assert!(files.any());
+        assert_eq!(TlsFiles::split("redis://cache").unwrap().0, "redis://cache");
+        assert!(TlsFiles::split("rediss://cache?tls_ca_cert_file=%zz").is_err());
+        let err = |url: &str| {
+            let (rest, files) = TlsFiles::split(url).unwrap();
+            files.client(&rest).unwrap_err().0
+        };
+        assert!(err("redis://cache?tls_ca_cert_file=/ca.pem").contains("rediss://"));
+        assert!(err("rediss://cache?tls_cert_file=/c.pem").contains("go together"));
+        assert!(
+            err("rediss://cache?tls_ca_cert_file=/nonexistent.pem").contains("/nonexistent.pem")
+        );
+    }
 
     #[test]
     fn standalone_urls_pass_through() {

@@ -1,13 +1,18 @@
 //! Test helpers shared by the proxy and the library: the SPEC suite over HTTP
 //! ([`spec`], [`spec_tests!`]), a real counting upstream ([`upstream`]) and a small
-//! client ([`client`]). Not published.
+//! client ([`client`]), and a PostgreSQL server of a test's own ([`PgCluster`]). Not
+//! published.
 
 pub mod client;
+pub mod pg_cluster;
+pub mod pki;
 pub mod postgres;
 pub mod redb;
 pub mod spec;
 pub mod upstream;
 
 pub use client::{Client, Resp};
+pub use pg_cluster::{PgCluster, PgClusterOptions};
+pub use pki::TestPki;
 pub use spec::{Front, On, Start, Target};
 pub use upstream::CountingUpstream;

@@ -4,6 +4,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,15 +39,7 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => {
                 let inner = rest.strip_suffix('}').expect("closing brace");
-                let labels = inner
-                    .split(',')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        let (k, v) = p.split_once('=').expect("label");
-                        (k.to_owned(), v.trim_matches('"').to_owned())
-                    })
-                    .collect();
-                (name.to_owned(), labels)
+                (name.to_owned(), parse_labels(inner))
             }
             None => (series.to_owned(), BTreeMap::new()),
         };
@@ -57,6 +50,29 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
         });
     }
     out
+}
+
+/// `k="v",k2="v2"`, where a quoted value may hold commas and `\"`, `\\`, `\n` escapes.
+fn parse_labels(inner: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = inner;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next().expect("closing quote") {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next().expect("escape").1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = &after[end + 1..];
+    }
+    labels
 }
 
 /// The value of the sample `name` whose labels include `labels`; 0 when absent.
@@ -90,6 +106,119 @@ async fn wait_listening(addr: SocketAddr) {
         assert!(tokio::time::Instant::now() < deadline, "idem did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// Dashboards and absent-series alerts need every series before the first request: a
+// fresh `idem serve` lists each metric, each label value at 0, its build and the
+// process metrics on its very first scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_lists_every_series() {
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let before = epoch();
+    let front = serve_logged(&["--store", "memory", "--upstream", "http://127.0.0.1:9"]).await;
+    let (text, m) = scrape(front.admin).await;
+
+    for (name, _) in idem_proxy::admin::all_metrics() {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
+    }
+    for outcome in idem::metrics::Outcome::ALL {
+        let o = outcome.as_str();
+        let series: Vec<&Sample> = m
+            .iter()
+            .filter(|s| s.name == "idem_requests_total")
+            .filter(|s| s.labels.get("outcome").map(String::as_str) == Some(o))
+            .collect();
+        assert_eq!(
+            series.len(),
+            1,
+            "idem_requests_total{{outcome={o}}}: {text}"
+        );
+        assert_eq!(series[0].value, 0.0);
+    }
+    for op in ["claim", "renew", "complete", "release", "lookup"] {
+        for result in ["ok", "error"] {
+            let labels = [("op", op), ("result", result)];
+            let has = |suffix: &str| {
+                m.iter().any(|s| {
+                    s.name == format!("idem_store_duration_seconds{suffix}")
+                        && labels
+                            .iter()
+                            .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+                })
+            };
+            assert!(
+                has("_bucket") && has("_count") && has("_sum"),
+                "{op}/{result}: {text}"
+            );
+            assert_eq!(value(&m, "idem_store_duration_seconds_count", &labels), 0.0);
+        }
+    }
+    assert!(
+        text.contains("\nidem_upstream_duration_seconds_count 0\n"),
+        "{text}"
+    );
+    for kind in ["unavailable", "timeout"] {
+        let n = m
+            .iter()
+            .filter(|s| s.name == "idem_upstream_failures_total")
+            .filter(|s| s.labels.get("kind").map(String::as_str) == Some(kind))
+            .count();
+        assert_eq!(n, 1, "{kind}: {text}");
+    }
+    for gauge in ["idem_in_flight", "idem_waiters"] {
+        assert!(text.contains(&format!("\n{gauge} 0\n")), "{gauge}: {text}");
+    }
+    for counter in ["idem_completion_failures_total", "idem_superseded_total"] {
+        assert!(
+            text.contains(&format!("\n{counter} 0\n")),
+            "{counter}: {text}"
+        );
+    }
+    let build: Vec<&Sample> = m.iter().filter(|s| s.name == "idem_build_info").collect();
+    assert_eq!(build.len(), 1, "{text}");
+    assert_eq!(build[0].value, 1.0);
+    assert_eq!(build[0].labels["version"], env!("CARGO_PKG_VERSION"));
+    assert!(build[0].labels["features"].contains("redb"), "{text}");
+
+    // The process metrics, with the types Prometheus client libraries give them.
+    let pid = front.proc.child.id();
+    for (name, kind) in [
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name}: {text}"
+        );
+        assert!(m.iter().any(|s| s.name == name), "{name}: {text}");
+    }
+    assert!(value(&m, "process_resident_memory_bytes", &[]) > 1024.0 * 1024.0);
+    // The open descriptors are idem's own: /proc/<pid>/fd of the child, give or take the
+    // ones opened or closed between the two looks.
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    assert!(
+        (value(&m, "process_open_fds", &[]) - fds).abs() <= 4.0,
+        "{fds}: {text}"
+    );
+    // Boot time is in whole seconds: allow one either side.
+    let (started, now) = (value(&m, "process_start_time_seconds", &[]), epoch());
+    assert!(
+        started >= before - 1.0 && started <= now + 1.0,
+        "{before} {started} {now}"
+    );
+    front.proc.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

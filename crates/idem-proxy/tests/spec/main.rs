@@ -7,6 +7,7 @@ mod process;
 mod proxy;
 mod sealed;
 mod serve;
+mod store_tls;
 
 use idem::policy::Policy;
 use idem::redb::RedbStore;
