@@ -1,6 +1,6 @@
 //! The command line: every subcommand's flags.
 //!
-//! The `serve` settings come from [`settings`](crate::settings): each can also be set
+//! The `serve` settings come from [`crate::settings`]: each can also be set
 //! by an `IDEM_*` environment variable and in the config file (`--config`); a flag wins
 //! over its variable, which wins over the file, which wins over the built-in default.
 
@@ -116,7 +116,7 @@ pub enum LogFormat {
 /// settings): `--config` and every setting of
 /// [`SETTINGS`](crate::settings::SETTINGS), each also read from its environment variable.
 ///
-/// Values are kept as text here; [`settings::resolve`](crate::settings::resolve) parses
+/// Values are kept as text here; [`crate::settings::resolve`] parses
 /// them with the config file's and reports a bad one with where it came from.
 #[derive(Clone, Debug, Default)]
 pub struct ServeArgs {

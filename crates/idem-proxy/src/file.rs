@@ -1,6 +1,6 @@
 //! The config file (`--config idem.toml`, `IDEM_CONFIG`): every `idem serve` setting under
 //! its name (the flag's, with `_` for `-`), plus `[[route]]` rules with the settings a
-//! route may set. The keys are those of [`SETTINGS`](crate::settings::SETTINGS).
+//! route may set. The keys are those of [`crate::settings::SETTINGS`].
 //!
 //! A value is read as its flag's text: strings as they are, numbers and booleans
 //! printed, a list as its items joined with `,`; the setting's own parser checks it when

@@ -1,7 +1,7 @@
 //! `idem keys get|list|delete`: on-call inspection of idempotency records ("I was charged
 //! twice", "my request is stuck"), through a running proxy's admin API (`--admin URL
-//! --token T`, [`admin_api`]) or straight at the store (`--store URL`, the same URLs as
-//! `serve`, [`direct`]).
+//! --token T`, `admin_api`) or straight at the store (`--store URL`, the same URLs as
+//! `serve`, `direct`).
 //!
 //! Output is a human table ([`print`]), or with `--json` the admin API's JSON
 //! ([`crate::admin::record_json`]). A record that does not exist is
