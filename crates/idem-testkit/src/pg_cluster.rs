@@ -3,8 +3,8 @@
 //! serving TLS only (certificates from [`TestPki`](crate::pki::TestPki)).
 //!
 //! The shared server on 127.0.0.1:5432 stays as it is; a test that needs other server
-//! settings (TLS, client certificates) starts one of these. Since tests run as root and
-//! PostgreSQL refuses to, the server runs as the `postgres` user.
+//! settings (TLS, client certificates) starts one of these. Tests running as root run
+//! the server as the `postgres` user, since PostgreSQL refuses root.
 
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -32,6 +32,18 @@ pub struct PgCluster {
     port: u16,
     dir: tempfile::TempDir,
     watcher: Option<(Child, ChildStdin)>,
+}
+
+/// Who runs the server: the `postgres` user when the tests run as root (PostgreSQL
+/// refuses root), else the user running the tests.
+fn server_user() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = std::fs::metadata("/proc/self").expect("/proc/self");
+    if me.uid() == 0 {
+        postgres_user()
+    } else {
+        (me.uid(), me.gid())
+    }
 }
 
 /// The `postgres` user's uid and gid, from `/etc/passwd`.
@@ -89,7 +101,7 @@ impl PgCluster {
     /// Makes and starts a cluster; waits until it accepts connections. Panics with the
     /// server's log when it does not come up within a minute.
     pub fn start(opts: PgClusterOptions) -> Self {
-        let (uid, gid) = postgres_user();
+        let (uid, gid) = server_user();
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("idem-pg-")

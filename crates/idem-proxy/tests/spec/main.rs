@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod config_file;
+mod deploy;
 mod process;
 mod proxy;
 mod sealed;
