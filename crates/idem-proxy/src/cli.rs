@@ -108,7 +108,8 @@ pub struct ServeArgs {
     /// The API to protect, as http://host:port[/prefix] (required, here or in the file).
     #[arg(long, env = "IDEM_UPSTREAM")]
     pub upstream: Option<String>,
-    /// Where records live: memory, file:PATH (embedded, durable), redis://…, postgres://…
+    /// Where records live: memory (volatile, bounded in bytes: 256 MiB unless
+    /// memory:max_bytes=SIZE), file:PATH (embedded, durable), redis://…, postgres://…
     #[arg(long, env = "IDEM_STORE", default_value = "file:./idem-data")]
     pub store: String,
     /// How long a completed key is replayed, counted from completion (e.g. 24h).
