@@ -82,9 +82,10 @@ fn engine(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    // Unbounded, so millions of iterations never hit the capacity limit.
+    // Unbounded, so millions of iterations never hit the bound.
     let store = rt.block_on(async {
         MemoryStore::with_config(MemoryStoreConfig {
+            max_bytes: usize::MAX,
             capacity: usize::MAX,
             ..MemoryStoreConfig::default()
         })

@@ -520,6 +520,11 @@ pub fn replay_at(
             let why = match reason {
                 NotRetained::TooLarge => "its body exceeded the storable size",
                 NotRetained::Streamed => "it was streamed",
+                NotRetained::SetCookie => {
+                    "it set a cookie, and responses are not replayed with cookies to \
+                     callers who share one scope"
+                }
+                NotRetained::StoreFull => "the idempotency store had no room for it",
             };
             let mut problem = Problem::new(
                 ProblemKind::NotRetained,

@@ -158,6 +158,11 @@ pub enum NotRetained {
     TooLarge,
     /// The response streamed (R19).
     Streamed,
+    /// The response set a cookie and every caller shares one scope, so replaying it
+    /// would hand one client's cookie to another (R4).
+    SetCookie,
+    /// The store had no room for it (the memory store at its bound, R25).
+    StoreFull,
 }
 
 /// The stored body of a completed record.
@@ -226,6 +231,8 @@ const TAG_COMPLETED: u8 = 2;
 const BODY_FULL: u8 = 0;
 const BODY_TOO_LARGE: u8 = 1;
 const BODY_STREAMED: u8 = 2;
+const BODY_SET_COOKIE: u8 = 3;
+const BODY_STORE_FULL: u8 = 4;
 
 impl Record {
     /// True while the record counts at `now`: an in-flight record until its lease
@@ -330,6 +337,8 @@ impl Snapshot {
             SnapshotBody::Full(_) => BODY_FULL,
             SnapshotBody::NotRetained(NotRetained::TooLarge) => BODY_TOO_LARGE,
             SnapshotBody::NotRetained(NotRetained::Streamed) => BODY_STREAMED,
+            SnapshotBody::NotRetained(NotRetained::SetCookie) => BODY_SET_COOKIE,
+            SnapshotBody::NotRetained(NotRetained::StoreFull) => BODY_STORE_FULL,
         });
         out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
         for (name, value) in &self.headers {
@@ -384,6 +393,8 @@ impl Snapshot {
             }
             BODY_TOO_LARGE => SnapshotBody::NotRetained(NotRetained::TooLarge),
             BODY_STREAMED => SnapshotBody::NotRetained(NotRetained::Streamed),
+            BODY_SET_COOKIE => SnapshotBody::NotRetained(NotRetained::SetCookie),
+            BODY_STORE_FULL => SnapshotBody::NotRetained(NotRetained::StoreFull),
             _ => return Err(Corrupt("unknown body kind")),
         };
         Ok(Self {
@@ -518,7 +529,12 @@ mod tests {
             },
         };
         assert_eq!(Record::decode(&inflight.encode()).unwrap(), inflight);
-        for reason in [NotRetained::TooLarge, NotRetained::Streamed] {
+        for reason in [
+            NotRetained::TooLarge,
+            NotRetained::Streamed,
+            NotRetained::SetCookie,
+            NotRetained::StoreFull,
+        ] {
             let s = Snapshot {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),

@@ -409,6 +409,8 @@ pub fn record_json(id: &RecordId, record: &Record, now: Millis) -> Value {
                     "not_retained": match why {
                         NotRetained::TooLarge => "too_large",
                         NotRetained::Streamed => "streamed",
+                        NotRetained::SetCookie => "set_cookie",
+                        NotRetained::StoreFull => "store_full",
                     },
                 }),
             };

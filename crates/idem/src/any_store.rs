@@ -13,15 +13,16 @@ use idem_core::store::{
 ///
 /// | URL | store |
 /// |---|---|
-/// | `memory` | [`MemoryStore`]: volatile, bounded, one process |
+/// | `memory` | [`MemoryStore`]: volatile, bounded in bytes (default 256 MiB), one process |
 /// | `file:PATH` | `RedbStore` (feature `redb`): embedded, durable, one machine; `PATH` is a directory |
 /// | `redis://…`, `rediss://…` (TLS), `redis+unix://…`, `redis+cluster://h1:p1,h2:p2` | `RedisStore` (feature `redis`) |
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` (feature `postgres`) |
 ///
 /// Options ride in the query string and are taken out before the URL reaches the
-/// driver: `memory:capacity=N`; `file:DIR?fresh=true` (start with an empty store when
-/// the directory's database file is empty, foreign or damaged, moving it aside; without
-/// it such a file is refused); Redis `?prefix=idem&command_timeout=2s&connect_timeout=2s`;
+/// driver: `memory:max_bytes=64MiB` (also `capacity=N` records, `&`-separated);
+/// `file:DIR?fresh=true` (start with an empty store when the directory's database file is
+/// empty, foreign or damaged, moving it aside; without it such a file is refused); Redis
+/// `?prefix=idem&command_timeout=2s&connect_timeout=2s`;
 /// PostgreSQL `?schema=idem&pool_size=16&statement_timeout=2s&sweep_interval=10s&sweep_batch=500&migrate=true`.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -63,20 +64,11 @@ impl AnyStore {
     /// Opens or connects to the store a URL names.
     pub async fn from_url(url: &str) -> Result<Self, StoreUrlError> {
         let url = url.trim();
-        if url == "memory" || url == "memory:" {
-            return Ok(Self::Memory(MemoryStore::new()));
-        }
-        if let Some(rest) = url.strip_prefix("memory:") {
-            let capacity = rest
-                .strip_prefix("capacity=")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    StoreUrlError::Invalid(format!("`{url}`: expected memory or memory:capacity=N"))
-                })?;
-            return Ok(Self::Memory(MemoryStore::with_config(MemoryStoreConfig {
-                capacity,
-                ..MemoryStoreConfig::default()
-            })));
+        if let Some(rest) = url.strip_prefix("memory")
+            && let Some(options) = rest.strip_prefix(':').or(rest.is_empty().then_some(""))
+        {
+            let config = memory_config(url, options)?;
+            return Ok(Self::Memory(MemoryStore::with_config(config)));
         }
         if let Some(rest) = url.strip_prefix("file:") {
             let mut opts = Options::split(rest);
@@ -230,6 +222,55 @@ impl AnyStore {
     }
 }
 
+/// The memory store's options: `memory`, `memory:max_bytes=64MiB`,
+/// `memory:?max_bytes=64MiB&capacity=1000`.
+fn memory_config(url: &str, options: &str) -> Result<MemoryStoreConfig, StoreUrlError> {
+    let mut config = MemoryStoreConfig::default();
+    let options = options.strip_prefix('?').unwrap_or(options);
+    for pair in options.split('&').filter(|p| !p.is_empty()) {
+        let bad = |why: &str| {
+            StoreUrlError::Invalid(format!(
+                "`{url}`: {why} (expected memory, memory:max_bytes=SIZE or memory:capacity=N)"
+            ))
+        };
+        match pair.split_once('=') {
+            Some(("max_bytes", v)) => {
+                config.max_bytes =
+                    parse_size(v).ok_or_else(|| bad("max_bytes is a size like 64MiB"))?;
+                if config.max_bytes == 0 {
+                    return Err(bad("max_bytes must be more than zero"));
+                }
+            }
+            Some(("capacity", v)) => {
+                config.capacity = v
+                    .parse()
+                    .map_err(|_| bad("capacity is a number of records"))?;
+            }
+            _ => return Err(bad(&format!("unknown option `{pair}`"))),
+        }
+    }
+    Ok(config)
+}
+
+/// A byte size: `1024`, `64KiB`, `256MiB`, `1GiB`, `10MB`.
+fn parse_size(s: &str) -> Option<usize> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 /// The `?name=value` options of a store URL: idem's own are taken out, the rest are
 /// handed to the store's driver.
 struct Options {
@@ -376,5 +417,38 @@ impl Store for AnyStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         each_await!(self, s => s.purge_expired())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // R25: the memory store's bound is set in bytes in its URL.
+    #[tokio::test]
+    async fn r25_memory_url_sets_the_byte_bound() {
+        async fn max(url: &str) -> usize {
+            match AnyStore::from_url(url).await.unwrap() {
+                AnyStore::Memory(m) => m.max_bytes(),
+                #[allow(unreachable_patterns)]
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            max("memory").await,
+            idem_core::store::memory::DEFAULT_MAX_BYTES
+        );
+        assert_eq!(max("memory:").await, 256 << 20);
+        assert_eq!(max("memory:max_bytes=64MiB").await, 64 << 20);
+        assert_eq!(max("memory:?max_bytes=1GiB&capacity=10").await, 1 << 30);
+        for bad in [
+            "memory:max_bytes=lots",
+            "memory:max_bytes=0",
+            "memory:capacity=x",
+            "memory:size=1",
+        ] {
+            let err = AnyStore::from_url(bad).await.unwrap_err();
+            assert!(matches!(err, StoreUrlError::Invalid(_)), "{bad}: {err}");
+        }
     }
 }

@@ -29,8 +29,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(1_000_000, |a| a.parse().expect("N"));
     let body_len: usize = args.next().map_or(200, |a| a.parse().expect("BODY"));
+    // One scope holds every record: no bound, so the fair share never refuses.
     let store = MemoryStore::with_config(MemoryStoreConfig {
         capacity: n,
+        max_bytes: usize::MAX,
         ..MemoryStoreConfig::default()
     });
     let mut headers = http::HeaderMap::new();
@@ -75,9 +77,12 @@ async fn main() {
     }
     let used = resident_bytes().saturating_sub(before);
     println!(
-        "records {n} raw_bytes {raw} resident_bytes {used} per_record {:.0} ratio {:.2}",
+        "records {n} raw_bytes {raw} resident_bytes {used} per_record {:.0} ratio {:.2} \
+         accounted_bytes {} accounted/resident {:.2}",
         used as f64 / n as f64,
-        used as f64 / raw as f64
+        used as f64 / raw as f64,
+        store.used_bytes(),
+        store.used_bytes() as f64 / used as f64
     );
     assert_eq!(store.len(), n);
 }

@@ -1,9 +1,21 @@
 //! The volatile in-process store: for tests, demos and single-process use where losing
 //! records on restart is acceptable (R16 does not hold here).
 //!
-//! It is bounded: at capacity it refuses new claims with [`StoreError::Full`] (a 503)
-//! rather than evicting live records, which could let an operation run twice. A
-//! background task sweeps expired records (R14).
+//! It is bounded in bytes (R25): every record is accounted at its encoded size plus
+//! its key and a fixed overhead, and the total never exceeds
+//! [`MemoryStoreConfig::max_bytes`] (default 256 MiB). At the bound it refuses new
+//! claims with [`StoreError::Full`] (a 503) rather than evicting live records, which
+//! could let an operation run twice; records that have expired are swept first. A
+//! completion that would not fit keeps its record without the response
+//! ([`NotRetained::StoreFull`]: the operation still never runs twice).
+//!
+//! **One scope cannot lock out the others (R15, R25).** Once the store holds three
+//! quarters of its bound, a claim is refused only for a scope that holds more than its
+//! fair share (those three quarters divided among the scopes that hold records); the
+//! last quarter stays for everyone else. A flood of keys under one credential fills
+//! the store to three quarters and then gets 503s; other tenants are still served.
+//!
+//! A background task sweeps expired records (R14).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -13,8 +25,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use http::HeaderMap;
+
 use crate::clock::{Clock, Millis, SystemClock};
-use crate::record::{Record, RecordId, Snapshot};
+use crate::record::{NotRetained, Record, RecordId, Snapshot, SnapshotBody, State};
+use crate::scope::Scope;
 use crate::store::machine::{self, Write};
 use crate::store::{
     Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, Store, StoreError, WaitHub, Watch,
@@ -22,10 +37,21 @@ use crate::store::{
 
 const SHARDS: usize = 32;
 
+/// What a record costs beyond its encoded bytes and its key: the map entry (record id
+/// and handle, about 56 bytes), the table's spare slots and two allocations.
+pub const RECORD_OVERHEAD: usize = 96;
+
+/// The default bound: 256 MiB, about 800 000 records of small JSON responses.
+pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
+
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug)]
 pub struct MemoryStoreConfig {
-    /// The most records kept at once (default 100 000).
+    /// The most bytes held at once, as accounted: each record's encoded size, its key
+    /// and [`RECORD_OVERHEAD`] (default [`DEFAULT_MAX_BYTES`], 256 MiB).
+    pub max_bytes: usize,
+    /// The most records held at once, a hard limit of its own (default: none, only
+    /// `max_bytes` bounds the store).
     pub capacity: usize,
     /// How often expired records are swept (default 10 s).
     pub sweep_interval: Duration,
@@ -36,7 +62,8 @@ pub struct MemoryStoreConfig {
 impl Default for MemoryStoreConfig {
     fn default() -> Self {
         Self {
-            capacity: 100_000,
+            max_bytes: DEFAULT_MAX_BYTES,
+            capacity: usize::MAX,
             sweep_interval: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         }
@@ -50,6 +77,7 @@ impl Default for MemoryStoreConfig {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let store = MemoryStore::new();
 /// assert_eq!(store.purge_expired().await.unwrap(), 0);
+/// assert_eq!(store.used_bytes(), 0);
 /// # }
 /// ```
 #[derive(Clone)]
@@ -59,8 +87,15 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Box<[Mutex<HashMap<RecordId, Held>>]>,
+    /// Bytes held per scope, sharded by scope; taken after a record shard, never
+    /// before one.
+    scopes: Box<[Mutex<HashMap<Scope, usize>>]>,
     hasher: RandomState,
     len: AtomicUsize,
+    /// Accounted bytes of every record held.
+    used: AtomicUsize,
+    /// How many scopes hold at least one record.
+    holders: AtomicUsize,
     /// No record stops counting before this instant (ms): a lower bound on every held
     /// record's deadline, lowered by each write and recomputed by each sweep. A full
     /// store sweeps on a claim only once this has passed, so a flood of new keys at
@@ -89,8 +124,11 @@ impl MemoryStore {
     pub fn with_config(config: MemoryStoreConfig) -> Self {
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            scopes: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
+            holders: AtomicUsize::new(0),
             next_due: AtomicU64::new(u64::MAX),
             sweeps: AtomicU64::new(0),
             config,
@@ -110,6 +148,25 @@ impl MemoryStore {
     /// True when no record is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The bytes held, as accounted against [`MemoryStoreConfig::max_bytes`].
+    pub fn used_bytes(&self) -> usize {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    /// The bound in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.inner.config.max_bytes
+    }
+
+    /// The bytes held by one scope's records.
+    pub fn scope_bytes(&self, scope: &Scope) -> usize {
+        self.inner
+            .scope_shard(scope)
+            .get(scope)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -144,6 +201,23 @@ impl Held {
         // Only this store wrote it; a failure would be a codec bug, answered as one.
         Ok(Record::decode(&self.bytes)?)
     }
+
+    /// The bytes accounted for this record under `id`.
+    fn cost(&self, id: &RecordId) -> usize {
+        self.bytes.len() + id.key().as_str().len() + RECORD_OVERHEAD
+    }
+}
+
+/// How a write that grows the store is admitted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// A claim: refused at the bound, or above the scope's fair share.
+    Claim,
+    /// A completion: it must be stored (the operation ran); when it does not fit, its
+    /// record is kept without the response.
+    Completion,
+    /// Renewals and deletions do not grow records.
+    Other,
 }
 
 impl Inner {
@@ -154,10 +228,59 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn scope_shard(&self, scope: &Scope) -> MutexGuard<'_, HashMap<Scope, usize>> {
+        let i = self.hasher.hash_one(scope) as usize % self.scopes.len();
+        self.scopes[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves `scope`'s share of the accounted bytes from `old` to `new` (the total in
+    /// `used` is kept by the callers: growth is reserved before a write).
+    fn resize(&self, scope: &Scope, old: usize, new: usize) {
+        if old == new {
+            return;
+        }
+        let mut scopes = self.scope_shard(scope);
+        let held = scopes.entry(*scope).or_insert(0);
+        if *held == 0 {
+            self.holders.fetch_add(1, Ordering::Relaxed);
+        }
+        *held = (*held + new).saturating_sub(old);
+        if *held == 0 {
+            scopes.remove(scope);
+            self.holders.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `grow` bytes to the total if they fit under the bound.
+    fn reserve(&self, grow: usize) -> bool {
+        let max = self.config.max_bytes;
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(grow).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Whether a claim of `scope` may grow the store by `grow` bytes: from three
+    /// quarters of the bound on, only within the scope's fair share of those three
+    /// quarters, so the flood of one scope leaves the last quarter to the others.
+    fn fair(&self, scope: &Scope, grow: usize) -> bool {
+        let high = self.config.max_bytes / 4 * 3;
+        if self.used.load(Ordering::Relaxed).saturating_add(grow) <= high {
+            return true;
+        }
+        let held = self.scope_shard(scope).get(scope).copied().unwrap_or(0);
+        let holders = self.holders.load(Ordering::Relaxed) + usize::from(held == 0);
+        held.saturating_add(grow) <= high / holders.max(1)
+    }
+
     /// Applies one transition under the shard lock; the lock makes it atomic.
     fn apply<T>(
         &self,
         id: &RecordId,
+        admit: Admit,
         f: impl FnOnce(Option<&Record>, u64) -> (T, Write),
     ) -> Result<T, StoreError> {
         let now = self.config.clock.now_ms();
@@ -168,29 +291,68 @@ impl Inner {
             Entry::Vacant(_) => None,
         };
         let (answer, write) = f(existing.as_ref(), now);
-        if let Write::Put(r) = &write {
-            self.next_due.fetch_min(r.ends_at(), Ordering::Relaxed);
-        }
-        match (entry, write) {
-            (_, Write::Keep) => {}
-            (Entry::Occupied(mut e), Write::Put(r)) => {
-                e.insert(Held::new(&r));
-            }
-            (Entry::Vacant(e), Write::Put(r)) => {
-                // Refuse rather than evict: evicting a live record could run an
-                // operation twice.
-                if self.len.load(Ordering::Relaxed) >= self.config.capacity {
-                    return Err(StoreError::Full);
-                }
-                self.len.fetch_add(1, Ordering::Relaxed);
-                e.insert(Held::new(&r));
-            }
-            (Entry::Occupied(e), Write::Delete) => {
+        let held = match write {
+            Write::Put(r) => Some(Held::new(&r)),
+            Write::Delete => None,
+            Write::Keep => return Ok(answer),
+        };
+        let old = match &entry {
+            Entry::Occupied(e) => e.get().cost(id),
+            Entry::Vacant(_) => 0,
+        };
+        let Some(mut held) = held else {
+            if let Entry::Occupied(e) = entry {
                 e.remove();
                 self.len.fetch_sub(1, Ordering::Relaxed);
+                self.used.fetch_sub(old, Ordering::Relaxed);
+                self.resize(id.scope(), old, 0);
             }
-            (Entry::Vacant(_), Write::Delete) => {}
+            return Ok(answer);
+        };
+        let vacant = matches!(entry, Entry::Vacant(_));
+        let mut new = held.cost(id);
+        if new > old {
+            let grow = new - old;
+            match admit {
+                // Refuse rather than evict: evicting a live record could run an
+                // operation twice.
+                Admit::Claim => {
+                    let counted =
+                        !vacant || self.len.load(Ordering::Relaxed) < self.config.capacity;
+                    if !(counted && self.fair(id.scope(), grow) && self.reserve(grow)) {
+                        return Err(StoreError::Full);
+                    }
+                }
+                Admit::Completion => {
+                    if !self.reserve(grow) {
+                        held = without_response(held)?;
+                        new = held.cost(id);
+                        if new > old {
+                            // Smaller than any in-flight record: a few bytes at most.
+                            self.used.fetch_add(new - old, Ordering::Relaxed);
+                        } else {
+                            self.used.fetch_sub(old - new, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Admit::Other => {
+                    self.used.fetch_add(grow, Ordering::Relaxed);
+                }
+            }
+        } else {
+            self.used.fetch_sub(old - new, Ordering::Relaxed);
         }
+        self.next_due.fetch_min(held.ends_at, Ordering::Relaxed);
+        match entry {
+            Entry::Occupied(mut e) => {
+                e.insert(held);
+            }
+            Entry::Vacant(e) => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+                e.insert(held);
+            }
+        }
+        self.resize(id.scope(), old, new);
         Ok(answer)
     }
 
@@ -204,10 +366,14 @@ impl Inner {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let before = shard.len();
-            shard.retain(|_, held| {
+            shard.retain(|id, held| {
                 let live = held.ends_at > now;
                 if live {
                     due = due.min(held.ends_at);
+                } else {
+                    let cost = held.cost(id);
+                    self.used.fetch_sub(cost, Ordering::Relaxed);
+                    self.resize(id.scope(), cost, 0);
                 }
                 live
             });
@@ -227,22 +393,32 @@ impl Inner {
     }
 }
 
+/// A completed record that does not fit, kept without its response: headers and body
+/// dropped, so it is smaller than the in-flight record it replaces.
+fn without_response(held: Held) -> Result<Held, StoreError> {
+    let mut record = held.record()?;
+    if let State::Completed { snapshot, .. } = &mut record.state {
+        snapshot.headers = HeaderMap::new();
+        snapshot.body = SnapshotBody::NotRetained(NotRetained::StoreFull);
+    }
+    Ok(Held::new(&record))
+}
+
 impl Store for MemoryStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
-        let result = self
-            .inner
-            .apply(&req.id, |r, now| machine::claim(r, req, now));
+        let claim = |r: Option<&Record>, now| machine::claim(r, req, now);
+        let result = self.inner.apply(&req.id, Admit::Claim, claim);
+        // Expired records go first: sweep (when something is due) and try once more.
         if matches!(result, Err(StoreError::Full)) && self.inner.purge_if_due() > 0 {
-            return self
-                .inner
-                .apply(&req.id, |r, now| machine::claim(r, req, now));
+            return self.inner.apply(&req.id, Admit::Claim, claim);
         }
         result
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<Finish, StoreError> {
-        self.inner
-            .apply(&lease.id, |r, now| machine::renew(r, lease, lease_for, now))
+        self.inner.apply(&lease.id, Admit::Other, |r, now| {
+            machine::renew(r, lease, lease_for, now)
+        })
     }
 
     async fn complete(
@@ -251,7 +427,7 @@ impl Store for MemoryStore {
         snapshot: &Snapshot,
         ttl: Duration,
     ) -> Result<Finish, StoreError> {
-        let done = self.inner.apply(&lease.id, |r, now| {
+        let done = self.inner.apply(&lease.id, Admit::Completion, |r, now| {
             machine::complete(r, lease, snapshot, ttl, now)
         })?;
         self.inner.hub.notify(&lease.id);
@@ -261,7 +437,7 @@ impl Store for MemoryStore {
     async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
         let done = self
             .inner
-            .apply(&lease.id, |r, _| machine::release(r, lease))?;
+            .apply(&lease.id, Admit::Other, |r, _| machine::release(r, lease))?;
         self.inner.hub.notify(&lease.id);
         Ok(done)
     }
@@ -291,7 +467,7 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        let gone = self.inner.apply(id, |r, now| match r {
+        let gone = self.inner.apply(id, Admit::Other, |r, now| match r {
             Some(r) => (Some(r.clone()).filter(|r| r.is_live(now)), Write::Delete),
             None => (None, Write::Keep),
         })?;
@@ -312,7 +488,8 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("len", &self.len())
-            .field("capacity", &self.inner.config.capacity)
+            .field("used_bytes", &self.used_bytes())
+            .field("max_bytes", &self.inner.config.max_bytes)
             .finish()
     }
 }
@@ -404,5 +581,148 @@ mod tests {
         assert_eq!(sweeps(), before + 1);
         assert!(store.lookup(&a).await.unwrap().is_none());
         assert_eq!(due(), start + 9_000);
+    }
+
+    fn bytes_bound(max_bytes: usize, clock: &ManualClock) -> MemoryStore {
+        MemoryStore::with_config(MemoryStoreConfig {
+            max_bytes,
+            clock: Arc::new(clock.clone()),
+            ..MemoryStoreConfig::default()
+        })
+    }
+
+    fn scoped(scope: u8, key: &str) -> RecordId {
+        RecordId::new(
+            Scope::from_bytes([scope; 16]),
+            crate::IdempotencyKey::new(key).unwrap(),
+        )
+    }
+
+    /// Claims and completes `id` with `body`; `Err(Full)` when the claim is refused.
+    async fn store_one(store: &MemoryStore, id: &RecordId, body: &[u8]) -> Result<(), StoreError> {
+        use crate::store::testkit::{claim_req, snapshot};
+        let Claim::Acquired(lease) = store.claim(&claim_req(id, 1)).await? else {
+            panic!("{id:?} was not new")
+        };
+        let done = store
+            .complete(&lease, &snapshot(body), Duration::from_secs(60))
+            .await?;
+        assert_eq!(done, Finish::Done);
+        Ok(())
+    }
+
+    // R25: the bound is in bytes: large responses fill it long before any count would,
+    // the accounted total never passes it, and once not even an in-flight record fits,
+    // claims are refused.
+    #[tokio::test]
+    async fn r25_bounded_in_bytes() {
+        let clock = ManualClock::new();
+        let store = bytes_bound(64 << 10, &clock);
+        let body = vec![b'x'; 4 << 10];
+        let (mut stored, mut kept, mut refused) = (0, 0, 0);
+        // Each key under its own scope: no fair-share refusal, only the bound.
+        for i in 0..=255u8 {
+            let id = scoped(i, "k");
+            match store_one(&store, &id, &body).await {
+                Ok(()) => stored += 1,
+                Err(StoreError::Full) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(store.used_bytes() <= store.max_bytes(), "{store:?}");
+            if let Some(Record {
+                state: State::Completed { snapshot, .. },
+                ..
+            }) = store.lookup(&id).await.unwrap()
+                && matches!(snapshot.body, SnapshotBody::Full(_))
+            {
+                kept += 1;
+            }
+        }
+        assert!(
+            (10..16).contains(&kept),
+            "kept {kept} bodies of 4 KiB in 64 KiB"
+        );
+        assert!(refused > 0, "every claim admitted: {store:?}");
+        // Accounting follows every removal back to zero.
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(store.purge_expired().await.unwrap(), stored);
+        assert_eq!(store.used_bytes(), 0);
+        assert_eq!(store.scope_bytes(&Scope::from_bytes([0; 16])), 0);
+        assert_eq!(store.inner.holders.load(Ordering::Relaxed), 0);
+    }
+
+    // R15, R25: one scope flooding new keys fills three quarters of the store and is
+    // then refused; another scope is still served, until it too holds more than its
+    // fair share.
+    #[tokio::test]
+    async fn r15_a_flooding_scope_does_not_lock_out_the_others() {
+        let clock = ManualClock::new();
+        let max = 64 << 10;
+        let store = bytes_bound(max, &clock);
+        let body = vec![b'x'; 512];
+        let mut flood = 0;
+        while store_one(&store, &scoped(1, &format!("flood-{flood}")), &body)
+            .await
+            .is_ok()
+        {
+            flood += 1;
+        }
+        let flooder = store.scope_bytes(&Scope::from_bytes([1; 16]));
+        assert!(flooder <= max / 4 * 3, "{flooder}");
+        assert!(flooder > max / 2, "{flooder}");
+        // Refused again and again: still 503 for the flooding scope.
+        for i in 0..10 {
+            let refused = store_one(&store, &scoped(1, &format!("more-{i}")), &body).await;
+            assert!(matches!(refused, Err(StoreError::Full)));
+        }
+        // Another tenant is served from the last quarter.
+        for i in 0..10 {
+            store_one(&store, &scoped(2, &format!("other-{i}")), &body)
+                .await
+                .unwrap();
+        }
+        // It, too, stops at its share of three quarters among the two, or the bound.
+        let mut other = 10;
+        while store_one(&store, &scoped(2, &format!("other-{other}")), &body)
+            .await
+            .is_ok()
+        {
+            other += 1;
+        }
+        assert!(store.used_bytes() <= max);
+        // The flooding scope's own records are untouched: they still replay.
+        assert!(store.lookup(&scoped(1, "flood-0")).await.unwrap().is_some());
+    }
+
+    // R25: a completion that would pass the bound is stored without its response:
+    // the record still completes, so the operation never runs twice.
+    #[tokio::test]
+    async fn r25_a_completion_without_room_keeps_the_record_not_its_response() {
+        use crate::store::testkit::{claim_req, snapshot};
+        let clock = ManualClock::new();
+        let store = bytes_bound(8 << 10, &clock);
+        let id = scoped(1, "big");
+        let Claim::Acquired(lease) = store.claim(&claim_req(&id, 1)).await.unwrap() else {
+            panic!()
+        };
+        let done = store
+            .complete(
+                &lease,
+                &snapshot(&[b'y'; 16 << 10]),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done, Finish::Done);
+        assert!(store.used_bytes() <= store.max_bytes());
+        let Claim::Completed(s) = store.claim(&claim_req(&id, 1)).await.unwrap() else {
+            panic!("the record completed")
+        };
+        assert_eq!(s.status, http::StatusCode::CREATED);
+        assert_eq!(s.body, SnapshotBody::NotRetained(NotRetained::StoreFull));
+        assert!(s.headers.is_empty());
+        // Deleting gives every byte back.
+        assert!(store.delete(&id).await.unwrap().is_some());
+        assert_eq!(store.used_bytes(), 0);
     }
 }

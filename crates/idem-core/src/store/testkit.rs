@@ -284,9 +284,14 @@ pub async fn r08_completed_replays_snapshot<F: Fixture>(fx: &F) {
     assert!(matches!(rec.state, State::Completed { snapshot, .. } if snapshot == snap));
 }
 
-/// R13, R19: snapshots without a body round-trip as such.
+/// R4, R13, R19: snapshots without a body round-trip as such.
 pub async fn r13_not_retained_snapshots<F: Fixture>(fx: &F) {
-    for reason in [NotRetained::TooLarge, NotRetained::Streamed] {
+    for reason in [
+        NotRetained::TooLarge,
+        NotRetained::Streamed,
+        NotRetained::SetCookie,
+        NotRetained::StoreFull,
+    ] {
         let id = id("not-retained");
         let lease = acquire(fx, &id, 1).await;
         let snap = Snapshot {

@@ -202,7 +202,8 @@ pub static SETTINGS: &[&dyn Setting] = &[
             name: "store",
             env: "IDEM_STORE",
             value_name: "STORE",
-            help: "`memory` (volatile), `file:DIR` (embedded, durable), `redis://…`, \
+            help: "`memory` (volatile, bounded in bytes: 256 MiB unless \
+                   `memory:max_bytes=SIZE`), `file:DIR` (embedded, durable), `redis://…`, \
                    `redis+cluster://…`, `postgres://…`",
             example: "memory",
             ..Info::BASE
