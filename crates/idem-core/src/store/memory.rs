@@ -668,7 +668,9 @@ mod tests {
             flood += 1;
         }
         let flooder = store.scope_bytes(&Scope::from_bytes([1; 16]));
-        assert!(flooder <= max / 4 * 3, "{flooder}");
+        // The share is checked when a claim is admitted; the completion of the last one
+        // admitted may pass it by that one record (its 512-byte body and overhead).
+        assert!(flooder <= max / 4 * 3 + 1024, "{flooder}");
         assert!(flooder > max / 2, "{flooder}");
         // Refused again and again: still 503 for the flooding scope.
         for i in 0..10 {
