@@ -495,14 +495,9 @@ pub fn store_problem(e: &StoreError) -> Problem {
     Problem::new(ProblemKind::StoreUnavailable, detail).with_retry_after(STORE_RETRY_AFTER)
 }
 
-/// The response replaying a snapshot (R8), or 410 when its body was not kept (R13).
-pub fn replay(id: &RecordId, snapshot: Snapshot) -> Response<Bytes> {
-    replay_at(id, snapshot, None)
-}
-
-/// [`replay`], with problem `type` URIs under `problem_base` (see
-/// [`Policy::problem_base`]).
-pub fn replay_at(
+/// The response replaying a snapshot (R8), or 410 when its body was not kept (R13),
+/// with problem `type` URIs under `problem_base` (see [`Policy::problem_base`]).
+fn replay_at(
     id: &RecordId,
     snapshot: Snapshot,
     problem_base: Option<&std::sync::Arc<str>>,
