@@ -12,6 +12,7 @@ use http::{HeaderName, Method, StatusCode};
 
 use crate::fingerprint::FingerprintMode;
 use crate::key::DEFAULT_MAX_KEY_LEN;
+use crate::problem::Problems;
 use crate::scope::ScopeSource;
 
 /// What a duplicate gets while the first request is still running (R10).
@@ -164,7 +165,7 @@ pub struct Policy {
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) streaming_types: Vec<String>,
     pub(crate) completion_attempts: u32,
-    pub(crate) problem_base: Option<Arc<str>>,
+    pub(crate) problems: Problems,
 }
 
 impl Default for Policy {
@@ -193,7 +194,7 @@ impl Default for Policy {
             deny_headers: Vec::new(),
             streaming_types: vec!["text/event-stream".to_owned()],
             completion_attempts: 3,
-            problem_base: None,
+            problems: Problems::default(),
         }
     }
 }
@@ -284,7 +285,11 @@ impl Policy {
     /// The base of problem `type` URIs, `<base>#<slug>` (R17); `None` is
     /// [`TYPE_BASE`](crate::problem::TYPE_BASE).
     pub fn problem_base(&self) -> Option<&Arc<str>> {
-        self.problem_base.as_ref()
+        self.problems.base()
+    }
+    /// How problems are rendered: under [`problem_base`](Self::problem_base) (R17).
+    pub fn problems(&self) -> &Problems {
+        &self.problems
     }
     /// How often renewal runs while the upstream works: a third of the lease.
     pub fn renew_every(&self) -> Duration {
@@ -393,7 +398,7 @@ impl PolicyBuilder {
     pub fn problem_base(mut self, base: impl Into<String>) -> Self {
         let base = base.into();
         let base = base.strip_suffix('#').unwrap_or(&base);
-        self.0.problem_base = Some(base.into());
+        self.0.problems = Problems::under(Some(base.into()));
         self
     }
     /// How many times a failing completion write is tried (default 3).
@@ -436,7 +441,7 @@ impl PolicyBuilder {
         if p.completion_attempts == 0 {
             return Err(invalid("completion_attempts", "must be at least 1"));
         }
-        if let Some(base) = &p.problem_base
+        if let Some(base) = p.problems.base()
             && (base.is_empty()
                 || base.contains('#')
                 || !base.bytes().all(|b| b.is_ascii_graphic()))
