@@ -16,7 +16,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use idem::problem::Problems;
-use idem::{Body, BoxError, IdempotencyLayer, Problem, ProblemKind, Store};
+use idem::{Body, BoxError, IdempotencyLayer, Policy, Problem, ProblemKind, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
@@ -42,15 +42,18 @@ pub async fn serve<St: Store>(
         .with_problems(config.policy.problems().clone());
     // One layer (engine) per rule, all over the one store; the first matching rule
     // picks the layer, so every rule runs through the same engine code.
-    let layer = IdempotencyLayer::with_policy(store.clone(), config.policy.clone());
+    let layer = layer_for(&store, &config.policy)?;
     let mut layers = vec![layer.clone()];
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        let svc = route.policy.as_ref().map(|policy| {
-            let l = IdempotencyLayer::with_policy(store.clone(), policy.clone());
-            layers.push(l.clone());
-            l.layer(forward.clone().with_problems(policy.problems().clone()))
-        });
+        let svc = match &route.policy {
+            Some(policy) => {
+                let l = layer_for(&store, policy)?;
+                layers.push(l.clone());
+                Some(l.layer(forward.clone().with_problems(policy.problems().clone())))
+            }
+            None => None,
+        };
         routes.push((route.pattern.clone(), svc));
     }
     // R24: every request is normalised once before the rules, the key, the scope or the
@@ -172,6 +175,15 @@ pub async fn serve<St: Store>(
         tracing::warn!(?grace, "requests still running after the grace period");
     }
     Ok(())
+}
+
+/// The layer of one rule. Its policy was checked when the configuration was read, so
+/// this fails only if a caller built the [`ProxyConfig`] with an unchecked one.
+fn layer_for<St: Store>(store: &St, policy: &Policy) -> std::io::Result<IdempotencyLayer<St>> {
+    IdempotencyLayer::builder(store.clone())
+        .policy(policy.clone())
+        .build()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// A proxy started by [`spawn`]; dropping it shuts the proxy down.

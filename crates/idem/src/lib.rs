@@ -38,10 +38,10 @@
 //!
 //! # With axum
 //!
-//! Configure the layer with [`IdempotencyLayer::builder`] (checked once, errors instead
-//! of panics) or the infallible setters on the layer; handlers read the request's key
-//! and their [`IdempotencyHandle`] through the [`IdempotencyContext`] extractor
-//! (feature `axum`):
+//! [`IdempotencyLayer::new`] takes the defaults; [`IdempotencyLayer::builder`] has one
+//! method per setting, checked once (errors instead of panics). Handlers read the
+//! request's key and their [`IdempotencyHandle`] through the [`IdempotencyContext`]
+//! extractor (feature `axum`):
 //!
 //! ```
 //! # #[cfg(feature = "axum")] {
@@ -95,7 +95,7 @@ pub use idem_core::{
     Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
     headers, key, metrics, policy, problem, record, scope, store,
 };
-pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder};
+pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, LayerTarget};
 
 #[cfg(feature = "postgres")]
 pub use idem_postgres as postgres;

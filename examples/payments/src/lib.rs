@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use idem::policy::ConfigError;
 use idem::postgres::{PostgresStore, RecoveryPoint};
 use idem::store::{Finish, MemoryStore};
 use idem::{IdempotencyContext, IdempotencyHandle, IdempotencyLayer};
@@ -69,9 +70,16 @@ impl Bank {
     }
 
     /// The bank's routes.
-    pub fn router(&self) -> Router {
+    ///
+    /// # Errors
+    ///
+    /// None in practice: the layer's settings are constants.
+    pub fn router(&self) -> Result<Router, ConfigError> {
         let bank = self.clone();
-        Router::new()
+        let layer = IdempotencyLayer::builder(MemoryStore::new())
+            .require_key(true)
+            .build()?;
+        Ok(Router::new()
             .route(
                 "/charges",
                 post(move || async move {
@@ -79,7 +87,7 @@ impl Bank {
                     (StatusCode::CREATED, format!("ch_{n}"))
                 }),
             )
-            .layer(IdempotencyLayer::new(MemoryStore::new()).require_key(true))
+            .layer(layer))
     }
 }
 
@@ -157,11 +165,16 @@ impl Payments {
     }
 
     /// The service: `POST /checkout` behind the idempotency layer over `store`.
-    pub fn router(&self, store: PostgresStore) -> Router {
-        Router::new()
+    ///
+    /// # Errors
+    ///
+    /// None in practice: the layer's settings are constants.
+    pub fn router(&self, store: PostgresStore) -> Result<Router, ConfigError> {
+        let layer = IdempotencyLayer::builder(store).require_key(true).build()?;
+        Ok(Router::new()
             .route("/checkout", post(checkout))
             .with_state(self.clone())
-            .layer(IdempotencyLayer::new(store).require_key(true))
+            .layer(layer))
     }
 
     /// Charges at the bank under `key`; the bank replays a retried charge.

@@ -43,10 +43,10 @@ async fn world() -> (Schema, PostgresStore, Bank, Payments, Client) {
     .await
     .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e:?}", url()));
     let bank = Bank::default();
-    let bank_addr = serve(bank.router()).await;
+    let bank_addr = serve(bank.router().unwrap()).await;
     let payments = Payments::new(schema.name(), bank_addr);
     payments.migrate(&store).await.unwrap();
-    let addr = serve(payments.router(store.clone())).await;
+    let addr = serve(payments.router(store.clone()).unwrap()).await;
     (schema, store, bank, payments, Client::new(addr))
 }
 
