@@ -41,11 +41,8 @@ async fn run() -> Result<(), String> {
     let bank = Bank::default().router().map_err(|e| e.to_string())?;
     tokio::spawn(async move { axum::serve(bank_listener, bank).await });
 
-    let payments = Payments::new("payments", bank_addr);
-    payments
-        .migrate(&store)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let payments = Payments::new(store.pool().clone(), "payments", bank_addr);
+    payments.migrate().await.map_err(|e| format!("{e:?}"))?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

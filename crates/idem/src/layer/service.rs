@@ -92,6 +92,14 @@ where
     }
 }
 
+/// Gives the handler its context twice: naming the layer's store, so a handler can
+/// reach what the store can do (its [`Transactional`](idem_core::store::Transactional)
+/// writes), and naming none, for handlers that need only the key.
+fn provide<St: Store>(extensions: &mut http::Extensions, ctx: IdempotencyContext<St>) {
+    extensions.insert(ctx.untyped());
+    extensions.insert(ctx);
+}
+
 /// Sends an answer of the engine as it is, noting it in the decision log.
 fn answered(answer: Answer, decision: &mut Decision) -> Response<Body> {
     decision.store = answer.decided.store_time;
@@ -127,7 +135,7 @@ where
     let (mut parts, body) = req.into_parts();
     let pending = match engine.inspect(&parts) {
         Inspect::Pass => {
-            parts.extensions.insert(IdempotencyContext::unprotected());
+            provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
             let resp = inner
                 .call(Request::from_parts(parts, Body::new(body)))
                 .await;
@@ -169,11 +177,14 @@ where
         Begin::Respond(answer) => Step::Done(Ok(answered(answer, &mut decision))),
         Begin::Unprotected(decided) => {
             decision.store = decided.store_time;
-            parts.extensions.insert(IdempotencyContext {
-                key: Some(id.key().clone()),
-                scope: Some(*id.scope()),
-                handle: None,
-            });
+            provide::<St>(
+                &mut parts.extensions,
+                IdempotencyContext {
+                    key: Some(id.key().clone()),
+                    scope: Some(*id.scope()),
+                    handle: None,
+                },
+            );
             let called = tokio::time::Instant::now();
             let resp = inner
                 .call(Request::from_parts(parts, Body::full(bytes)))
@@ -193,11 +204,14 @@ where
                 policy.deny_headers().to_vec(),
                 engine.store().clone(),
             );
-            parts.extensions.insert(IdempotencyContext {
-                key: Some(id.key().clone()),
-                scope: Some(*id.scope()),
-                handle: Some(handle.clone()),
-            });
+            provide(
+                &mut parts.extensions,
+                IdempotencyContext {
+                    key: Some(id.key().clone()),
+                    scope: Some(*id.scope()),
+                    handle: Some(handle.clone()),
+                },
+            );
             let req = Request::from_parts(parts, Body::full(bytes));
             let lease = ticket.lease().clone();
             // Counted by the tracker until it ends, inline or (client gone) on a task of
@@ -250,7 +264,7 @@ async fn execute<S, St, ResB>(
     mut inner: S,
     req: Request<Body>,
     ticket: Ticket<St>,
-    handle: &IdempotencyHandle,
+    handle: &IdempotencyHandle<St>,
     decision: &mut Decision,
 ) -> Result<Response<Body>, S::Error>
 where
