@@ -3,13 +3,18 @@
 //! A front end (the tower layer) drives one request through three steps:
 //!
 //! 1. [`Engine::inspect`] the request head: pass it through (R2, R3), refuse it (R1, R3),
-//!    or protect it.
+//!    or protect it. A body over the limit or unreadable is refused with
+//!    [`Engine::too_large`] or [`Engine::unreadable_body`] (R13).
 //! 2. [`Engine::begin`] with the buffered body: execute it under a [`Ticket`], replay a
 //!    stored response (R8), or refuse it (R9, R10, R15).
 //! 3. After the upstream answered, per [`Engine::disposition`]: [`Engine::complete`] the
 //!    record with what the client will receive (R7, R13, R19), or [`Engine::release`] it
 //!    (R7, R12). Both happen *before* the client gets the response, so a fast retry
 //!    sees the record's final state.
+//!
+//! Every response the engine makes is an [`Answer`]: whole (problems rendered under the
+//! policy's problem base, R17) and carrying its [`Outcome`], counted once when it was
+//! decided. A front end sends it as it is and logs the outcome it carries.
 //!
 //! While a ticket lives its lease is renewed in the background (R11), so a short lease
 //! still covers a slow upstream; one task per engine renews every live lease (see
@@ -50,8 +55,8 @@ pub enum Inspect {
     Pass,
     /// Protect it: buffer the body, then call [`Engine::begin`].
     Protect(Pending),
-    /// Answer this problem; do not call the upstream (R1, R3).
-    Reject(Problem),
+    /// Refuse it with this answer (R1, R3); do not call the upstream.
+    Reject(Answer),
 }
 
 /// A covered request with a valid key, waiting for its body.
@@ -73,19 +78,30 @@ pub enum Begin<St: Store> {
     /// The caller owns the record: forward the request, then complete or release.
     Execute(Ticket<St>),
     /// Answer this stored response (R8) or problem; do not call the upstream.
-    Respond(Response<Bytes>),
+    Respond(Answer),
     /// The store failed and the policy is fail-open: forward unprotected (R15).
-    Unprotected,
+    Unprotected(Decided),
 }
 
-/// How [`Engine::begin`] decided, attached to the extensions of every response it
-/// answers itself ([`Begin::Respond`]), for logs and traces.
+/// How the engine decided a request, for logs, traces and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decided {
-    /// The outcome, also counted in [`metrics::REQUESTS`].
+    /// The outcome, counted once in [`metrics::REQUESTS`] by the engine when it
+    /// decided.
     pub outcome: Outcome,
     /// Time spent in the store (claims only; not waiting between them).
     pub store_time: Duration,
+}
+
+/// A response the engine gives in place of the upstream's, whole: problem documents
+/// are rendered under the policy's problem base ([`Policy::problems`]), and the answer
+/// says what it means. A front end sends `response` as it is.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response to send.
+    pub response: Response<Bytes>,
+    /// How it was decided.
+    pub decided: Decided,
 }
 
 /// What to do with the upstream's response.
@@ -207,9 +223,8 @@ impl<St: Store> Engine<St> {
             Ok(Some(key)) => Inspect::Protect(Pending {
                 id: RecordId::new(p.scope.scope(&parts.headers), key),
             }),
-            Ok(None) if p.require_key => {
-                Outcome::MissingKey.record();
-                Inspect::Reject(Problem::new(
+            Ok(None) if p.require_key => Inspect::Reject(self.refuse(
+                &Problem::new(
                     ProblemKind::MissingKey,
                     format!(
                         "{} {} requires an `{}` header",
@@ -217,14 +232,45 @@ impl<St: Store> Engine<St> {
                         parts.uri.path(),
                         header_display(&p.header)
                     ),
-                ))
-            }
+                ),
+                Outcome::MissingKey,
+                Duration::ZERO,
+            )),
             Ok(None) => Inspect::Pass,
-            Err(e) => {
-                Outcome::InvalidKey.record();
-                Inspect::Reject(invalid_key(&p.header, &e))
-            }
+            Err(e) => Inspect::Reject(self.refuse(
+                &invalid_key(&p.header, p.max_key_len, &e),
+                Outcome::InvalidKey,
+                Duration::ZERO,
+            )),
         }
+    }
+
+    /// The answer to a protected request whose body exceeds
+    /// [`Policy::max_request_body`], before anything is stored (R13).
+    pub fn too_large(&self, pending: &Pending) -> Answer {
+        let limit = self.policy.max_request_body;
+        self.refuse(
+            &Problem::new(
+                ProblemKind::RequestTooLarge,
+                format!("the request body exceeds {limit} bytes; nothing was processed or stored"),
+            )
+            .with_key(pending.id.key()),
+            Outcome::TooLarge,
+            Duration::ZERO,
+        )
+    }
+
+    /// The answer to a protected request whose body could not be read (the connection
+    /// broke while it was sent), before anything is stored.
+    pub fn unreadable_body(&self) -> Answer {
+        self.refuse(
+            &Problem::new(
+                ProblemKind::BadRequestBody,
+                "the request body could not be read; nothing was processed",
+            ),
+            Outcome::BadBody,
+            Duration::ZERO,
+        )
     }
 
     /// Step 2: claim the record for this request, or answer from it (R5–R10, R15).
@@ -276,12 +322,8 @@ impl<St: Store> Engine<St> {
                     return Begin::Execute(self.ticket(lease, decided));
                 }
                 Claim::Completed(snapshot) => {
-                    let outcome = match snapshot.body {
-                        SnapshotBody::Full(_) => Outcome::Replayed,
-                        SnapshotBody::NotRetained(_) => Outcome::NotRetained,
-                    };
-                    let resp = replay_at(&req.id, snapshot, p.problem_base());
-                    return respond(resp, outcome, store_time);
+                    let (response, outcome) = self.replay(&req.id, snapshot);
+                    return Begin::Respond(answer(response, outcome, store_time));
                 }
                 Claim::Mismatch => {
                     let problem = Problem::new(
@@ -290,25 +332,16 @@ impl<St: Store> Engine<St> {
                          (method, path, body or significant headers); use a new key for a new operation",
                     )
                     .with_status(p.mismatch_status)
-                    .with_key(req.id.key())
-                    .with_type_base(p.problem_base.clone());
-                    return respond(problem.to_response(), Outcome::Mismatch, store_time);
+                    .with_key(req.id.key());
+                    return Begin::Respond(self.refuse(&problem, Outcome::Mismatch, store_time));
                 }
                 Claim::InFlight { retry_after } => {
                     let (Some(watch), Some(deadline)) = (watch.as_mut(), deadline) else {
-                        return respond(
-                            self.conflict(&req.id, retry_after),
-                            Outcome::Conflict,
-                            store_time,
-                        );
+                        return Begin::Respond(self.conflict(&req.id, retry_after, store_time));
                     };
                     let now = tokio::time::Instant::now();
                     if now >= deadline {
-                        return respond(
-                            self.conflict(&req.id, retry_after),
-                            Outcome::Conflict,
-                            store_time,
-                        );
+                        return Begin::Respond(self.conflict(&req.id, retry_after, store_time));
                     }
                     // Sleep until notified, the owner's lease may have ended (a takeover
                     // is then possible), the poll interval, or the deadline.
@@ -323,16 +356,15 @@ impl<St: Store> Engine<St> {
         }
     }
 
-    fn conflict(&self, id: &RecordId, retry_after: Duration) -> Response<Bytes> {
-        Problem::new(
+    fn conflict(&self, id: &RecordId, retry_after: Duration, store_time: Duration) -> Answer {
+        let problem = Problem::new(
             ProblemKind::InFlight,
             "a request with this idempotency key is still being processed; \
              retry later with the same key to receive its response",
         )
         .with_key(id.key())
-        .with_retry_after(retry_after)
-        .with_type_base(self.policy.problem_base.clone())
-        .to_response()
+        .with_retry_after(retry_after);
+        self.refuse(&problem, Outcome::Conflict, store_time)
     }
 
     fn store_failed(&self, id: &RecordId, e: &StoreError, store_time: Duration) -> Begin<St> {
@@ -340,16 +372,62 @@ impl<St: Store> Engine<St> {
         match self.policy.store_failure {
             StoreFailure::FailOpen => {
                 Outcome::FailOpen.record();
-                Begin::Unprotected
+                Begin::Unprotected(Decided {
+                    outcome: Outcome::FailOpen,
+                    store_time,
+                })
             }
-            StoreFailure::FailClosed => respond(
-                store_problem(e)
-                    .with_key(id.key())
-                    .with_type_base(self.policy.problem_base.clone())
-                    .to_response(),
+            StoreFailure::FailClosed => Begin::Respond(self.refuse(
+                &store_problem(e).with_key(id.key()),
                 Outcome::StoreError,
                 store_time,
-            ),
+            )),
+        }
+    }
+
+    /// The answer refusing a request with `problem`, rendered under the policy's
+    /// problem base.
+    fn refuse(&self, problem: &Problem, outcome: Outcome, store_time: Duration) -> Answer {
+        answer(self.policy.problems.render(problem), outcome, store_time)
+    }
+
+    /// The response replaying a snapshot (R8), or 410 when its body was not kept
+    /// (R13), with its outcome.
+    fn replay(&self, id: &RecordId, snapshot: Snapshot) -> (Response<Bytes>, Outcome) {
+        match snapshot.body {
+            SnapshotBody::Full(body) => {
+                let mut resp = Response::new(body);
+                *resp.status_mut() = snapshot.status;
+                *resp.headers_mut() = snapshot.headers;
+                resp.headers_mut()
+                    .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+                (resp, Outcome::Replayed)
+            }
+            SnapshotBody::NotRetained(reason) => {
+                let why = match reason {
+                    NotRetained::TooLarge => "its body exceeded the storable size",
+                    NotRetained::Streamed => "it was streamed",
+                    NotRetained::SetCookie => {
+                        "it set a cookie, and responses are not replayed with cookies to \
+                         callers who share one scope"
+                    }
+                    NotRetained::StoreFull => "the idempotency store had no room for it",
+                };
+                let mut problem = Problem::new(
+                    ProblemKind::NotRetained,
+                    format!(
+                        "the request with this key was already processed (status {}), but its \
+                         response was not retained because {why}; it will not run again",
+                        snapshot.status.as_u16()
+                    ),
+                )
+                .with_key(id.key());
+                problem.original_status = Some(snapshot.status.as_u16());
+                let mut resp = self.policy.problems.render(&problem);
+                resp.headers_mut()
+                    .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+                (resp, Outcome::NotRetained)
+            }
         }
     }
 
@@ -450,18 +528,16 @@ impl<St: Store + fmt::Debug> fmt::Debug for Engine<St> {
     }
 }
 
-/// Counts `outcome` and answers `resp`, marked with how it was decided.
-fn respond<St: Store>(
-    mut resp: Response<Bytes>,
-    outcome: Outcome,
-    store_time: Duration,
-) -> Begin<St> {
+/// Counts `outcome`, once per answer, and makes the answer.
+fn answer(response: Response<Bytes>, outcome: Outcome, store_time: Duration) -> Answer {
     outcome.record();
-    resp.extensions_mut().insert(Decided {
-        outcome,
-        store_time,
-    });
-    Begin::Respond(resp)
+    Answer {
+        response,
+        decided: Decided {
+            outcome,
+            store_time,
+        },
+    }
 }
 
 fn header_display(name: &http::HeaderName) -> String {
@@ -472,11 +548,11 @@ fn header_display(name: &http::HeaderName) -> String {
     }
 }
 
-fn invalid_key(header: &http::HeaderName, e: &KeyError) -> Problem {
+fn invalid_key(header: &http::HeaderName, max_len: usize, e: &KeyError) -> Problem {
     Problem::new(
         ProblemKind::InvalidKey,
         format!(
-            "the `{}` header is invalid: {e}; send one header whose value is 1 to 255 \
+            "the `{}` header is invalid: {e}; send one header whose value is 1 to {max_len} \
              visible ASCII characters, bare or as a quoted string",
             header_display(header)
         ),
@@ -495,52 +571,102 @@ pub fn store_problem(e: &StoreError) -> Problem {
     Problem::new(ProblemKind::StoreUnavailable, detail).with_retry_after(STORE_RETRY_AFTER)
 }
 
-/// The response replaying a snapshot (R8), or 410 when its body was not kept (R13).
-pub fn replay(id: &RecordId, snapshot: Snapshot) -> Response<Bytes> {
-    replay_at(id, snapshot, None)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use http::Request;
 
-/// [`replay`], with problem `type` URIs under `problem_base` (see
-/// [`Policy::problem_base`]).
-pub fn replay_at(
-    id: &RecordId,
-    snapshot: Snapshot,
-    problem_base: Option<&std::sync::Arc<str>>,
-) -> Response<Bytes> {
-    match snapshot.body {
-        SnapshotBody::Full(body) => {
-            let mut resp = Response::new(body);
-            *resp.status_mut() = snapshot.status;
-            *resp.headers_mut() = snapshot.headers;
-            resp.headers_mut()
-                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-            resp
+    const BASE: &str = "https://api.example.com/errors";
+
+    fn engine(policy: crate::policy::PolicyBuilder) -> Engine<MemoryStore> {
+        Engine::new(MemoryStore::new(), policy.build().unwrap())
+    }
+
+    fn post(key: Option<&str>) -> request::Parts {
+        let mut req = Request::post("/charges");
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
         }
-        SnapshotBody::NotRetained(reason) => {
-            let why = match reason {
-                NotRetained::TooLarge => "its body exceeded the storable size",
-                NotRetained::Streamed => "it was streamed",
-                NotRetained::SetCookie => {
-                    "it set a cookie, and responses are not replayed with cookies to \
-                     callers who share one scope"
-                }
-                NotRetained::StoreFull => "the idempotency store had no room for it",
-            };
-            let mut problem = Problem::new(
-                ProblemKind::NotRetained,
-                format!(
-                    "the request with this key was already processed (status {}), but its \
-                     response was not retained because {why}; it will not run again",
-                    snapshot.status.as_u16()
-                ),
-            )
-            .with_key(id.key());
-            problem.original_status = Some(snapshot.status.as_u16());
-            problem.type_base = problem_base.cloned();
-            let mut resp = problem.to_response();
-            resp.headers_mut()
-                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-            resp
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn doc(answer: &Answer) -> serde_json::Value {
+        serde_json::from_slice(answer.response.body()).unwrap()
+    }
+
+    #[track_caller]
+    fn assert_answer(answer: &Answer, outcome: Outcome, kind: ProblemKind) {
+        assert_eq!(answer.decided.outcome, outcome);
+        assert_eq!(answer.response.status(), kind.status());
+        assert_eq!(doc(answer)["type"], kind.type_uri_at(BASE));
+    }
+
+    fn pending(engine: &Engine<MemoryStore>, parts: &request::Parts) -> Pending {
+        match engine.inspect(parts) {
+            Inspect::Protect(p) => p,
+            other => panic!("expected Protect, got {other:?}"),
         }
+    }
+
+    // R1, R17: the invalid-key answer states the configured limit.
+    #[test]
+    fn r01_invalid_key_answer_names_the_configured_limit() {
+        let engine = engine(Policy::builder().max_key_len(8).problem_base(BASE));
+        let Inspect::Reject(answer) = engine.inspect(&post(Some("123456789"))) else {
+            panic!("a 9-character key is over the limit of 8");
+        };
+        assert_answer(&answer, Outcome::InvalidKey, ProblemKind::InvalidKey);
+        let detail = doc(&answer)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("1 to 8 visible"), "{detail}");
+    }
+
+    // R3, R9, R10, R13, R15, R17: every answer the engine makes carries its outcome and
+    // renders its problem under the policy's base.
+    #[tokio::test]
+    async fn r17_every_answer_carries_its_outcome_under_the_problem_base() {
+        let engine = engine(Policy::builder().require_key(true).problem_base(BASE));
+
+        let Inspect::Reject(missing) = engine.inspect(&post(None)) else {
+            panic!("a key is required");
+        };
+        assert_answer(&missing, Outcome::MissingKey, ProblemKind::MissingKey);
+
+        let parts = post(Some("k1"));
+        let p = pending(&engine, &parts);
+        assert_answer(
+            &engine.too_large(&p),
+            Outcome::TooLarge,
+            ProblemKind::RequestTooLarge,
+        );
+        assert_answer(
+            &engine.unreadable_body(),
+            Outcome::BadBody,
+            ProblemKind::BadRequestBody,
+        );
+
+        let Begin::Execute(ticket) = engine.begin(p, &parts, b"a").await else {
+            panic!("a new key executes");
+        };
+        assert_eq!(ticket.decided().outcome, Outcome::Executed);
+        let Begin::Respond(conflict) = engine.begin(pending(&engine, &parts), &parts, b"a").await
+        else {
+            panic!("a duplicate in flight is refused");
+        };
+        assert_answer(&conflict, Outcome::Conflict, ProblemKind::InFlight);
+        let (head, ()) = Response::new(()).into_parts();
+        let _ = engine
+            .complete(ticket, &head, Err(NotRetained::TooLarge))
+            .await;
+        let Begin::Respond(gone) = engine.begin(pending(&engine, &parts), &parts, b"a").await
+        else {
+            panic!("a completed key answers");
+        };
+        assert_answer(&gone, Outcome::NotRetained, ProblemKind::NotRetained);
+        let Begin::Respond(mismatch) = engine.begin(pending(&engine, &parts), &parts, b"b").await
+        else {
+            panic!("another payload is refused");
+        };
+        assert_answer(&mismatch, Outcome::Mismatch, ProblemKind::PayloadMismatch);
     }
 }

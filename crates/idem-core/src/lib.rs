@@ -33,7 +33,9 @@
 //!
 //! // … and a retry gets the stored response.
 //! let Inspect::Protect(pending) = engine.inspect(&parts) else { unreachable!() };
-//! let Begin::Respond(replay) = engine.begin(pending, &parts, body).await else { unreachable!() };
+//! let Begin::Respond(answer) = engine.begin(pending, &parts, body).await else { unreachable!() };
+//! assert_eq!(answer.decided.outcome, idem_core::metrics::Outcome::Replayed);
+//! let replay = answer.response;
 //! assert_eq!(replay.status(), 201);
 //! assert_eq!(replay.headers()["idempotent-replayed"], "true");
 //! assert_eq!(replay.body().as_ref(), b"charged");

@@ -12,6 +12,7 @@ use http::{HeaderName, Method, StatusCode};
 
 use crate::fingerprint::FingerprintMode;
 use crate::key::DEFAULT_MAX_KEY_LEN;
+use crate::problem::Problems;
 use crate::scope::ScopeSource;
 
 /// What a duplicate gets while the first request is still running (R10).
@@ -164,7 +165,7 @@ pub struct Policy {
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) streaming_types: Vec<String>,
     pub(crate) completion_attempts: u32,
-    pub(crate) problem_base: Option<Arc<str>>,
+    pub(crate) problems: Problems,
 }
 
 impl Default for Policy {
@@ -193,7 +194,7 @@ impl Default for Policy {
             deny_headers: Vec::new(),
             streaming_types: vec!["text/event-stream".to_owned()],
             completion_attempts: 3,
-            problem_base: None,
+            problems: Problems::default(),
         }
     }
 }
@@ -201,12 +202,12 @@ impl Default for Policy {
 impl Policy {
     /// A builder starting from the defaults.
     pub fn builder() -> PolicyBuilder {
-        PolicyBuilder(Self::default())
+        PolicyBuilder::with_target(())
     }
 
     /// A builder starting from this policy.
     pub fn to_builder(&self) -> PolicyBuilder {
-        PolicyBuilder(self.clone())
+        Policy::builder().policy(self.clone())
     }
 
     /// The key header's name (R1).
@@ -284,7 +285,15 @@ impl Policy {
     /// The base of problem `type` URIs, `<base>#<slug>` (R17); `None` is
     /// [`TYPE_BASE`](crate::problem::TYPE_BASE).
     pub fn problem_base(&self) -> Option<&Arc<str>> {
-        self.problem_base.as_ref()
+        self.problems.base()
+    }
+    /// How problems are rendered: under [`problem_base`](Self::problem_base) (R17).
+    pub fn problems(&self) -> &Problems {
+        &self.problems
+    }
+    /// How many times a failing completion write is tried (R7).
+    pub fn completion_attempts(&self) -> u32 {
+        self.completion_attempts
     }
     /// How often renewal runs while the upstream works: a third of the lease.
     pub fn renew_every(&self) -> Duration {
@@ -292,124 +301,183 @@ impl Policy {
     }
 }
 
-/// Builds a validated [`Policy`]; each method replaces one setting.
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct PolicyBuilder(Policy);
+/// What a [`PolicyBuilder`] makes from its policy once the settings check out.
+///
+/// `()` makes the [`Policy`] itself ([`Policy::builder`]); the `idem` crate's layer
+/// builder makes a layer over a store, so the one list of settings below configures
+/// both.
+pub trait BuildTarget {
+    /// What [`PolicyBuilder::build`] answers.
+    type Output;
 
-impl PolicyBuilder {
-    /// The key header's name (default `Idempotency-Key`).
+    /// Makes it from the checked policy.
+    fn make(self, policy: Policy) -> Self::Output;
+}
+
+impl BuildTarget for () {
+    type Output = Policy;
+
+    fn make(self, policy: Policy) -> Policy {
+        policy
+    }
+}
+
+/// Builds a validated [`Policy`], or whatever its target `T` makes of one (see
+/// [`BuildTarget`]). Each method replaces one setting; the defaults are the contract's,
+/// and [`build`](Self::build) checks them all once, answering a [`ConfigError`] instead
+/// of panicking.
+#[derive(Clone)]
+#[must_use]
+pub struct PolicyBuilder<T = ()> {
+    policy: Policy,
+    target: T,
+}
+
+impl<T> fmt::Debug for PolicyBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyBuilder")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> PolicyBuilder<T> {
+    /// A builder for `target`, starting from the default policy.
+    pub fn with_target(target: T) -> Self {
+        Self {
+            policy: Policy::default(),
+            target,
+        }
+    }
+
+    /// Starts over from `policy`: replaces every setting made so far.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// The key header's name (R1; default `Idempotency-Key`).
     pub fn header(mut self, name: HeaderName) -> Self {
-        self.0.header = name;
+        self.policy.header = name;
         self
     }
-    /// The longest key accepted (default 255).
+    /// The longest key accepted (R1; default 255, at least 1).
     pub fn max_key_len(mut self, n: usize) -> Self {
-        self.0.max_key_len = n;
+        self.policy.max_key_len = n;
         self
     }
-    /// Covered methods (default POST and PATCH).
+    /// Covered methods (R2; default POST and PATCH; at least one).
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.0.methods = methods.into_iter().collect();
+        self.policy.methods = methods.into_iter().collect();
         self
     }
-    /// Require a key on covered requests (default false).
+    /// Require a key on covered requests (R3; default false): without one they are
+    /// 400.
     pub fn require_key(mut self, yes: bool) -> Self {
-        self.0.require_key = yes;
+        self.policy.require_key = yes;
         self
     }
-    /// How the scope is computed (default: the `Authorization` header).
+    /// How the scope is computed (R4; default: the `Authorization` header).
     pub fn scope(mut self, scope: ScopeSource) -> Self {
-        self.0.scope = scope;
+        self.policy.scope = scope;
         self
     }
-    /// How bodies are fingerprinted (default raw).
+    /// How bodies are fingerprinted (R5; default raw).
     pub fn fingerprint(mut self, mode: FingerprintMode) -> Self {
-        self.0.fingerprint = mode;
+        self.policy.fingerprint = mode;
         self
     }
-    /// Headers that count in the fingerprint (default none).
+    /// Headers that count in the fingerprint (R5; default none).
     pub fn significant_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.0.significant_headers = names.into_iter().collect();
+        self.policy.significant_headers = names.into_iter().collect();
         self
     }
-    /// The in-flight lease (default 60 s).
+    /// The in-flight lease (R6, R11; default 60 s, at least 30 ms).
     pub fn lease(mut self, d: Duration) -> Self {
-        self.0.lease = d;
+        self.policy.lease = d;
         self
     }
-    /// How long a completed record lives (default 24 h).
+    /// How long a completed record lives (R14; default 24 h, at least 1 s).
     pub fn ttl(mut self, d: Duration) -> Self {
-        self.0.ttl = d;
+        self.policy.ttl = d;
         self
     }
-    /// What a concurrent duplicate gets (default 409).
+    /// What a concurrent duplicate gets (R10; default 409; a wait timeout is more than
+    /// zero).
     pub fn on_concurrent(mut self, mode: OnConcurrent) -> Self {
-        self.0.on_concurrent = mode;
+        self.policy.on_concurrent = mode;
         self
     }
-    /// The fallback re-check interval of waiting duplicates (default 5 s).
+    /// The fallback re-check interval of waiting duplicates (R10; default 5 s, at
+    /// least 10 ms).
     pub fn wait_poll(mut self, d: Duration) -> Self {
-        self.0.wait_poll = d;
+        self.policy.wait_poll = d;
         self
     }
-    /// Which responses are stored.
+    /// Which responses are stored (R7; default `2xx,3xx,4xx,!408,!409,!425,!429`).
     pub fn cacheable(mut self, set: StatusSet) -> Self {
-        self.0.cacheable = set;
+        self.policy.cacheable = set;
         self
     }
-    /// The status of a payload mismatch: 422 (default) or 400.
+    /// The status of a payload mismatch (R9): 422 (default), 400 or 409.
     pub fn mismatch_status(mut self, status: StatusCode) -> Self {
-        self.0.mismatch_status = status;
+        self.policy.mismatch_status = status;
         self
     }
-    /// The largest request body accepted (default 1 MiB).
+    /// The largest request body accepted (R13; default 1 MiB).
     pub fn max_request_body(mut self, bytes: usize) -> Self {
-        self.0.max_request_body = bytes;
+        self.policy.max_request_body = bytes;
         self
     }
-    /// The largest response body stored (default 1 MiB).
+    /// The largest response body stored (R13; default 1 MiB, below 4 GiB).
     pub fn max_stored_body(mut self, bytes: usize) -> Self {
-        self.0.max_stored_body = bytes;
+        self.policy.max_stored_body = bytes;
         self
     }
-    /// What happens when the store fails (default fail-closed).
+    /// What happens when the store fails (R15; default fail-closed).
     pub fn store_failure(mut self, mode: StoreFailure) -> Self {
-        self.0.store_failure = mode;
+        self.policy.store_failure = mode;
         self
     }
-    /// Headers never stored, beyond the hop-by-hop ones.
+    /// Headers never stored, beyond the hop-by-hop ones (R19; default none).
     pub fn deny_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.0.deny_headers = names.into_iter().collect();
+        self.policy.deny_headers = names.into_iter().collect();
         self
     }
-    /// Media types that stream through unbuffered (default `text/event-stream`).
+    /// Media types that stream through unbuffered (R19; default `text/event-stream`).
     pub fn streaming_types(mut self, types: impl IntoIterator<Item = String>) -> Self {
-        self.0.streaming_types = types.into_iter().collect();
+        self.policy.streaming_types = types.into_iter().collect();
         self
     }
-    /// The base of problem `type` URIs: they become `<base>#<slug>` (R17). Point it at
-    /// the page where you publish `idem docs` output.
+    /// The base of problem `type` URIs: they become `<base>#<slug>` (R17; default
+    /// [`TYPE_BASE`](crate::problem::TYPE_BASE); a URI without spaces or fragment). Point
+    /// it at the page where you publish `idem docs` output.
     pub fn problem_base(mut self, base: impl Into<String>) -> Self {
         let base = base.into();
         let base = base.strip_suffix('#').unwrap_or(&base);
-        self.0.problem_base = Some(base.into());
+        self.policy.problems = Problems::under(Some(base.into()));
         self
     }
-    /// How many times a failing completion write is tried (default 3).
+    /// How many times a failing completion write is tried (R7; default 3, at least 1).
     pub fn completion_attempts(mut self, n: u32) -> Self {
-        self.0.completion_attempts = n;
+        self.policy.completion_attempts = n;
         self
     }
 
     /// The settings as set so far, before [`build`](Self::build) checks them.
     pub fn peek(&self) -> &Policy {
-        &self.0
+        &self.policy
     }
 
-    /// Checks the settings against each other.
-    pub fn build(self) -> Result<Policy, ConfigError> {
-        let p = self.0;
+    /// Checks the settings against each other and makes the target of the policy.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn build(self) -> Result<T::Output, ConfigError>
+    where
+        T: BuildTarget,
+    {
+        let p = self.policy;
         if p.max_key_len == 0 {
             return Err(invalid("max_key_len", "must be at least 1"));
         }
@@ -436,7 +504,7 @@ impl PolicyBuilder {
         if p.completion_attempts == 0 {
             return Err(invalid("completion_attempts", "must be at least 1"));
         }
-        if let Some(base) = &p.problem_base
+        if let Some(base) = p.problems.base()
             && (base.is_empty()
                 || base.contains('#')
                 || !base.bytes().all(|b| b.is_ascii_graphic()))
@@ -449,7 +517,7 @@ impl PolicyBuilder {
         if u32::try_from(p.max_stored_body).is_err() {
             return Err(invalid("max_stored_body", "must be below 4 GiB"));
         }
-        Ok(p)
+        Ok(self.target.make(p))
     }
 }
 

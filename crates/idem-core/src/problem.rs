@@ -1,7 +1,10 @@
 //! Every response the engine makes itself: RFC 9457 problem documents (R17).
 //!
-//! Each [`ProblemKind`] has one row in one table: status, stable `type` URI and title.
-//! Clients branch on `type`, never on the prose in `detail`.
+//! Each [`ProblemKind`] has one row in one table: status, stable `type` slug, title,
+//! who meets it and what to tell them. Clients branch on `type`, never on the prose in
+//! `detail`. A [`Problem`] becomes a response only through [`Problems::render`], which
+//! puts every `type` under one deployment's base, so the engine's, the layer's and the
+//! proxy's own answers cannot disagree on it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,15 +16,36 @@ use http::{HeaderValue, Response, StatusCode, header};
 /// The base of every problem `type` URI; the fragment names a section of
 /// `docs/problems.md`, which explains the error to client developers.
 /// A deployment can point them at its own copy of that text (`idem docs` prints one)
-/// with [`Problem::with_type_base`]; the fragment stays the same.
+/// with [`PolicyBuilder::problem_base`](crate::policy::PolicyBuilder::problem_base);
+/// the fragment stays the same.
 pub const TYPE_BASE: &str = "https://github.com/idem-rs/idem/blob/main/docs/problems.md#";
 
 /// The media type of problem documents.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// Who meets a problem kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Audience {
+    /// The clients of the protected API: documented for them by `idem docs`.
+    Client,
+    /// The operators using the admin API; API clients never see it.
+    Operator,
+}
+
 macro_rules! problem_kinds {
-    ($( $(#[$doc:meta])* $variant:ident => ($status:expr, $slug:literal, $title:literal), )*) => {
-        /// The errors the engine answers itself, each with a stable `type`.
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident {
+            status: $status:expr,
+            slug: $slug:literal,
+            title: $title:literal,
+            audience: $audience:ident,
+            advice: $advice:literal,
+            explanation: $explanation:expr $(,)?
+        }
+    )*) => {
+        /// The errors idem answers itself, each with a stable `type`.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[non_exhaustive]
         pub enum ProblemKind {
@@ -46,40 +70,243 @@ macro_rules! problem_kinds {
             pub fn title(self) -> &'static str {
                 match self { $(ProblemKind::$variant => $title,)* }
             }
+
+            /// Who meets it.
+            pub fn audience(self) -> Audience {
+                match self { $(ProblemKind::$variant => Audience::$audience,)* }
+            }
+
+            /// What to do about it, in a few words (the table of `idem docs`).
+            pub fn advice(self) -> &'static str {
+                match self { $(ProblemKind::$variant => $advice,)* }
+            }
+
+            /// What it means and what to do, in a paragraph (the sections of
+            /// `idem docs`).
+            pub fn explanation(self) -> &'static str {
+                match self { $(ProblemKind::$variant => $explanation,)* }
+            }
         }
     };
 }
 
+// One entry per kind: adding a kind is adding an entry here (and its section in
+// docs/problems.md, which a test checks).
 problem_kinds! {
     /// The key header is repeated, empty, too long or malformed (R1).
-    InvalidKey => (StatusCode::BAD_REQUEST, "invalid-key", "Invalid idempotency key"),
+    InvalidKey {
+        status: StatusCode::BAD_REQUEST,
+        slug: "invalid-key",
+        title: "Invalid idempotency key",
+        audience: Client,
+        advice: "fix the key",
+        explanation: "The key header was sent twice, is empty (`` or `\"\"`), too long, or not \
+            visible ASCII, bare or as a quoted string. Nothing was processed. Fix the key and \
+            send the request again.",
+    }
     /// The route requires a key and none was sent (R3).
-    MissingKey => (StatusCode::BAD_REQUEST, "missing-key", "Idempotency key required"),
+    MissingKey {
+        status: StatusCode::BAD_REQUEST,
+        slug: "missing-key",
+        title: "Idempotency key required",
+        audience: Client,
+        advice: "add a key",
+        explanation: "This endpoint requires an idempotency key and the request had none. \
+            Nothing was processed. Generate a key (a UUID) for the operation and send it with \
+            the request and every retry of it.",
+    }
     /// The key was used before with a different request (R9).
-    PayloadMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "payload-mismatch", "Idempotency key reused with a different request"),
+    PayloadMismatch {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        slug: "payload-mismatch",
+        title: "Idempotency key reused with a different request",
+        audience: Client,
+        advice: "use a new key for a new operation",
+        explanation: "This key was already used with a *different* request (method, path \
+            and query, body, or significant headers). The earlier request's result stands and \
+            nothing was processed. Do not retry with this key: a new operation needs a new key.",
+    }
     /// A request with this key is still being processed (R10).
-    InFlight => (StatusCode::CONFLICT, "in-flight", "A request with this idempotency key is in progress"),
+    InFlight {
+        status: StatusCode::CONFLICT,
+        slug: "in-flight",
+        title: "A request with this idempotency key is in progress",
+        audience: Client,
+        advice: "retry the same request after `Retry-After` seconds",
+        explanation: "A request with this key is still being processed; nothing new was \
+            started. Retry the *same* request with the *same* key after the `Retry-After` \
+            seconds: you will receive the first request's response once it is done.",
+    }
     /// The request body exceeds the limit (R13).
-    RequestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request-too-large", "Request body too large"),
+    RequestTooLarge {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        slug: "request-too-large",
+        title: "Request body too large",
+        audience: Client,
+        advice: "send a smaller body",
+        explanation: "The request body exceeds the limit for this endpoint. Nothing was \
+            processed or stored; the key is still unused.",
+    }
     /// The original response was not retained, so it cannot be replayed (R13, R19).
-    NotRetained => (StatusCode::GONE, "response-not-retained", "Original response not retained"),
+    NotRetained {
+        status: StatusCode::GONE,
+        slug: "response-not-retained",
+        title: "Original response not retained",
+        audience: Client,
+        advice: "do not retry; look the result up",
+        explanation: "The request with this key was processed (`original_status` in the \
+            document says how it answered) but its response was not kept, because it was too \
+            large or streamed. It will not be processed again. Look the result up by other \
+            means, e.g. a GET on the resource.",
+    }
     /// The client did not send its request within the server's read timeout.
-    RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request not received in time"),
+    RequestTimeout {
+        status: StatusCode::REQUEST_TIMEOUT,
+        slug: "request-timeout",
+        title: "Request not received in time",
+        audience: Client,
+        advice: "send the request again, body at once",
+        explanation: "The request body did not arrive within the server's read timeout. \
+            Nothing was processed or stored and the key was never claimed: send the request \
+            again with the same key, sending the body at once.",
+    }
     /// The request body could not be read.
-    BadRequestBody => (StatusCode::BAD_REQUEST, "unreadable-body", "Request body could not be read"),
+    BadRequestBody {
+        status: StatusCode::BAD_REQUEST,
+        slug: "unreadable-body",
+        title: "Request body could not be read",
+        audience: Client,
+        advice: "send the request again",
+        explanation: "The request body could not be read (the connection broke while it was \
+            sent, or it was framed with a transfer coding other than `chunked` alone). Nothing \
+            was processed; send the request again with the same key, its body framed by \
+            Content-Length or plain `chunked`.",
+    }
     /// The request could be read more than one way (an encoded `/`, a case variant of a
     /// covered method, a missing or repeated `Host`), so it is refused rather than guessed (R24).
-    AmbiguousRequest => (StatusCode::BAD_REQUEST, "ambiguous-request", "Ambiguous request"),
+    AmbiguousRequest {
+        status: StatusCode::BAD_REQUEST,
+        slug: "ambiguous-request",
+        title: "Ambiguous request",
+        audience: Client,
+        advice: "send the request in its plain form",
+        explanation: "The request could be read in more than one way, so it was refused \
+            rather than guessed: an encoded `/` (`%2F`) or a `\\` in the path, a malformed \
+            percent-encoding, a dot segment with parameters (`..;`), a method in another case \
+            than its registered one (`post` for `POST`), or a missing, repeated or invalid \
+            `Host` header. Nothing was processed. Send the path unencoded and the method in \
+            upper case.",
+    }
     /// The method asks for something a reverse proxy does not do (`CONNECT`) (R24).
-    UnsupportedMethod => (StatusCode::NOT_IMPLEMENTED, "unsupported-method", "Method not supported"),
+    UnsupportedMethod {
+        status: StatusCode::NOT_IMPLEMENTED,
+        slug: "unsupported-method",
+        title: "Method not supported",
+        audience: Client,
+        advice: "do not use this method here",
+        explanation: "The method asks for something this reverse proxy does not do \
+            (`CONNECT`: a tunnel). Nothing was processed.",
+    }
     /// The idempotency store is unreachable or failing (R15).
-    StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "Idempotency store unavailable"),
+    StoreUnavailable {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        slug: "store-unavailable",
+        title: "Idempotency store unavailable",
+        audience: Client,
+        advice: "retry later with the same key",
+        explanation: "The service cannot record the request right now, so it did not run \
+            it. Retry with the same key after the `Retry-After` seconds.",
+    }
     /// The upstream refused or reset the connection (R12).
-    UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream-unavailable", "Upstream unavailable"),
+    UpstreamUnavailable {
+        status: StatusCode::BAD_GATEWAY,
+        slug: "upstream-unavailable",
+        title: "Upstream unavailable",
+        audience: Client,
+        advice: "retry with the same key",
+        explanation: "The API behind the idempotency layer could not be reached, broke the \
+            connection, or sent a malformed answer (502). Nothing was stored and the key was \
+            released: retry with the same key.",
+    }
     /// The upstream did not answer in time (R12).
-    UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timed out"),
-    /// A bug in idem itself.
-    Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+    UpstreamTimeout {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        slug: "upstream-timeout",
+        title: "Upstream timed out",
+        audience: Client,
+        advice: "retry with the same key",
+        explanation: "The API behind the idempotency layer did not answer in time (504). The \
+            key was released: retry with the same key.",
+    }
+    /// A bug in idem itself, or a service behind the layer that panicked.
+    Internal {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        slug: "internal",
+        title: "Internal error",
+        audience: Client,
+        advice: "retry with the same key; report it if it persists",
+        explanation: "An internal error in the idempotency layer. Retry with the same key; \
+            report it if it persists.",
+    }
+    /// The admin API's bearer token is missing or wrong.
+    AdminUnauthorized {
+        status: StatusCode::UNAUTHORIZED,
+        slug: "admin-unauthorized",
+        title: "Admin token required",
+        audience: Operator,
+        advice: "send the admin token",
+        explanation: "The `Authorization: Bearer <token>` header is missing or does not \
+            carry the admin token.",
+    }
+    /// An address sent too many wrong admin tokens; it waits `Retry-After` (R25).
+    AdminThrottled {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        slug: "admin-throttled",
+        title: "Too many wrong admin tokens",
+        audience: Operator,
+        advice: "wait `Retry-After` seconds",
+        explanation: "This address sent too many wrong tokens; it may try again after the \
+            `Retry-After` seconds (the answer comes before the token is checked, so a correct \
+            token waits too).",
+    }
+    /// The admin API is off: no token was configured.
+    AdminDisabled {
+        status: StatusCode::NOT_FOUND,
+        slug: "admin-disabled",
+        title: "Admin API off",
+        audience: Operator,
+        advice: "configure an admin token",
+        explanation: "The admin API is off: no admin token was configured.",
+    }
+    /// No such admin endpoint.
+    AdminNotFound {
+        status: StatusCode::NOT_FOUND,
+        slug: "admin-not-found",
+        title: "No such admin endpoint",
+        audience: Operator,
+        advice: "check the path",
+        explanation: "No such admin endpoint.",
+    }
+    /// The admin API has no live record for this scope and key.
+    AdminKeyNotFound {
+        status: StatusCode::NOT_FOUND,
+        slug: "admin-key-not-found",
+        title: "No such record",
+        audience: Operator,
+        advice: "check the scope and key",
+        explanation: "No live record for this scope and key: it never existed, expired, was \
+            released or was deleted.",
+    }
+    /// A malformed admin request: scope, key, cursor or query parameter.
+    AdminBadRequest {
+        status: StatusCode::BAD_REQUEST,
+        slug: "admin-bad-request",
+        title: "Malformed admin request",
+        audience: Operator,
+        advice: "fix the request",
+        explanation: "A malformed scope (neither `global` nor a 32-digit hex digest), key, \
+            cursor or query parameter; `detail` says which.",
+    }
 }
 
 impl ProblemKind {
@@ -101,7 +328,7 @@ impl fmt::Display for ProblemKind {
     }
 }
 
-/// One problem response.
+/// One problem, before it is rendered by [`Problems::render`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// What went wrong.
@@ -116,8 +343,6 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// For [`ProblemKind::NotRetained`]: the status the original request got.
     pub original_status: Option<u16>,
-    /// The base of the `type` URI when not [`TYPE_BASE`].
-    pub type_base: Option<Arc<str>>,
 }
 
 impl Problem {
@@ -130,22 +355,6 @@ impl Problem {
             key: None,
             retry_after: None,
             original_status: None,
-            type_base: None,
-        }
-    }
-
-    /// Renders the `type` URI as `<base>#<slug>` (`None`: [`TYPE_BASE`]).
-    #[must_use]
-    pub fn with_type_base(mut self, base: Option<Arc<str>>) -> Self {
-        self.type_base = base;
-        self
-    }
-
-    /// The `type` URI this problem is rendered with.
-    pub fn type_uri(&self) -> String {
-        match &self.type_base {
-            Some(base) => self.kind.type_uri_at(base),
-            None => self.kind.type_uri(),
         }
     }
 
@@ -170,37 +379,6 @@ impl Problem {
         self.retry_after = Some(secs.max(1));
         self
     }
-
-    /// The JSON document.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut doc = serde_json::json!({
-            "type": self.type_uri(),
-            "title": self.kind.title(),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(key) = &self.key {
-            doc["idempotency_key"] = key.as_str().into();
-        }
-        if let Some(s) = self.original_status {
-            doc["original_status"] = s.into();
-        }
-        doc
-    }
-
-    /// The full HTTP response.
-    pub fn to_response(&self) -> Response<Bytes> {
-        let body = Bytes::from(self.to_json().to_string());
-        let mut resp = Response::new(body);
-        *resp.status_mut() = self.status;
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(secs) = self.retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
-    }
 }
 
 impl fmt::Display for Problem {
@@ -212,6 +390,70 @@ impl fmt::Display for Problem {
             self.status,
             self.detail
         )
+    }
+}
+
+/// How one deployment renders problems: every `type` URI under one base (R17),
+/// [`TYPE_BASE`] unless the policy sets another
+/// ([`Policy::problems`](crate::Policy::problems)).
+///
+/// The one way a [`Problem`] becomes a response, for the engine's answers and for those
+/// of whatever serves it (the layer, the proxy's forwarder, read timeout and admin API).
+/// Cheap to clone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Problems {
+    base: Option<Arc<str>>,
+}
+
+impl Problems {
+    /// Problems under `base` (without a trailing `#`), checked by the policy builder.
+    pub(crate) fn under(base: Option<Arc<str>>) -> Self {
+        Self { base }
+    }
+
+    /// The base when not [`TYPE_BASE`].
+    pub fn base(&self) -> Option<&Arc<str>> {
+        self.base.as_ref()
+    }
+
+    /// The `type` URI of `kind`.
+    pub fn type_uri(&self, kind: ProblemKind) -> String {
+        match &self.base {
+            Some(base) => kind.type_uri_at(base),
+            None => kind.type_uri(),
+        }
+    }
+
+    /// The JSON document of `problem`.
+    pub fn document(&self, problem: &Problem) -> serde_json::Value {
+        let mut doc = serde_json::json!({
+            "type": self.type_uri(problem.kind),
+            "title": problem.kind.title(),
+            "status": problem.status.as_u16(),
+            "detail": problem.detail,
+        });
+        if let Some(key) = &problem.key {
+            doc["idempotency_key"] = key.as_str().into();
+        }
+        if let Some(s) = problem.original_status {
+            doc["original_status"] = s.into();
+        }
+        doc
+    }
+
+    /// The full HTTP response for `problem`: its status, the document, `no-store`, and
+    /// `Retry-After` when it has one.
+    pub fn render(&self, problem: &Problem) -> Response<Bytes> {
+        let body = Bytes::from(self.document(problem).to_string());
+        let mut resp = Response::new(body);
+        *resp.status_mut() = problem.status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(secs) = problem.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -238,7 +480,7 @@ mod tests {
         let p = Problem::new(ProblemKind::InFlight, "busy")
             .with_key("k1")
             .with_retry_after(Duration::from_millis(1500));
-        let resp = p.to_response();
+        let resp = Problems::default().render(&p);
         assert_eq!(resp.status(), 409);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
@@ -251,9 +493,13 @@ mod tests {
     // R17
     #[test]
     fn r17_type_base_is_configurable() {
-        let p = Problem::new(ProblemKind::InFlight, "busy")
-            .with_type_base(Some("https://api.example.com/idempotency".into()));
-        let doc = p.to_json();
+        let policy = crate::Policy::builder()
+            .problem_base("https://api.example.com/idempotency")
+            .build()
+            .unwrap();
+        let doc = policy
+            .problems()
+            .document(&Problem::new(ProblemKind::InFlight, "busy"));
         assert_eq!(doc["type"], "https://api.example.com/idempotency#in-flight");
         assert_eq!(
             ProblemKind::InFlight.type_uri_at(TYPE_BASE),

@@ -34,8 +34,10 @@
 //!   which hold no pooled connection.
 //! - **Expiry.** A background task on every instance deletes expired records in
 //!   batches with `FOR UPDATE SKIP LOCKED` (R14).
-//! - **Transactions.** [`PostgresStore::complete_in`] completes a record inside the
-//!   caller's transaction, together with its business writes (R21).
+//! - **Transactions.** [`PostgresStore`] is [`Transactional`] over any tokio-postgres
+//!   client: it completes a record inside the caller's transaction, together with its
+//!   business writes (R21), and keeps the recovery points of multi-step work in the
+//!   same transactions as each step (R20); `Sealed<PostgresStore>` keeps both, sealed.
 //! - **TLS.** Set in the URL as for libpq (`sslmode=verify-full&sslrootcert=ca.pem`,
 //!   client certificates with `sslcert`/`sslkey`), handled by rustls; see [`tls`].
 //! - **Failures.** Connection and pool failures are
@@ -52,18 +54,20 @@ mod config;
 mod error;
 mod listener;
 mod migrate;
-mod recovery;
 mod sql;
 mod store;
 pub mod tls;
+mod transactional;
 
 pub use config::{ConfigError, PostgresStoreConfig};
-pub use recovery::RecoveryPoint;
+/// The capability [`PostgresStore`] implements for every tokio-postgres client, and
+/// what its recovery points are (R20, R21), from `idem_core::store`.
+pub use idem_core::store::{RecoveryPoint, Transactional};
 pub use store::PostgresStore;
+pub use transactional::PgTransactional;
 
 /// The deadpool-postgres crate, whose [`Pool`](deadpool_postgres::Pool)
 /// [`PostgresStore::pool`] returns.
 pub use deadpool_postgres;
-/// The tokio-postgres crate, whose clients and transactions
-/// [`PostgresStore::complete_in`] takes.
+/// The tokio-postgres crate, whose clients and transactions [`Transactional`] takes.
 pub use tokio_postgres;

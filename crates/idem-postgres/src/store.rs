@@ -14,8 +14,8 @@ use idem_core::store::{
     Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, StateFilter, Store, StoreError,
     WaitHub, Watch,
 };
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{PostgresStoreConfig, Schema, millis};
@@ -53,7 +53,7 @@ pub(crate) struct Inner {
     pool: Pool,
     schema: Schema,
     pub(crate) sql: Sql,
-    channel: String,
+    pub(crate) channel: String,
     timeout: Duration,
     sweep_batch: u32,
     hub: WaitHub,
@@ -176,7 +176,8 @@ impl PostgresStore {
     }
 
     /// The connection pool, for work that belongs with the store's database, such as
-    /// a transaction that also completes a record ([`complete_in`](Self::complete_in)).
+    /// a transaction that also completes a record
+    /// ([`Transactional::complete_in`](idem_core::store::Transactional::complete_in)).
     /// Its connections carry the configured `statement_timeout` and default to READ
     /// COMMITTED; `SET LOCAL statement_timeout` or an explicit isolation level
     /// changes either for one transaction.
@@ -193,61 +194,6 @@ impl PostgresStore {
     /// it is not, waiters are woken only by their own poll interval.
     pub fn is_listening(&self) -> bool {
         self.inner.listening.load(Ordering::SeqCst)
-    }
-
-    /// [`Store::complete`] inside the caller's transaction (R21): the record becomes
-    /// completed if and only if the transaction commits, together with the caller's
-    /// business writes, and waiters on every instance are woken at that commit.
-    ///
-    /// `client` is a [`tokio_postgres::Transaction`] (or, to complete outside a
-    /// transaction, a [`tokio_postgres::Client`]) on the store's database; a
-    /// transaction from [`pool`](Self::pool) is `&*tx`. Until the transaction ends
-    /// the record's row stays locked, so concurrent claims of the same key wait for
-    /// it (within their `statement_timeout`): keep the transaction short after this
-    /// call. No client-side timeout applies here; the connection's own settings do.
-    /// Under REPEATABLE READ or SERIALIZABLE a concurrent takeover makes this call
-    /// fail with a serialization error: roll back, as for any such error.
-    ///
-    /// # Errors
-    ///
-    /// Any [`StoreError`] from the database; then roll the transaction back.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # use idem_core::record::Snapshot;
-    /// # use idem_core::store::{Finish, Lease};
-    /// # use idem_postgres::PostgresStore;
-    /// # async fn charge(store: PostgresStore, lease: Lease, snapshot: Snapshot)
-    /// #     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    /// let mut client = store.pool().get().await?;
-    /// let tx = client.transaction().await?;
-    /// tx.execute("INSERT INTO charges (amount) VALUES (100)", &[]).await?;
-    /// match store.complete_in(&*tx, &lease, &snapshot, Duration::from_secs(86_400)).await? {
-    ///     Finish::Done => tx.commit().await?,
-    ///     // The lease was lost (R11): another request owns the key now.
-    ///     Finish::Superseded => tx.rollback().await?,
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn complete_in<C>(
-        &self,
-        client: &C,
-        lease: &Lease,
-        snapshot: &Snapshot,
-        ttl: Duration,
-    ) -> Result<Finish, StoreError>
-    where
-        C: GenericClient + Sync,
-    {
-        let p = CompleteParams::new(lease, snapshot, ttl);
-        let rows = client
-            .query(
-                self.inner.sql.complete.as_str(),
-                &p.params(&self.inner.channel),
-            )
-            .await
-            .map_err(error::pg)?;
-        Ok(finish(&rows))
     }
 
     /// Runs `op` within the operation timeout.
@@ -284,7 +230,7 @@ impl Inner {
 }
 
 /// The parameters of complete.sql, shared by the pooled path and `complete_in`.
-struct CompleteParams<'a> {
+pub(crate) struct CompleteParams<'a> {
     scope: &'a [u8],
     key: &'a str,
     owner: Vec<u8>,
@@ -293,7 +239,7 @@ struct CompleteParams<'a> {
 }
 
 impl<'a> CompleteParams<'a> {
-    fn new(lease: &'a Lease, snapshot: &Snapshot, ttl: Duration) -> Self {
+    pub(crate) fn new(lease: &'a Lease, snapshot: &Snapshot, ttl: Duration) -> Self {
         Self {
             scope: lease.id.scope().as_bytes(),
             key: lease.id.key().as_str(),
@@ -303,7 +249,7 @@ impl<'a> CompleteParams<'a> {
         }
     }
 
-    fn params<'p>(&'p self, channel: &'p String) -> [&'p (dyn ToSql + Sync); 6] {
+    pub(crate) fn params<'p>(&'p self, channel: &'p String) -> [&'p (dyn ToSql + Sync); 6] {
         [
             &self.scope,
             &self.key,
@@ -320,7 +266,7 @@ fn owner_bytes(owner: OwnerToken) -> [u8; 16] {
 }
 
 /// One row back from a fenced statement means it applied.
-fn finish(rows: &[Row]) -> Finish {
+pub(crate) fn finish(rows: &[Row]) -> Finish {
     if rows.is_empty() {
         Finish::Superseded
     } else {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use idem_core::record::{OwnerToken, State};
 use idem_core::store::testkit::{claim_req, id, snapshot};
-use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError};
+use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError, Transactional};
 use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
 use tokio_postgres::NoTls;
 

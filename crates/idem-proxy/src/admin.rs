@@ -38,11 +38,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use idem::clock::{Clock, Millis, SystemClock};
-use idem::problem::TYPE_BASE;
+use idem::problem::Problems;
 use idem::record::{NotRetained, Record, RecordId, SnapshotBody, State as RecordState};
 use idem::scope::Scope;
 use idem::store::{CorruptRecord, ListFilter, StateFilter};
-use idem::{IdempotencyKey, Store};
+use idem::{IdempotencyKey, Problem, ProblemKind, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
@@ -139,9 +139,13 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 struct Admin<St> {
     store: St,
     metrics: PrometheusHandle,
+    problems: Problems,
 }
 
-/// The admin routes over `store`; the `/admin/` API is on when `token` is set.
+/// The admin routes over `store`; the `/admin/` API is on when `token` is set. Its
+/// problem documents are rendered with `problems`, those of the proxy's policy
+/// ([`Policy::problems`](idem::Policy::problems)), so they carry the same `type` base
+/// and `Retry-After` as the proxy's own (R17).
 ///
 /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so audit lines
 /// name the caller's address.
@@ -149,24 +153,27 @@ pub fn router_with<St: Store>(
     store: St,
     metrics: PrometheusHandle,
     token: Option<AdminToken>,
+    problems: Problems,
 ) -> Router {
+    let not_found = problems.clone();
     let keys = Router::new()
         .route("/admin/keys", get(list::<St>))
         .route(
             "/admin/keys/{scope}/{key}",
             get(get_key::<St>).delete(delete_key::<St>),
         )
-        .fallback(|| async {
-            problem(
-                StatusCode::NOT_FOUND,
-                "admin-not-found",
-                "no such admin endpoint",
-            )
+        .fallback(move || {
+            let response = problem(
+                &not_found,
+                &Problem::new(ProblemKind::AdminNotFound, "no such admin endpoint"),
+            );
+            async move { response }
         })
         .route_layer(middleware::from_fn_with_state(
             Arc::new(Gate {
                 token,
                 failures: Throttle::default(),
+                problems: problems.clone(),
             }),
             authorize,
         ));
@@ -175,7 +182,11 @@ pub fn router_with<St: Store>(
         .route("/readyz", get(readyz::<St>))
         .route("/metrics", get(render::<St>))
         .merge(keys)
-        .with_state(Admin { store, metrics })
+        .with_state(Admin {
+            store,
+            metrics,
+            problems,
+        })
 }
 
 /// The bearer token that opens the `/admin/` API. Its `Debug` hides it.
@@ -237,18 +248,22 @@ impl fmt::Debug for AdminToken {
 #[derive(Clone, Debug)]
 struct Caller(String);
 
-/// What guards the `/admin/` routes: the token, and the failed attempts by address.
+/// What guards the `/admin/` routes: the token, the failed attempts by address, and
+/// how refusals are rendered.
 struct Gate {
     token: Option<AdminToken>,
     failures: Throttle,
+    problems: Problems,
 }
 
 async fn authorize(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
     let Some(token) = gate.token.as_ref() else {
         return problem(
-            StatusCode::NOT_FOUND,
-            "admin-disabled",
-            "the admin API is off: start idem serve with --admin-token or --admin-token-file",
+            &gate.problems,
+            &Problem::new(
+                ProblemKind::AdminDisabled,
+                "the admin API is off: start idem serve with --admin-token or --admin-token-file",
+            ),
         );
     };
     let presented = req
@@ -267,23 +282,22 @@ async fn authorize(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     // Before the token is looked at: while throttled, a guess tells nothing.
     if let Err(wait) = gate.failures.check(ip) {
         tracing::warn!(target: "idem::audit", peer, path = %req.uri().path(), "admin request refused: too many wrong tokens");
-        let secs = wait.as_secs_f64().ceil().max(1.0);
-        let mut resp = problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "admin-throttled",
-            format!("too many wrong tokens from this address; retry in {secs} s"),
+        let mut p = Problem::new(ProblemKind::AdminThrottled, "").with_retry_after(wait);
+        p.detail = format!(
+            "too many wrong tokens from this address; retry in {} s",
+            p.retry_after.unwrap_or(1)
         );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
-        return resp;
+        return problem(&gate.problems, &p);
     }
     if !presented.is_some_and(|p| token.matches(&p)) {
         gate.failures.failed(ip);
         tracing::warn!(target: "idem::audit", peer, path = %req.uri().path(), "admin request refused: missing or wrong token");
         let mut resp = problem(
-            StatusCode::UNAUTHORIZED,
-            "admin-unauthorized",
-            "send Authorization: Bearer <the admin token>",
+            &gate.problems,
+            &Problem::new(
+                ProblemKind::AdminUnauthorized,
+                "send Authorization: Bearer <the admin token>",
+            ),
         );
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -296,39 +310,27 @@ async fn authorize(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     next.run(req).await
 }
 
-/// A problem document for the admin API.
-fn problem(status: StatusCode, slug: &str, detail: impl Into<String>) -> Response {
-    let body = json!({
-        "type": format!("{TYPE_BASE}{slug}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/problem+json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response()
+/// A problem document of the admin API, rendered as every other answer of the proxy.
+fn problem(problems: &Problems, p: &Problem) -> Response {
+    problems.render(p).map(axum::body::Body::from)
 }
 
-fn store_failed(e: &idem::store::StoreError) -> Response {
+/// The engine's store-failure problem (R15), `Retry-After` included, with the error
+/// itself in `detail`: an operator asked.
+fn store_failed(problems: &Problems, e: &idem::store::StoreError) -> Response {
     tracing::warn!(error = %e, "admin: store failed");
-    let mut resp = problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store-unavailable",
-        format!("the store failed: {e}"),
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+    let p = Problem {
+        detail: format!("the store failed: {e}"),
+        ..idem::engine::store_problem(e)
+    };
+    problem(problems, &p)
 }
 
-fn bad_request(detail: impl Into<String>) -> Response {
-    problem(StatusCode::BAD_REQUEST, "admin-bad-request", detail)
+fn bad_request(problems: &Problems, detail: impl Into<String>) -> Response {
+    problem(
+        problems,
+        &Problem::new(ProblemKind::AdminBadRequest, detail),
+    )
 }
 
 /// Reads a scope as the admin API and `idem keys` take it: `global`, or the digest in
@@ -433,23 +435,25 @@ async fn get_key<St: Store>(
 ) -> Response {
     let id = match record_id(&scope, &key) {
         Ok(id) => id,
-        Err(e) => return bad_request(e),
+        Err(e) => return bad_request(&admin.problems, e),
     };
     match admin.store.lookup(&id).await {
         Ok(Some(record)) => axum::Json(record_json(&id, &record, now())).into_response(),
-        Ok(None) => not_found(&id),
-        Err(e) => store_failed(&e),
+        Ok(None) => not_found(&admin.problems, &id),
+        Err(e) => store_failed(&admin.problems, &e),
     }
 }
 
-fn not_found(id: &RecordId) -> Response {
+fn not_found(problems: &Problems, id: &RecordId) -> Response {
     problem(
-        StatusCode::NOT_FOUND,
-        "admin-key-not-found",
-        format!(
-            "no live record for key `{}` in scope {}",
-            id.key(),
-            id.scope()
+        problems,
+        &Problem::new(
+            ProblemKind::AdminKeyNotFound,
+            format!(
+                "no live record for key `{}` in scope {}",
+                id.key(),
+                id.scope()
+            ),
         ),
     )
 }
@@ -461,7 +465,7 @@ async fn delete_key<St: Store>(
 ) -> Response {
     let id = match record_id(&scope, &key) {
         Ok(id) => id,
-        Err(e) => return bad_request(e),
+        Err(e) => return bad_request(&admin.problems, e),
     };
     let who = caller.map_or_else(|| "unknown".to_owned(), |c| c.0.0);
     match admin.store.delete(&id).await {
@@ -480,8 +484,8 @@ async fn delete_key<St: Store>(
             );
             axum::Json(json!({ "deleted": record_json(&id, &record, now()) })).into_response()
         }
-        Ok(None) => not_found(&id),
-        Err(e) => store_failed(&e),
+        Ok(None) => not_found(&admin.problems, &id),
+        Err(e) => store_failed(&admin.problems, &e),
     }
 }
 
@@ -491,7 +495,7 @@ async fn list<St: Store>(
 ) -> Response {
     let filter = match list_filter(&q, now()) {
         Ok(f) => f,
-        Err(e) => return bad_request(e),
+        Err(e) => return bad_request(&admin.problems, e),
     };
     match admin.store.list(&filter).await {
         Ok(page) => {
@@ -508,7 +512,7 @@ async fn list<St: Store>(
             }))
             .into_response()
         }
-        Err(e) => store_failed(&e),
+        Err(e) => store_failed(&admin.problems, &e),
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use idem::problem::Problems;
 use idem::{Body, BoxError, Problem, ProblemKind};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -318,10 +319,9 @@ pub(crate) fn only_chunked<'a>(fields: impl Iterator<Item = &'a HeaderValue>) ->
 
 /// The 400 answer to a request [`refused_coding`] refused. Its body was not read, so
 /// the connection closes after it.
-pub(crate) fn refusal(detail: String, base: Option<Arc<str>>) -> Response<Body> {
-    let mut resp = Problem::new(ProblemKind::BadRequestBody, detail)
-        .with_type_base(base)
-        .to_response()
+pub(crate) fn refusal(detail: String, problems: &Problems) -> Response<Body> {
+    let mut resp = problems
+        .render(&Problem::new(ProblemKind::BadRequestBody, detail))
         .map(Body::full);
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use idem::ProblemKind;
 use idem::policy::{OnConcurrent, Policy};
+use idem::problem::Audience;
 
 use crate::routes::Route;
 
@@ -98,32 +99,46 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
     );
     let _ = writeln!(w, "| status | `type` | what to do |");
     let _ = writeln!(w, "|---|---|---|");
-    for kind in ProblemKind::ALL {
-        let status = if *kind == ProblemKind::PayloadMismatch {
-            policy.mismatch_status().as_u16()
-        } else {
-            kind.status().as_u16()
-        };
+    for kind in client_kinds() {
         let slug = kind.slug();
         let _ = writeln!(
             w,
-            "| {status} | [`#{slug}`](#{slug}) | {} |",
-            advice(*kind).0
+            "| {} | [`#{slug}`](#{slug}) | {} |",
+            status_of(policy, kind),
+            kind.advice()
         );
     }
     let _ = writeln!(w);
 
-    for kind in ProblemKind::ALL {
+    for kind in client_kinds() {
         let slug = kind.slug();
-        let status = if *kind == ProblemKind::PayloadMismatch {
-            policy.mismatch_status().as_u16()
-        } else {
-            kind.status().as_u16()
-        };
         let _ = writeln!(w, "<a id=\"{slug}\"></a>\n\n### {slug}\n");
-        let _ = writeln!(w, "**{status} {}.** {}\n", kind.title(), advice(*kind).1);
+        let _ = writeln!(
+            w,
+            "**{} {}.** {}\n",
+            status_of(policy, kind),
+            kind.title(),
+            kind.explanation()
+        );
     }
     md
+}
+
+/// The problems an API's clients can meet (not the admin API's).
+fn client_kinds() -> impl Iterator<Item = ProblemKind> {
+    ProblemKind::ALL
+        .iter()
+        .copied()
+        .filter(|k| k.audience() == Audience::Client)
+}
+
+/// The status `kind` is answered with under `policy`.
+fn status_of(policy: &Policy, kind: ProblemKind) -> u16 {
+    if kind == ProblemKind::PayloadMismatch {
+        policy.mismatch_status().as_u16()
+    } else {
+        kind.status().as_u16()
+    }
 }
 
 fn display_header(lower: &str) -> String {
@@ -174,94 +189,6 @@ fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-/// (short advice for the table, the section's text) per problem kind.
-fn advice(kind: ProblemKind) -> (&'static str, &'static str) {
-    match kind {
-        ProblemKind::InvalidKey => (
-            "fix the key",
-            "The key header was sent twice, is empty (`` or `\"\"`), too long, or not visible \
-             ASCII, bare or as a quoted string. Nothing was processed. Fix the key and send \
-             the request again.",
-        ),
-        ProblemKind::MissingKey => (
-            "add a key",
-            "This endpoint requires an idempotency key and the request had none. Nothing was \
-             processed. Generate a key (a UUID) for the operation and send it with the \
-             request and every retry of it.",
-        ),
-        ProblemKind::PayloadMismatch => (
-            "use a new key for a new operation",
-            "This key was already used with a *different* request (method, path and query, \
-             body, or significant headers). The earlier request's result stands and nothing \
-             was processed. Do not retry with this key: a new operation needs a new key.",
-        ),
-        ProblemKind::InFlight => (
-            "retry the same request after `Retry-After` seconds",
-            "A request with this key is still being processed; nothing new was started. \
-             Retry the *same* request with the *same* key after the `Retry-After` seconds: \
-             you will receive the first request's response once it is done.",
-        ),
-        ProblemKind::RequestTooLarge => (
-            "send a smaller body",
-            "The request body exceeds the limit for this endpoint. Nothing was processed or \
-             stored; the key is still unused.",
-        ),
-        ProblemKind::NotRetained => (
-            "do not retry; look the result up",
-            "The request with this key was processed (`original_status` in the document \
-             says how it answered) but its response was not kept, because it was too large \
-             or streamed. It will not be processed again. Look the result up by other means, \
-             e.g. a GET on the resource.",
-        ),
-        ProblemKind::BadRequestBody => (
-            "send the request again",
-            "The request body could not be read (the connection broke while it was sent, \
-             or it was framed with a transfer coding other than `chunked` alone). \
-             Nothing was processed; send the request again with the same key, its body \
-             framed by Content-Length or plain `chunked`.",
-        ),
-        ProblemKind::AmbiguousRequest => (
-            "send the request in its plain form",
-            "The request could be read in more than one way, so it was refused rather than \
-             guessed: an encoded `/` (`%2F`) or a `\\` in the path, a malformed \
-             percent-encoding, a dot segment with parameters (`..;`), a method in another \
-             case than its registered one (`post` for `POST`), or a missing, repeated or \
-             invalid `Host` header. Nothing was processed. Send the path unencoded and the \
-             method in upper case.",
-        ),
-        ProblemKind::UnsupportedMethod => (
-            "do not use this method here",
-            "The method asks for something this reverse proxy does not do (`CONNECT`: a \
-             tunnel). Nothing was processed.",
-        ),
-        ProblemKind::StoreUnavailable => (
-            "retry later with the same key",
-            "The service cannot record the request right now, so it did not run it. Retry \
-             with the same key after the `Retry-After` seconds.",
-        ),
-        ProblemKind::UpstreamUnavailable => (
-            "retry with the same key",
-            "The API behind the idempotency layer could not be reached, broke the \
-             connection, or sent a malformed answer (502). Nothing was stored and the key \
-             was released: retry with the same key.",
-        ),
-        ProblemKind::UpstreamTimeout => (
-            "retry with the same key",
-            "The API behind the idempotency layer did not answer in time (504). The key was \
-             released: retry with the same key.",
-        ),
-        ProblemKind::Internal => (
-            "retry with the same key; report it if it persists",
-            "An internal error in the idempotency layer. Retry with the same key; report it \
-             if it persists.",
-        ),
-        _ => (
-            "see the `detail`",
-            "An error of the idempotency layer; the document's `detail` explains it.",
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,10 +199,23 @@ mod tests {
         let md = markdown(&Policy::default(), &[]);
         for kind in ProblemKind::ALL {
             let slug = kind.slug();
-            assert!(md.contains(&format!("<a id=\"{slug}\"></a>")), "{slug}");
-            assert!(md.contains(&format!("\n### {slug}\n")), "{slug}");
+            let documented = md.contains(&format!("<a id=\"{slug}\"></a>"))
+                && md.contains(&format!("\n### {slug}\n"));
+            // The admin API's problems are for operators, not for the API's clients.
+            assert_eq!(documented, kind.audience() == Audience::Client, "{slug}");
         }
         assert!(md.contains("Idempotency-Key"));
         assert!(md.contains("Idempotent-Replayed: true"));
+    }
+
+    // R17: the `type` URIs resolve against the repository's own page too: it has a
+    // section for every kind.
+    #[test]
+    fn r17_the_problems_page_has_a_section_per_kind() {
+        let page = include_str!("../../../docs/problems.md");
+        for kind in ProblemKind::ALL {
+            let slug = kind.slug();
+            assert!(page.contains(&format!("\n## {slug}\n")), "{slug}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use idem::headers::strip_hop_by_hop;
+use idem::problem::Problems;
 use idem::{Body, Problem, ProblemKind};
 
 use crate::pool::{ExchangeError, Pool};
@@ -111,7 +112,7 @@ struct Inner {
     host: HeaderValue,
     upstream: Upstream,
     timeout: Duration,
-    problem_base: Option<Arc<str>>,
+    problems: Problems,
 }
 
 impl Forward {
@@ -129,16 +130,16 @@ impl Forward {
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 upstream,
                 timeout,
-                problem_base: None,
+                problems: Problems::default(),
             }),
         }
     }
 
-    /// Renders its own problems (502, 504) under this `type` base (R17), as the
-    /// engine does with [`Policy::problem_base`](idem::policy::Policy::problem_base).
+    /// Renders its own problems (502, 504) with `problems` (R17): those of the policy
+    /// whose engine sits in front of it ([`Policy::problems`](idem::Policy::problems)).
     #[must_use]
-    pub fn with_problem_base(mut self, base: Option<Arc<str>>) -> Self {
-        Arc::make_mut(&mut self.inner).problem_base = base;
+    pub fn with_problems(mut self, problems: Problems) -> Self {
+        Arc::make_mut(&mut self.inner).problems = problems;
         self
     }
 
@@ -254,9 +255,8 @@ impl Service<Request<Body>> for Forward {
 
 impl Inner {
     fn problem(&self, kind: ProblemKind, detail: &str) -> Response<Body> {
-        Problem::new(kind, detail)
-            .with_type_base(self.problem_base.clone())
-            .to_response()
+        self.problems
+            .render(&Problem::new(kind, detail))
             .map(Body::full)
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use idem::problem::Problems;
 use idem::{AnyStore, Store};
 use tokio::net::TcpListener;
 
@@ -185,7 +186,12 @@ impl Bound {
             ..
         } = self;
         let admin_task = match admin {
-            Some(admin) => Some(serve_admin(admin, store.clone(), config.admin_token)?),
+            Some(admin) => Some(serve_admin(
+                admin,
+                store.clone(),
+                config.admin_token,
+                config.proxy.policy.problems().clone(),
+            )?),
             None => None,
         };
         tracing::info!(
@@ -204,15 +210,17 @@ impl Bound {
     }
 }
 
-/// The admin routes on `listener`, on a task of their own.
+/// The admin routes on `listener`, on a task of their own, rendering problems as the
+/// proxy does.
 fn serve_admin<St: Store>(
     listener: TcpListener,
     store: St,
     token: Option<AdminToken>,
+    problems: Problems,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let metrics = admin::install_recorder()?;
     let keys_api = token.is_some();
-    let app = admin::router_with(store, metrics, token);
+    let app = admin::router_with(store, metrics, token, problems);
     tracing::info!(admin = %listener.local_addr()?, keys_api, "admin listening");
     Ok(tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();

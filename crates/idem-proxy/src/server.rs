@@ -15,7 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use idem::{Body, BoxError, IdempotencyLayer, Problem, ProblemKind, Store};
+use idem::problem::Problems;
+use idem::{Body, BoxError, IdempotencyLayer, Policy, Problem, ProblemKind, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
@@ -38,22 +39,21 @@ pub async fn serve<St: Store>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let forward = Forward::new(config.upstream.clone(), config.upstream_timeout)
-        .with_problem_base(config.policy.problem_base().cloned());
+        .with_problems(config.policy.problems().clone());
     // One layer (engine) per rule, all over the one store; the first matching rule
     // picks the layer, so every rule runs through the same engine code.
-    let layer = IdempotencyLayer::with_policy(store.clone(), config.policy.clone());
+    let layer = layer_for(&store, &config.policy)?;
     let mut layers = vec![layer.clone()];
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        let svc = route.policy.as_ref().map(|policy| {
-            let l = IdempotencyLayer::with_policy(store.clone(), policy.clone());
-            layers.push(l.clone());
-            l.layer(
-                forward
-                    .clone()
-                    .with_problem_base(policy.problem_base().cloned()),
-            )
-        });
+        let svc = match &route.policy {
+            Some(policy) => {
+                let l = layer_for(&store, policy)?;
+                layers.push(l.clone());
+                Some(l.layer(forward.clone().with_problems(policy.problems().clone())))
+            }
+            None => None,
+        };
         routes.push((route.pattern.clone(), svc));
     }
     // R24: every request is normalised once before the rules, the key, the scope or the
@@ -66,7 +66,7 @@ pub async fn serve<St: Store>(
         read_timeout,
         idle_timeout: bounds.idle_timeout,
     };
-    let problem_base = config.policy.problem_base().cloned();
+    let problems = config.policy.problems().clone();
     // hyper refuses smaller buffers (it would panic); the flag checks this too.
     let max_header_bytes = bounds.max_header_bytes.max(MIN_HEADER_BYTES);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -115,22 +115,23 @@ pub async fn serve<St: Store>(
         let io = conn::Watched::new(stream, Arc::clone(&activity));
         let watchdog = conn::watchdog(Arc::clone(&activity), limits);
         let service = service.clone();
-        let problem_base = problem_base.clone();
+        let problems = problems.clone();
         let svc = tower::service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.begin(req.version() == Version::HTTP_2);
-            let refused = conn::refused_coding(req.headers())
-                .map(|detail| conn::refusal(detail, problem_base.clone()));
+            let refused =
+                conn::refused_coding(req.headers()).map(|detail| conn::refusal(detail, &problems));
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(Peer(peer));
             let (body, expired) = ReadDeadline::new(body, read_timeout);
             let service = service.clone();
+            let problems = problems.clone();
             async move {
                 if let Some(resp) = refused {
                     return Ok::<_, std::convert::Infallible>(resp.map(|b| in_flight.track(b)));
                 }
                 let resp = service.oneshot(Request::from_parts(parts, body)).await?;
                 let resp = if expired.load(Ordering::Acquire) {
-                    timed_out(read_timeout)
+                    timed_out(read_timeout, &problems)
                 } else {
                     resp
                 };
@@ -174,6 +175,15 @@ pub async fn serve<St: Store>(
         tracing::warn!(?grace, "requests still running after the grace period");
     }
     Ok(())
+}
+
+/// The layer of one rule. Its policy was checked when the configuration was read, so
+/// this fails only if a caller built the [`ProxyConfig`] with an unchecked one.
+fn layer_for<St: Store>(store: &St, policy: &Policy) -> std::io::Result<IdempotencyLayer<St>> {
+    IdempotencyLayer::builder(store.clone())
+        .policy(policy.clone())
+        .build()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// A proxy started by [`spawn`]; dropping it shuts the proxy down.
@@ -228,8 +238,8 @@ pub async fn spawn<St: Store>(
 
 /// The answer to a request whose body did not arrive within the read timeout. The
 /// layer read the body before claiming the key, so nothing was stored; the client may
-/// retry with the same key.
-fn timed_out(limit: Duration) -> Response<Body> {
+/// retry with the same key. Rendered with the problems of the proxy's policy (R17).
+fn timed_out(limit: Duration, problems: &Problems) -> Response<Body> {
     let problem = Problem::new(
         ProblemKind::RequestTimeout,
         format!(
@@ -237,7 +247,7 @@ fn timed_out(limit: Duration) -> Response<Body> {
             humantime::format_duration(limit)
         ),
     );
-    let mut resp = problem.to_response().map(Body::full);
+    let mut resp = problems.render(&problem).map(Body::full);
     resp.headers_mut()
         .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     resp

@@ -47,6 +47,7 @@ use std::task::{Context, Poll};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header, request};
 use idem::headers::strip_hop_by_hop;
+use idem::problem::Problems;
 use idem::{Body, Problem, ProblemKind};
 use tower::Layer;
 use tower::ServiceExt as _;
@@ -262,7 +263,7 @@ pub struct Door {
     /// Standard methods, plus every method a policy covers or a rule names: their case
     /// variants are ambiguous.
     methods: Arc<[Method]>,
-    problem_base: Option<Arc<str>>,
+    problems: Problems,
 }
 
 impl Door {
@@ -286,7 +287,7 @@ impl Door {
         }
         Self {
             methods: methods.into(),
-            problem_base: config.policy.problem_base().cloned(),
+            problems: config.policy.problems().clone(),
         }
     }
 
@@ -324,9 +325,11 @@ impl Door {
 
     /// The problem response for `refusal`.
     pub fn refuse(&self, refusal: &Refusal) -> Response<Body> {
-        Problem::new(refusal.kind(), format!("{refusal}; nothing was processed"))
-            .with_type_base(self.problem_base.clone())
-            .to_response()
+        self.problems
+            .render(&Problem::new(
+                refusal.kind(),
+                format!("{refusal}; nothing was processed"),
+            ))
             .map(Body::full)
     }
 }

@@ -8,6 +8,8 @@ use idem_core::store::{
     Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, MemoryStore, MemoryStoreConfig,
     Sealed, SealingKeys, Store, StoreError, Watch,
 };
+#[cfg(feature = "postgres")]
+use idem_core::store::{RecoveryPoint, Transactional};
 
 /// Any of the stores compiled in, chosen by URL with [`AnyStore::from_url`].
 ///
@@ -417,6 +419,62 @@ impl Store for AnyStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         each_await!(self, s => s.purge_expired())
+    }
+}
+
+/// The PostgreSQL arm's transactional writes (R20, R21), so a handler behind a layer
+/// over an `AnyStore` (or a `Sealed<AnyStore>`) reaches them; any other arm answers
+/// [`StoreError::Unsupported`].
+#[cfg(feature = "postgres")]
+impl<C> Transactional<C> for AnyStore
+where
+    C: idem_postgres::tokio_postgres::GenericClient + Sync,
+{
+    async fn complete_in(
+        &self,
+        client: &C,
+        lease: &Lease,
+        snapshot: &Snapshot,
+        ttl: Duration,
+    ) -> Result<Finish, StoreError> {
+        match self {
+            Self::Postgres(s) => Box::pin(s.complete_in(client, lease, snapshot, ttl)).await,
+            other => Err(other.not_transactional()),
+        }
+    }
+
+    async fn advance_in(
+        &self,
+        client: &C,
+        lease: &Lease,
+        point: &RecoveryPoint,
+        ttl: Duration,
+    ) -> Result<Finish, StoreError> {
+        match self {
+            Self::Postgres(s) => Box::pin(s.advance_in(client, lease, point, ttl)).await,
+            other => Err(other.not_transactional()),
+        }
+    }
+
+    async fn recovery_point(
+        &self,
+        client: &C,
+        lease: &Lease,
+    ) -> Result<Option<RecoveryPoint>, StoreError> {
+        match self {
+            Self::Postgres(s) => Box::pin(s.recovery_point(client, lease)).await,
+            other => Err(other.not_transactional()),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl AnyStore {
+    fn not_transactional(&self) -> StoreError {
+        StoreError::Unsupported {
+            store: self.kind(),
+            capability: "writes in a PostgreSQL transaction",
+        }
     }
 }
 

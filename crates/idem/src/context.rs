@@ -2,9 +2,15 @@
 //!
 //! The layer puts an [`IdempotencyContext`] into every request's extensions. With the
 //! `axum` feature it is also an extractor. A protected request (covered method, valid
-//! key, record claimed) carries an [`IdempotencyHandle`]: the record's lease, which a
-//! handler can use to complete the record itself inside its own database transaction
-//! (R21), and to derive keys for calls to other services (R20).
+//! key, record claimed) carries an [`IdempotencyHandle`]: the record's lease, and the
+//! key to derive keys for calls to other services from (R20).
+//!
+//! The context comes in two types. `IdempotencyContext` names no store and serves
+//! every layer. `IdempotencyContext<St>`, with `St` the layer's store type, also holds
+//! the store: when `St` is [`Transactional`] (PostgreSQL, and so `Sealed<PostgresStore>`
+//! and `AnyStore`), its handle completes the record inside the handler's own database
+//! transaction (R21) and keeps the recovery points of multi-step work (R20). Asking for
+//! the context of another store type than the layer's is a 500 (a wiring mistake).
 //!
 //! # Atomic phases and transactional completion (PostgreSQL)
 //!
@@ -18,13 +24,16 @@
 //! use axum::response::Response;
 //! use bytes::Bytes;
 //! use idem::IdempotencyContext;
-//! use idem::postgres::RecoveryPoint;
+//! use idem::postgres::{PostgresStore, RecoveryPoint};
 //! use idem::store::Finish;
 //!
-//! async fn checkout(ctx: IdempotencyContext) -> Result<Response, Box<dyn std::error::Error>> {
+//! // Behind `IdempotencyLayer::new(store)` with `store: PostgresStore`; with
+//! // `Sealed<PostgresStore>`, name that type here and use `store().get_ref().pool()`.
+//! async fn checkout(
+//!     ctx: IdempotencyContext<PostgresStore>,
+//! ) -> Result<Response, Box<dyn std::error::Error>> {
 //!     let handle = ctx.handle().ok_or("no key")?;
-//!     let store = handle.postgres().ok_or("not postgres")?;
-//!     let mut client = store.pool().get().await?;
+//!     let mut client = handle.store().pool().get().await?;
 //!     let mut point = handle.recovery_point(&**client).await?;
 //!     loop {
 //!         let tx = client.transaction().await?;
@@ -63,7 +72,6 @@
 //! record; still in flight (the transaction rolled back) → it finishes as for any
 //! response (store it or release it, R7).
 
-use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -74,17 +82,19 @@ use idem_core::headers;
 use idem_core::key::IdempotencyKey;
 use idem_core::record::{Snapshot, SnapshotBody};
 use idem_core::scope::Scope;
-use idem_core::store::Lease;
+use idem_core::store::{Finish, Lease, RecoveryPoint, StoreError, Transactional};
 
-/// The idempotency facts of one request, put into its extensions by the layer.
+/// The idempotency facts of one request, put into its extensions by the layer: as
+/// `IdempotencyContext` for any layer, and as `IdempotencyContext<St>` with the layer's
+/// store `St` (see the [module docs](self)).
 #[derive(Clone, Debug)]
-pub struct IdempotencyContext {
+pub struct IdempotencyContext<St = ()> {
     pub(crate) key: Option<IdempotencyKey>,
     pub(crate) scope: Option<Scope>,
-    pub(crate) handle: Option<IdempotencyHandle>,
+    pub(crate) handle: Option<IdempotencyHandle<St>>,
 }
 
-impl IdempotencyContext {
+impl<St> IdempotencyContext<St> {
     pub(crate) fn unprotected() -> Self {
         Self {
             key: None,
@@ -106,43 +116,56 @@ impl IdempotencyContext {
     /// The handle of the record this request owns, when it is protected. `None` for a
     /// request that passes through (R2, R3) or runs unprotected after a store failure
     /// under fail-open (R15).
-    pub fn handle(&self) -> Option<&IdempotencyHandle> {
+    pub fn handle(&self) -> Option<&IdempotencyHandle<St>> {
         self.handle.as_ref()
     }
 }
 
+impl<St: Clone> IdempotencyContext<St> {
+    /// The same context naming no store, as every layer's handlers can take it.
+    pub(crate) fn untyped(&self) -> IdempotencyContext {
+        IdempotencyContext {
+            key: self.key.clone(),
+            scope: self.scope,
+            handle: self.handle.as_ref().map(IdempotencyHandle::untyped),
+        }
+    }
+}
+
 /// Ownership of the in-flight record of the current request, shared between the
-/// handler and the layer.
+/// handler and the layer; with the layer's store `St` when the context names it.
 ///
-/// Cheap to clone; clones share one state.
+/// Cheap to clone; clones (typed or not) share one state.
 #[derive(Clone)]
-pub struct IdempotencyHandle {
-    pub(crate) inner: Arc<HandleInner>,
+pub struct IdempotencyHandle<St = ()> {
+    inner: Arc<HandleInner>,
+    store: St,
 }
 
-pub(crate) struct HandleInner {
-    pub(crate) lease: Lease,
-    pub(crate) ttl: Duration,
-    pub(crate) deny: Vec<HeaderName>,
-    pub(crate) store: Arc<dyn Any + Send + Sync>,
-    pub(crate) completed: Mutex<Option<Snapshot>>,
+struct HandleInner {
+    lease: Lease,
+    ttl: Duration,
+    deny: Vec<HeaderName>,
+    completed: Mutex<Option<Snapshot>>,
 }
 
-impl IdempotencyHandle {
-    pub(crate) fn new<St: Any + Send + Sync>(
-        lease: Lease,
-        ttl: Duration,
-        deny: Vec<HeaderName>,
-        store: St,
-    ) -> Self {
+impl<St> IdempotencyHandle<St> {
+    pub(crate) fn new(lease: Lease, ttl: Duration, deny: Vec<HeaderName>, store: St) -> Self {
         Self {
             inner: Arc::new(HandleInner {
                 lease,
                 ttl,
                 deny,
-                store: Arc::new(store),
                 completed: Mutex::new(None),
             }),
+            store,
+        }
+    }
+
+    fn untyped(&self) -> IdempotencyHandle {
+        IdempotencyHandle {
+            inner: Arc::clone(&self.inner),
+            store: (),
         }
     }
 
@@ -161,9 +184,10 @@ impl IdempotencyHandle {
         self.inner.ttl
     }
 
-    /// The layer's store, if it is an `St` (e.g. `PostgresStore` for R21).
-    pub fn store<St: Any>(&self) -> Option<&St> {
-        self.inner.store.downcast_ref::<St>()
+    /// The layer's store (`()` in a context that names none), e.g. a `PostgresStore`
+    /// whose pool holds the handler's transactions.
+    pub fn store(&self) -> &St {
+        &self.store
     }
 
     /// A key for a call to another service made in step `step` of this request (R20):
@@ -204,36 +228,32 @@ impl IdempotencyHandle {
             .clone()
     }
 
-    /// Completes the record inside the caller's PostgreSQL transaction (R21): the
+    /// Completes the record inside the caller's transaction on `client` (R21): the
     /// snapshot of `response` is written by the same transaction as the business
     /// writes, so either both commit or neither does. On [`Finish::Done`] commit the
     /// transaction and return `response` from the handler; the layer answers the
     /// client that snapshot and does not write the record again. On
     /// [`Finish::Superseded`] the lease was lost (R11): roll back.
     ///
-    /// [`Finish::Done`]: idem_core::store::Finish::Done
-    /// [`Finish::Superseded`]: idem_core::store::Finish::Superseded
-    ///
     /// # Errors
     ///
-    /// [`StoreError`](idem_core::store::StoreError) from the database, or
-    /// `Backend` when the layer's store is not PostgreSQL.
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    /// [`StoreError`] from the database (then roll back), or
+    /// [`StoreError::Unsupported`] from an `AnyStore` that is not PostgreSQL.
     pub async fn complete_in<C>(
         &self,
         client: &C,
         response: &Response<Bytes>,
-    ) -> Result<idem_core::store::Finish, idem_core::store::StoreError>
+    ) -> Result<Finish, StoreError>
     where
-        C: idem_postgres::tokio_postgres::GenericClient + Sync,
+        C: ?Sized + Sync,
+        St: Transactional<C>,
     {
-        let store = self.require_postgres()?;
         let snapshot = self.snapshot(response);
-        let finish = store
+        let finish = self
+            .store
             .complete_in(client, &self.inner.lease, &snapshot, self.inner.ttl)
             .await?;
-        if finish == idem_core::store::Finish::Done {
+        if finish == Finish::Done {
             self.mark_completed(snapshot);
         }
         Ok(finish)
@@ -246,70 +266,37 @@ impl IdempotencyHandle {
     /// # Errors
     ///
     /// As [`complete_in`](Self::complete_in).
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-    pub async fn recovery_point<C>(
-        &self,
-        client: &C,
-    ) -> Result<Option<idem_postgres::RecoveryPoint>, idem_core::store::StoreError>
+    pub async fn recovery_point<C>(&self, client: &C) -> Result<Option<RecoveryPoint>, StoreError>
     where
-        C: idem_postgres::tokio_postgres::GenericClient + Sync,
+        C: ?Sized + Sync,
+        St: Transactional<C>,
     {
-        self.require_postgres()?
-            .recovery_point(client, &self.inner.lease)
-            .await
+        self.store.recovery_point(client, &self.inner.lease).await
     }
 
     /// Moves this request's operation to `point` inside the caller's transaction
-    /// (R20): commit the phase's local writes with it. On
-    /// [`Finish::Superseded`](idem_core::store::Finish::Superseded) this request no
-    /// longer owns the key (R11): roll back and stop.
+    /// (R20): commit the phase's local writes with it. On [`Finish::Superseded`] this
+    /// request no longer owns the key (R11): roll back and stop.
     ///
     /// # Errors
     ///
     /// As [`complete_in`](Self::complete_in).
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub async fn advance_in<C>(
         &self,
         client: &C,
-        point: &idem_postgres::RecoveryPoint,
-    ) -> Result<idem_core::store::Finish, idem_core::store::StoreError>
+        point: &RecoveryPoint,
+    ) -> Result<Finish, StoreError>
     where
-        C: idem_postgres::tokio_postgres::GenericClient + Sync,
+        C: ?Sized + Sync,
+        St: Transactional<C>,
     {
-        self.require_postgres()?
+        self.store
             .advance_in(client, &self.inner.lease, point, self.inner.ttl)
             .await
     }
-
-    #[cfg(feature = "postgres")]
-    fn require_postgres(
-        &self,
-    ) -> Result<&idem_postgres::PostgresStore, idem_core::store::StoreError> {
-        self.postgres().ok_or_else(|| {
-            idem_core::store::StoreError::backend(
-                "postgres",
-                "this needs the layer's store to be PostgreSQL",
-            )
-        })
-    }
-
-    /// The layer's PostgreSQL store, directly or inside an [`AnyStore`](crate::AnyStore).
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-    pub fn postgres(&self) -> Option<&idem_postgres::PostgresStore> {
-        if let Some(pg) = self.store::<idem_postgres::PostgresStore>() {
-            return Some(pg);
-        }
-        match self.store::<crate::AnyStore>() {
-            Some(crate::AnyStore::Postgres(pg)) => Some(pg),
-            _ => None,
-        }
-    }
 }
 
-impl fmt::Debug for IdempotencyHandle {
+impl<St> fmt::Debug for IdempotencyHandle<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyHandle")
             .field("lease", &self.inner.lease)
@@ -327,23 +314,33 @@ mod extract {
     use super::IdempotencyContext;
 
     /// Extracts the context the layer put into the request. Without the layer in front
-    /// of the handler this is a 500: a wiring mistake, not a client error.
-    impl<S: Send + Sync> FromRequestParts<S> for IdempotencyContext {
-        type Rejection = (StatusCode, &'static str);
+    /// of the handler, or behind a layer over another store than `St`, this is a 500: a
+    /// wiring mistake, not a client error.
+    impl<S: Send + Sync, St: Clone + Send + Sync + 'static> FromRequestParts<S>
+        for IdempotencyContext<St>
+    {
+        type Rejection = (StatusCode, String);
 
         async fn from_request_parts(
             parts: &mut Parts,
             _state: &S,
         ) -> Result<Self, Self::Rejection> {
-            parts.extensions.get::<Self>().cloned().ok_or((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "IdempotencyContext: no IdempotencyLayer in front of this handler",
-            ))
+            parts.extensions.get::<Self>().cloned().ok_or_else(|| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "{}: no IdempotencyLayer over this store in front of this handler",
+                        std::any::type_name::<Self>()
+                    ),
+                )
+            })
         }
     }
 
-    /// `Option<IdempotencyContext>`: `None` without the layer.
-    impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyContext {
+    /// `Option<IdempotencyContext<St>>`: `None` without the layer.
+    impl<S: Send + Sync, St: Clone + Send + Sync + 'static> OptionalFromRequestParts<S>
+        for IdempotencyContext<St>
+    {
         type Rejection = std::convert::Infallible;
 
         async fn from_request_parts(

@@ -38,10 +38,10 @@
 //!
 //! # With axum
 //!
-//! Configure the layer with [`IdempotencyLayer::builder`] (checked once, errors instead
-//! of panics) or the infallible setters on the layer; handlers read the request's key
-//! and their [`IdempotencyHandle`] through the [`IdempotencyContext`] extractor
-//! (feature `axum`):
+//! [`IdempotencyLayer::new`] takes the defaults; [`IdempotencyLayer::builder`] has one
+//! method per setting, checked once (errors instead of panics). Handlers read the
+//! request's key and their [`IdempotencyHandle`] through the [`IdempotencyContext`]
+//! extractor (feature `axum`):
 //!
 //! ```
 //! # #[cfg(feature = "axum")] {
@@ -70,14 +70,16 @@
 //!
 //! With PostgreSQL, a handler can complete the record in its own transaction
 //! ([`IdempotencyHandle::complete_in`], R21) and split multi-step work into atomic
-//! phases with recovery points ([`IdempotencyHandle::advance_in`], R20); see
-//! [`context`].
+//! phases with recovery points ([`IdempotencyHandle::advance_in`], R20): the store's
+//! [`Transactional`](store::Transactional) capability, which `Sealed<PostgresStore>`
+//! and [`AnyStore`] keep, reached through the context naming the layer's store,
+//! `IdempotencyContext<St>`; see [`context`].
 //!
 //! # Feature flags
 //! - `redb` (default): the embedded durable store, `file:PATH` in [`AnyStore`].
 //! - `redis`: the Redis / Redis Cluster store.
 //! - `postgres`: the PostgreSQL store, transactional completion (R21) and recovery
-//!   points (R20) on [`IdempotencyHandle`].
+//!   points (R20) on [`IdempotencyHandle`], also through [`AnyStore`].
 //! - `axum`: [`IdempotencyContext`] as an axum extractor.
 //! - `full`: all of the above.
 
@@ -95,7 +97,7 @@ pub use idem_core::{
     Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
     headers, key, metrics, policy, problem, record, scope, store,
 };
-pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder};
+pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, LayerTarget};
 
 #[cfg(feature = "postgres")]
 pub use idem_postgres as postgres;

@@ -8,6 +8,10 @@
 //! point, so a retry after a crash resumes where the crashed attempt stopped, and
 //! nothing happens twice. [`Payments::crash_at`] injects a crash at a phase boundary
 //! for the crash tests.
+//!
+//! The layer runs over any store that writes in the service's PostgreSQL transactions
+//! ([`PgTransactional`]): the `PostgresStore` itself, or `Sealed<PostgresStore>` for
+//! encryption at rest; the handler names it as `IdempotencyContext<St>`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +28,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use idem::postgres::{PostgresStore, RecoveryPoint};
+use idem::policy::ConfigError;
+use idem::postgres::deadpool_postgres::Pool;
+use idem::postgres::{PgTransactional, RecoveryPoint};
 use idem::store::{Finish, MemoryStore};
 use idem::{IdempotencyContext, IdempotencyHandle, IdempotencyLayer};
 
@@ -69,9 +75,16 @@ impl Bank {
     }
 
     /// The bank's routes.
-    pub fn router(&self) -> Router {
+    ///
+    /// # Errors
+    ///
+    /// None in practice: the layer's settings are constants.
+    pub fn router(&self) -> Result<Router, ConfigError> {
         let bank = self.clone();
-        Router::new()
+        let layer = IdempotencyLayer::builder(MemoryStore::new())
+            .require_key(true)
+            .build()?;
+        Ok(Router::new()
             .route(
                 "/charges",
                 post(move || async move {
@@ -79,13 +92,14 @@ impl Bank {
                     (StatusCode::CREATED, format!("ch_{n}"))
                 }),
             )
-            .layer(IdempotencyLayer::new(MemoryStore::new()).require_key(true))
+            .layer(layer))
     }
 }
 
 /// The checkout service's state.
 #[derive(Clone, Debug)]
 pub struct Payments {
+    pool: Pool,
     schema: String,
     bank: SocketAddr,
     http: Client<HttpConnector, Full<Bytes>>,
@@ -110,9 +124,11 @@ impl IntoResponse for Failure {
 }
 
 impl Payments {
-    /// A service whose tables live in `schema` and whose bank listens at `bank`.
-    pub fn new(schema: &str, bank: SocketAddr) -> Self {
+    /// A service whose tables live in `schema` of the database of `pool` (the one the
+    /// idempotency store uses) and whose bank listens at `bank`.
+    pub fn new(pool: Pool, schema: &str, bank: SocketAddr) -> Self {
         Self {
+            pool,
             schema: schema.to_owned(),
             bank,
             http: Client::builder(TokioExecutor::new()).build_http(),
@@ -144,8 +160,8 @@ impl Payments {
     /// # Errors
     ///
     /// The database's error.
-    pub async fn migrate(&self, store: &PostgresStore) -> Result<(), Failure> {
-        let client = store.pool().get().await?;
+    pub async fn migrate(&self) -> Result<(), Failure> {
+        let client = self.pool.get().await?;
         client
             .batch_execute(&self.sql(
                 "CREATE TABLE IF NOT EXISTS {s}.orders (key text PRIMARY KEY);
@@ -156,12 +172,18 @@ impl Payments {
         Ok(())
     }
 
-    /// The service: `POST /checkout` behind the idempotency layer over `store`.
-    pub fn router(&self, store: PostgresStore) -> Router {
-        Router::new()
-            .route("/checkout", post(checkout))
+    /// The service: `POST /checkout` behind the idempotency layer over `store`, a
+    /// store over the database of the service's pool.
+    ///
+    /// # Errors
+    ///
+    /// None in practice: the layer's settings are constants.
+    pub fn router<St: PgTransactional>(&self, store: St) -> Result<Router, ConfigError> {
+        let layer = IdempotencyLayer::builder(store).require_key(true).build()?;
+        Ok(Router::new()
+            .route("/checkout", post(checkout::<St>))
             .with_state(self.clone())
-            .layer(IdempotencyLayer::new(store).require_key(true))
+            .layer(layer))
     }
 
     /// Charges at the bank under `key`; the bank replays a retried charge.
@@ -179,14 +201,13 @@ impl Payments {
 }
 
 /// The checkout: one atomic phase per arm, in order.
-async fn checkout(
+async fn checkout<St: PgTransactional>(
     State(app): State<Payments>,
-    ctx: IdempotencyContext,
+    ctx: IdempotencyContext<St>,
 ) -> Result<Response, Failure> {
-    let handle: &IdempotencyHandle = ctx.handle().ok_or(Failure("no key".into()))?;
-    let store = handle.postgres().ok_or(Failure("not postgres".into()))?;
+    let handle: &IdempotencyHandle<St> = ctx.handle().ok_or(Failure("no key".into()))?;
     let key = handle.key().as_str().to_owned();
-    let mut client = store.pool().get().await?;
+    let mut client = app.pool.get().await?;
     let mut point = handle.recovery_point(&**client).await?;
     loop {
         let data = point

@@ -38,20 +38,18 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let bank_addr = bank_listener.local_addr().map_err(|e| e.to_string())?;
-    let bank = Bank::default().router();
+    let bank = Bank::default().router().map_err(|e| e.to_string())?;
     tokio::spawn(async move { axum::serve(bank_listener, bank).await });
 
-    let payments = Payments::new("payments", bank_addr);
-    payments
-        .migrate(&store)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let payments = Payments::new(store.pool().clone(), "payments", bank_addr);
+    payments.migrate().await.map_err(|e| format!("{e:?}"))?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     println!("checkout on http://{listen} (bank on http://{bank_addr})");
     println!("  curl -i -X POST http://{listen}/checkout -H 'Idempotency-Key: order-1'");
-    axum::serve(listener, payments.router(store))
+    let app = payments.router(store).map_err(|e| e.to_string())?;
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

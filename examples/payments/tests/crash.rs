@@ -1,6 +1,7 @@
 //! Crash tests of the checkout (R20, R21): for each phase boundary, crash there, retry
 //! with the same key, and check that exactly one order, bank charge, ledger entry and
-//! receipt exist and that every successful answer is the same.
+//! receipt exist and that every successful answer is the same; over the PostgreSQL
+//! store as it is and sealed (encryption at rest).
 //!
 //! Needs PostgreSQL at `$IDEM_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); fails if it is unreachable.
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 use axum::Router;
 use http::StatusCode;
-use idem::postgres::{PostgresStore, PostgresStoreConfig};
+use idem::postgres::{PgTransactional, PostgresStore, PostgresStoreConfig};
+use idem::store::{Sealed, SealingKeys};
 use idem_testkit::Client;
 use idem_testkit::postgres::{Schema, url};
 use payments::{Bank, Boundary, Payments};
@@ -30,7 +32,31 @@ async fn count(store: &PostgresStore, schema: &str, table: &str) -> i64 {
         .get(0)
 }
 
-async fn world() -> (Schema, PostgresStore, Bank, Payments, Client) {
+/// The store the layer runs over, made from the PostgreSQL store.
+trait Layered {
+    type Store: PgTransactional;
+    fn over(pg: PostgresStore) -> Self::Store;
+}
+
+/// The PostgreSQL store as it is.
+struct Plain;
+impl Layered for Plain {
+    type Store = PostgresStore;
+    fn over(pg: PostgresStore) -> PostgresStore {
+        pg
+    }
+}
+
+/// Sealed: records and recovery points encrypted.
+struct Encrypted;
+impl Layered for Encrypted {
+    type Store = Sealed<PostgresStore>;
+    fn over(pg: PostgresStore) -> Sealed<PostgresStore> {
+        Sealed::new(pg, SealingKeys::new([("k1", [7; 32])]).unwrap())
+    }
+}
+
+async fn world<L: Layered>() -> (Schema, PostgresStore, Bank, Payments, Client) {
     let schema = Schema::fresh("pay");
     let store = PostgresStore::connect(
         &url(),
@@ -43,10 +69,10 @@ async fn world() -> (Schema, PostgresStore, Bank, Payments, Client) {
     .await
     .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e:?}", url()));
     let bank = Bank::default();
-    let bank_addr = serve(bank.router()).await;
-    let payments = Payments::new(schema.name(), bank_addr);
-    payments.migrate(&store).await.unwrap();
-    let addr = serve(payments.router(store.clone())).await;
+    let bank_addr = serve(bank.router().unwrap()).await;
+    let payments = Payments::new(store.pool().clone(), schema.name(), bank_addr);
+    payments.migrate().await.unwrap();
+    let addr = serve(payments.router(L::over(store.clone())).unwrap()).await;
     (schema, store, bank, payments, Client::new(addr))
 }
 
@@ -64,7 +90,17 @@ async fn assert_once(store: &PostgresStore, schema: &Schema, bank: &Bank, why: &
 // R20: the happy path runs every phase once; the retry replays (R8).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r20_checkout_runs_once() {
-    let (schema, store, bank, _payments, client) = world().await;
+    checkout_runs_once::<Plain>().await;
+}
+
+// R20 over a sealed store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r20_checkout_runs_once_sealed() {
+    checkout_runs_once::<Encrypted>().await;
+}
+
+async fn checkout_runs_once<L: Layered>() {
+    let (schema, store, bank, _payments, client) = world::<L>().await;
     let first = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(first.body, "{\"receipt\":\"cart-1\",\"charge\":\"ch_1\"}");
@@ -77,8 +113,19 @@ async fn r20_checkout_runs_once() {
 // R20, R21: a crash at each phase boundary, then retries with the same key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r20_crash_at_each_boundary_then_retry() {
+    crash_at_each_boundary_then_retry::<Plain>().await;
+}
+
+// R20, R21 over a sealed store: recovery points and the transactional completion are
+// sealed and read back through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r20_crash_at_each_boundary_then_retry_sealed() {
+    crash_at_each_boundary_then_retry::<Encrypted>().await;
+}
+
+async fn crash_at_each_boundary_then_retry<L: Layered>() {
     for boundary in Boundary::ALL {
-        let (schema, store, bank, payments, client) = world().await;
+        let (schema, store, bank, payments, client) = world::<L>().await;
         payments.crash_at(boundary);
         let crashed = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
         assert_eq!(

@@ -43,6 +43,9 @@
 //!
 //! Expected races are values ([`Claim`], [`Finish`]); only infrastructure failures are
 //! [`StoreError`]s.
+//!
+//! A store whose database can hold the caller's own transaction also implements
+//! [`Transactional`] (R20, R21).
 
 use std::future::Future;
 use std::time::Duration;
@@ -57,10 +60,12 @@ pub mod memory;
 pub mod sealed;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod transactional;
 mod watch;
 
 pub use memory::{MemoryStore, MemoryStoreConfig};
 pub use sealed::{KeyListError, Sealed, SealingKeys};
+pub use transactional::{RecoveryPoint, Transactional};
 pub use watch::{WaitHub, Watch};
 
 /// A boxed error from a backend.
@@ -282,6 +287,16 @@ pub enum StoreError {
     /// A stored record does not decode; it is never replayed.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
+    /// The store lacks a capability asked of it, e.g. a write inside a PostgreSQL
+    /// transaction ([`Transactional`]) asked of a store chosen at run time that is not
+    /// PostgreSQL.
+    #[error("the {store} store does not support {capability}")]
+    Unsupported {
+        /// Which store.
+        store: &'static str,
+        /// What it was asked to do.
+        capability: &'static str,
+    },
     /// Any other backend error.
     #[error("{store} store error")]
     Backend {

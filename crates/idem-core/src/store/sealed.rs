@@ -9,6 +9,10 @@
 //! - The store's record id keeps the scope but replaces the key by an HMAC-SHA256 of
 //!   scope and key (hex), keyed by a key derived from the **last** key in the list (the
 //!   root key). Equal keys still meet on one record; the raw key never reaches the store.
+//! - Over a [`Transactional`] store it is transactional too (R20, R21): a snapshot
+//!   completed in the caller's transaction is sealed as any completion, and a recovery
+//!   point's step and data are sealed together (under associated data of their own, so
+//!   a point's blob never opens as a snapshot's or the other way round).
 //! - A blob that does not open (tampered, moved, sealed under a key no longer in the
 //!   list, or written before sealing was turned on) is [`StoreError::Corrupt`]: never
 //!   replayed, answered as a problem.
@@ -42,11 +46,17 @@ use sha2::Sha256;
 
 use crate::key::IdempotencyKey;
 use crate::record::{Corrupt, Record, RecordId, Snapshot, SnapshotBody, State};
-use crate::store::{Claim, ClaimRequest, CorruptRecord, Finish, Lease, Store, StoreError, Watch};
+use crate::store::{
+    Claim, ClaimRequest, CorruptRecord, Finish, Lease, RecoveryPoint, Store, StoreError,
+    Transactional, Watch,
+};
 
 const SEAL_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
-const AAD_PREFIX: &[u8] = b"idem sealed snapshot v1\0";
+const SNAPSHOT_AAD: &[u8] = b"idem sealed snapshot v1\0";
+const POINT_AAD: &[u8] = b"idem sealed recovery point v1\0";
+/// The step of a sealed recovery point as its store sees it: the real one is sealed.
+const SEALED_STEP: &str = "sealed";
 const DERIVE_SEAL: &[u8] = b"idem seal key v1";
 const DERIVE_RECORD_ID: &[u8] = b"idem record id key v1";
 const MAX_ID_LEN: usize = 64;
@@ -234,6 +244,76 @@ impl SealingKeys {
     /// Seals `snapshot` for the record the store knows as `store_id`, under the
     /// newest key: the result carries only ciphertext.
     pub fn seal(&self, store_id: &RecordId, snapshot: &Snapshot) -> Snapshot {
+        Snapshot {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: SnapshotBody::Full(Bytes::from(self.seal_bytes(
+                SNAPSHOT_AAD,
+                store_id,
+                &snapshot.encode(),
+            ))),
+        }
+    }
+
+    /// Opens what [`SealingKeys::seal`] made for `store_id`; anything else is [`Corrupt`].
+    pub fn open(&self, store_id: &RecordId, sealed: &Snapshot) -> Result<Snapshot, Corrupt> {
+        let SnapshotBody::Full(blob) = &sealed.body else {
+            return Err(Corrupt("record is not sealed"));
+        };
+        Snapshot::decode(&self.open_bytes(SNAPSHOT_AAD, store_id, blob)?)
+    }
+
+    /// Seals a recovery point (R20) for the record the store knows as `store_id`: its
+    /// step and data both become one blob, in the data of a point whose step only says
+    /// it is sealed. Its associated data differs from a snapshot's, so neither blob
+    /// opens as the other.
+    pub fn seal_point(&self, store_id: &RecordId, point: &RecoveryPoint) -> RecoveryPoint {
+        let step = point.step.as_bytes();
+        let mut plain =
+            Vec::with_capacity(5 + step.len() + point.data.as_ref().map_or(0, Vec::len));
+        // Steps are names chosen by the application; a u32 length holds any of them.
+        plain.extend_from_slice(&u32::try_from(step.len()).unwrap_or(u32::MAX).to_be_bytes());
+        plain.extend_from_slice(step);
+        match &point.data {
+            None => plain.push(0),
+            Some(data) => {
+                plain.push(1);
+                plain.extend_from_slice(data);
+            }
+        }
+        RecoveryPoint::with_data(SEALED_STEP, self.seal_bytes(POINT_AAD, store_id, &plain))
+    }
+
+    /// Opens what [`SealingKeys::seal_point`] made for `store_id`; anything else is
+    /// [`Corrupt`].
+    pub fn open_point(
+        &self,
+        store_id: &RecordId,
+        sealed: &RecoveryPoint,
+    ) -> Result<RecoveryPoint, Corrupt> {
+        let (SEALED_STEP, Some(blob)) = (sealed.step.as_str(), &sealed.data) else {
+            return Err(Corrupt("recovery point is not sealed"));
+        };
+        let plain = self.open_bytes(POINT_AAD, store_id, blob)?;
+        let bad = Corrupt("sealed recovery point is malformed");
+        let (len, rest) = plain.split_first_chunk::<4>().ok_or(bad)?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| bad)?;
+        if rest.len() <= len {
+            return Err(bad);
+        }
+        let (step, rest) = rest.split_at(len);
+        let step = String::from_utf8(step.to_vec()).map_err(|_| bad)?;
+        let data = match rest.split_first() {
+            Some((0, [])) => None,
+            Some((1, data)) => Some(data.to_vec()),
+            _ => return Err(bad),
+        };
+        Ok(RecoveryPoint { step, data })
+    }
+
+    /// Seals `plain` for `store_id` under the newest key, with `aad_prefix` naming
+    /// what it is: `version, key id length, key id, nonce, ciphertext`.
+    fn seal_bytes(&self, aad_prefix: &[u8], store_id: &RecordId, plain: &[u8]) -> Vec<u8> {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         if getrandom::fill(&mut nonce).is_err() {
@@ -244,14 +324,13 @@ impl SealingKeys {
             nonce[..16].copy_from_slice(&a);
             nonce[16..].copy_from_slice(&b[..8]);
         }
-        let aad = aad(store_id);
-        let plain = snapshot.encode();
+        let aad = aad(aad_prefix, store_id);
         let sealed = key
             .cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: &plain,
+                    msg: plain,
                     aad: &aad,
                 },
             )
@@ -263,18 +342,17 @@ impl SealingKeys {
         blob.extend_from_slice(key.id.as_bytes());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&sealed);
-        Snapshot {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: SnapshotBody::Full(Bytes::from(blob)),
-        }
+        blob
     }
 
-    /// Opens what [`SealingKeys::seal`] made for `store_id`; anything else is [`Corrupt`].
-    pub fn open(&self, store_id: &RecordId, sealed: &Snapshot) -> Result<Snapshot, Corrupt> {
-        let SnapshotBody::Full(blob) = &sealed.body else {
-            return Err(Corrupt("record is not sealed"));
-        };
+    /// Opens what [`seal_bytes`](Self::seal_bytes) made for `store_id` with the same
+    /// `aad_prefix`.
+    fn open_bytes(
+        &self,
+        aad_prefix: &[u8],
+        store_id: &RecordId,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, Corrupt> {
         let (&version, rest) = blob.split_first().ok_or(Corrupt("record is not sealed"))?;
         if version != SEAL_VERSION {
             return Err(Corrupt("record is not sealed"));
@@ -293,9 +371,8 @@ impl SealingKeys {
             .iter()
             .find(|k| k.id.as_bytes() == id)
             .ok_or(Corrupt("record sealed under a key not in the key list"))?;
-        let aad = aad(store_id);
-        let plain = key
-            .cipher
+        let aad = aad(aad_prefix, store_id);
+        key.cipher
             .decrypt(
                 XNonce::from_slice(nonce),
                 Payload {
@@ -303,8 +380,7 @@ impl SealingKeys {
                     aad: &aad,
                 },
             )
-            .map_err(|_| Corrupt("sealed record does not open"))?;
-        Snapshot::decode(&plain)
+            .map_err(|_| Corrupt("sealed record does not open"))
     }
 
     fn open_record(&self, store_id: &RecordId, record: Record) -> Result<Record, Corrupt> {
@@ -322,10 +398,10 @@ impl SealingKeys {
     }
 }
 
-fn aad(store_id: &RecordId) -> Vec<u8> {
+fn aad(prefix: &[u8], store_id: &RecordId) -> Vec<u8> {
     let id = store_id.to_bytes();
-    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + id.len());
-    aad.extend_from_slice(AAD_PREFIX);
+    let mut aad = Vec::with_capacity(prefix.len() + id.len());
+    aad.extend_from_slice(prefix);
     aad.extend_from_slice(&id);
     aad
 }
@@ -460,6 +536,48 @@ impl<S: Store> Store for Sealed<S> {
     }
 }
 
+/// Transactional writes, sealed as [`Store::complete`] seals (R20, R21): the snapshot and
+/// the recovery point the inner store writes in the caller's transaction carry only
+/// ciphertext, under the record id the inner store sees, so they read back through
+/// this store as any other record does.
+impl<C: ?Sized + Sync, S: Transactional<C>> Transactional<C> for Sealed<S> {
+    async fn complete_in(
+        &self,
+        client: &C,
+        lease: &Lease,
+        snapshot: &Snapshot,
+        ttl: Duration,
+    ) -> Result<Finish, StoreError> {
+        let inner = self.inner_lease(lease);
+        let sealed = self.keys.seal(&inner.id, snapshot);
+        self.inner.complete_in(client, &inner, &sealed, ttl).await
+    }
+
+    async fn advance_in(
+        &self,
+        client: &C,
+        lease: &Lease,
+        point: &RecoveryPoint,
+        ttl: Duration,
+    ) -> Result<Finish, StoreError> {
+        let inner = self.inner_lease(lease);
+        let sealed = self.keys.seal_point(&inner.id, point);
+        self.inner.advance_in(client, &inner, &sealed, ttl).await
+    }
+
+    async fn recovery_point(
+        &self,
+        client: &C,
+        lease: &Lease,
+    ) -> Result<Option<RecoveryPoint>, StoreError> {
+        let inner = self.inner_lease(lease);
+        match self.inner.recovery_point(client, &inner).await? {
+            Some(point) => Ok(Some(self.keys.open_point(&inner.id, &point)?)),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +644,50 @@ mod tests {
             ..sealed
         };
         assert!(k.open(&rid, &truncated).is_err());
+    }
+
+    // R20: a sealed recovery point hides step and data, opens back to what was sealed,
+    // and opens only on its own record and only as a point.
+    #[test]
+    fn recovery_points_round_trip_hidden() {
+        let k = keys(&[("a", K1)]);
+        let rid = k.store_id(&id("point"));
+        for point in [
+            RecoveryPoint::new("order_created"),
+            RecoveryPoint::with_data("charged", b"ch_secret".to_vec()),
+            RecoveryPoint::with_data("", Vec::new()),
+        ] {
+            let sealed = k.seal_point(&rid, &point);
+            assert_eq!(sealed.step, SEALED_STEP);
+            let blob = sealed.data.as_deref().unwrap();
+            assert!(point.step.is_empty() || !contains(blob, point.step.as_bytes()));
+            assert!(!contains(blob, b"ch_secret"));
+            assert_eq!(k.open_point(&rid, &sealed).unwrap(), point);
+        }
+        let sealed = k.seal_point(&rid, &RecoveryPoint::new("order_created"));
+        let elsewhere = k.store_id(&id("elsewhere"));
+        assert!(k.open_point(&elsewhere, &sealed).is_err());
+        assert!(
+            k.open_point(&rid, &RecoveryPoint::new("order_created"))
+                .is_err()
+        );
+        // A snapshot's blob is no point, and a point's blob is no snapshot.
+        let snapshot_blob = blob(&k.seal(&rid, &snapshot(b"body"))).to_vec();
+        let as_point = RecoveryPoint::with_data(SEALED_STEP, snapshot_blob);
+        assert!(k.open_point(&rid, &as_point).is_err());
+        let as_snapshot = Snapshot {
+            body: SnapshotBody::Full(Bytes::from(sealed.data.clone().unwrap())),
+            ..snapshot(b"")
+        };
+        assert!(k.open(&rid, &as_snapshot).is_err());
+        // Tampered: never a point.
+        let mut bad = sealed.data.unwrap();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(
+            k.open_point(&rid, &RecoveryPoint::with_data(SEALED_STEP, bad))
+                .is_err()
+        );
     }
 
     #[test]

@@ -39,7 +39,8 @@ impl WaitHub {
         let slot = slots.entry(id.clone()).or_default().clone();
         let seen = slot.generation.load(Ordering::SeqCst);
         Watch {
-            hub: Some((self.clone(), id.clone())),
+            hub: self.clone(),
+            id: id.clone(),
             slot,
             seen,
         }
@@ -84,21 +85,13 @@ impl fmt::Debug for WaitHub {
 
 /// A waiter's handle on one record. See [`WaitHub`].
 pub struct Watch {
-    hub: Option<(WaitHub, RecordId)>,
+    hub: WaitHub,
+    id: RecordId,
     slot: Arc<Slot>,
     seen: u64,
 }
 
 impl Watch {
-    /// A watch that is never notified; callers rely on their poll interval.
-    pub fn never() -> Self {
-        Self {
-            hub: None,
-            slot: Arc::default(),
-            seen: 0,
-        }
-    }
-
     /// Resolves once the record may have changed since the watch began or since the
     /// last call returned.
     pub async fn changed(&mut self) {
@@ -116,13 +109,15 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Some((hub, id)) = self.hub.take() {
-            let mut slots = hub.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            // The map holds one reference and this watch another: the last watcher out
-            // removes the slot, so the registry holds only watched records.
-            if Arc::strong_count(&self.slot) == 2 {
-                slots.remove(&id);
-            }
+        let mut slots = self
+            .hub
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The map holds one reference and this watch another: the last watcher out
+        // removes the slot, so the registry holds only watched records.
+        if Arc::strong_count(&self.slot) == 2 {
+            slots.remove(&self.id);
         }
     }
 }

@@ -215,6 +215,114 @@ async fn r17_upstream_problems_use_the_problem_base_flag() {
     );
 }
 
+/// `idem serve --problem-base BASE` with its admin API on, in front of `store`; answers
+/// the proxy and its admin listener.
+async fn serve_with_admin(store: &str) -> (crate::common::Proc, std::net::SocketAddr) {
+    let admin = crate::common::free_addr();
+    let admin_arg = admin.to_string();
+    let proc = serve(&[
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--store",
+        store,
+        "--problem-base",
+        BASE,
+        "--request-read-timeout",
+        "300ms",
+        "--admin-listen",
+        &admin_arg,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "no admin listener");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (proc, admin)
+}
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+async fn admin_get(admin: std::net::SocketAddr, path: &str, token: bool) -> idem_testkit::Resp {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers: Vec<(&str, &str)> = if token {
+        vec![("authorization", auth.as_str())]
+    } else {
+        Vec::new()
+    };
+    Client::new(admin)
+        .send(Method::GET, path, &headers, b"")
+        .await
+}
+
+fn under_base(kind: ProblemKind) -> String {
+    format!("{BASE}#{}", kind.slug())
+}
+
+// R17: the proxy's own answers (the read timeout's 408 and every answer of the admin
+// API) carry the configured problem base, like the engine's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r17_the_proxys_own_problems_use_the_problem_base() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (proc, admin) = serve_with_admin("memory").await;
+
+    // A body that never arrives: 408 once the read timeout passes.
+    let mut conn = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
+    conn.write_all(
+        b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: slow\r\ncontent-length: 10\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer))
+        .await
+        .expect("an answer, then the connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(doc["type"], under_base(ProblemKind::RequestTimeout));
+
+    let refused = admin_get(admin, "/admin/keys/global/k", false).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.problem_type(),
+        under_base(ProblemKind::AdminUnauthorized)
+    );
+    let missing = admin_get(admin, "/admin/keys/global/k", true).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.problem_type(),
+        under_base(ProblemKind::AdminKeyNotFound)
+    );
+    let bad = admin_get(admin, "/admin/keys/nowhere/k", true).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.problem_type(), under_base(ProblemKind::AdminBadRequest));
+    let doc: serde_json::Value = serde_json::from_slice(&bad.body).unwrap();
+    assert_eq!(doc["title"], ProblemKind::AdminBadRequest.title());
+}
+
+// R15, R17: when the store is down, the admin API answers as the proxy does: the same
+// problem type under the same base, and the same Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r15_the_admin_api_answers_a_store_failure_as_the_proxy_does() {
+    // Nothing listens on port 1: every store operation fails at once.
+    let (proc, admin) =
+        serve_with_admin("postgres://postgres@127.0.0.1:1/test?migrate=false").await;
+    let proxied = post(&Client::new(proc.addr), "/charges", Some("k"), "{}").await;
+    let admin = admin_get(admin, "/admin/keys/global/k", true).await;
+    for r in [&proxied, &admin] {
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.problem_type(), under_base(ProblemKind::StoreUnavailable));
+    }
+    assert_eq!(admin.header("retry-after"), proxied.header("retry-after"));
+    assert!(admin.header("retry-after").is_some());
+}
+
 fn ttl_line(explain: &str) -> String {
     explain
         .lines()
@@ -377,7 +485,10 @@ fn r17_docs_anchor_every_problem_type() {
     );
     let (code, out, err) = run(&["docs", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{err}");
-    for kind in ProblemKind::ALL {
+    let client_kinds = ProblemKind::ALL
+        .iter()
+        .filter(|k| k.audience() == idem::problem::Audience::Client);
+    for kind in client_kinds {
         let slug = kind.slug();
         assert!(
             out.contains(&format!("<a id=\"{slug}\"></a>")),

@@ -11,5 +11,5 @@ mod service;
 
 pub use decision::{SPAN_TARGET as REQUEST_SPAN_TARGET, TARGET as DECISION_LOG_TARGET};
 pub use future::ResponseFuture;
-pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder, LayerTarget};
 pub use service::Idempotency;

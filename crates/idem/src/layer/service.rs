@@ -8,8 +8,7 @@ use futures_util::FutureExt as _;
 use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use idem_core::engine::{Begin, Completion, Decided, Disposition, Inspect, Ticket};
-use idem_core::metrics::Outcome;
+use idem_core::engine::{Answer, Begin, Completion, Disposition, Inspect, Ticket};
 use idem_core::policy::Policy;
 use idem_core::record::{NotRetained, Record, Snapshot, SnapshotBody, State};
 use idem_core::{Problem, ProblemKind, Store};
@@ -93,16 +92,28 @@ where
     }
 }
 
-fn respond(resp: Response<Bytes>) -> Response<Body> {
-    resp.map(Body::full)
+/// Gives the handler its context twice: naming the layer's store, so a handler can
+/// reach what the store can do (its [`Transactional`](idem_core::store::Transactional)
+/// writes), and naming none, for handlers that need only the key.
+fn provide<St: Store>(extensions: &mut http::Extensions, ctx: IdempotencyContext<St>) {
+    extensions.insert(ctx.untyped());
+    extensions.insert(ctx);
 }
 
-/// Renders a problem under the policy's `type` base (R17).
-fn problem(policy: &Policy, p: Problem) -> Response<Body> {
-    respond(
-        p.with_type_base(policy.problem_base().cloned())
-            .to_response(),
-    )
+/// Sends an answer of the engine as it is, noting it in the decision log.
+fn answered(answer: Answer, decision: &mut Decision) -> Response<Body> {
+    decision.store = answer.decided.store_time;
+    decision.log(
+        answer.decided.outcome,
+        Some(answer.response.status().as_u16()),
+    );
+    answer.response.map(Body::full)
+}
+
+/// Renders a problem of the layer's own (a failure while executing) under the
+/// policy's `type` base (R17), as the engine renders its answers.
+fn problem(policy: &Policy, p: &Problem) -> Response<Body> {
+    policy.problems().render(p).map(Body::full)
 }
 
 async fn handle<S, St, ReqB, ResB>(
@@ -124,19 +135,15 @@ where
     let (mut parts, body) = req.into_parts();
     let pending = match engine.inspect(&parts) {
         Inspect::Pass => {
-            parts.extensions.insert(IdempotencyContext::unprotected());
+            provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
             let resp = inner
                 .call(Request::from_parts(parts, Body::new(body)))
                 .await;
             return Step::Done(resp.map(|r| r.map(Body::new)));
         }
-        Inspect::Reject(p) => {
-            let outcome = match p.kind {
-                ProblemKind::MissingKey => Outcome::MissingKey,
-                _ => Outcome::InvalidKey,
-            };
-            Decision::start(&parts.method, &parts.uri).log(outcome, Some(p.status.as_u16()));
-            return Step::Done(Ok(problem(engine.policy(), p)));
+        Inspect::Reject(answer) => {
+            let mut decision = Decision::start(&parts.method, &parts.uri);
+            return Step::Done(Ok(answered(answer, &mut decision)));
         }
         Inspect::Protect(pending) => pending,
     };
@@ -152,49 +159,39 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Step::Done(Ok(too_large(engine.policy(), pending.id(), &decision)));
+        return Step::Done(Ok(answered(engine.too_large(&pending), &mut decision)));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Step::Done(Ok(too_large(engine.policy(), pending.id(), &decision)));
+            return Step::Done(Ok(answered(engine.too_large(&pending), &mut decision)));
         }
         Err(e) => {
             tracing::debug!(error = %e, "request body unreadable");
-            let p = Problem::new(
-                ProblemKind::BadRequestBody,
-                "the request body could not be read; nothing was processed",
-            );
-            Outcome::BadBody.record();
-            decision.log(Outcome::BadBody, Some(p.status.as_u16()));
-            return Step::Done(Ok(problem(engine.policy(), p)));
+            return Step::Done(Ok(answered(engine.unreadable_body(), &mut decision)));
         }
     };
 
     let id = pending.id().clone();
-    let begun = tokio::time::Instant::now();
     match engine.begin(pending, &parts, &bytes).await {
-        Begin::Respond(resp) => {
-            if let Some(decided) = resp.extensions().get::<Decided>() {
-                decision.store = decided.store_time;
-                decision.log(decided.outcome, Some(resp.status().as_u16()));
-            }
-            Step::Done(Ok(respond(resp)))
-        }
-        Begin::Unprotected => {
-            decision.store = begun.elapsed();
-            parts.extensions.insert(IdempotencyContext {
-                key: Some(id.key().clone()),
-                scope: Some(*id.scope()),
-                handle: None,
-            });
+        Begin::Respond(answer) => Step::Done(Ok(answered(answer, &mut decision))),
+        Begin::Unprotected(decided) => {
+            decision.store = decided.store_time;
+            provide::<St>(
+                &mut parts.extensions,
+                IdempotencyContext {
+                    key: Some(id.key().clone()),
+                    scope: Some(*id.scope()),
+                    handle: None,
+                },
+            );
             let called = tokio::time::Instant::now();
             let resp = inner
                 .call(Request::from_parts(parts, Body::full(bytes)))
                 .await;
             decision.upstream = Some(called.elapsed());
             let status = resp.as_ref().ok().map(|r| r.status().as_u16());
-            decision.log(Outcome::FailOpen, status);
+            decision.log(decided.outcome, status);
             Step::Done(resp.map(|r| r.map(Body::new)))
         }
         Begin::Execute(ticket) => {
@@ -207,11 +204,14 @@ where
                 policy.deny_headers().to_vec(),
                 engine.store().clone(),
             );
-            parts.extensions.insert(IdempotencyContext {
-                key: Some(id.key().clone()),
-                scope: Some(*id.scope()),
-                handle: Some(handle.clone()),
-            });
+            provide(
+                &mut parts.extensions,
+                IdempotencyContext {
+                    key: Some(id.key().clone()),
+                    scope: Some(*id.scope()),
+                    handle: Some(handle.clone()),
+                },
+            );
             let req = Request::from_parts(parts, Body::full(bytes));
             let lease = ticket.lease().clone();
             // Counted by the tracker until it ends, inline or (client gone) on a task of
@@ -230,7 +230,7 @@ where
                         decision.record = Some("released");
                         Ok(problem(
                             shared.engine.policy(),
-                            Problem::new(
+                            &Problem::new(
                                 ProblemKind::Internal,
                                 "the service failed while handling the request; it may be retried with the same key",
                             ),
@@ -257,22 +257,6 @@ fn from_snapshot(snapshot: Snapshot) -> Response<Body> {
     resp
 }
 
-fn too_large(
-    policy: &Policy,
-    id: &idem_core::record::RecordId,
-    decision: &Decision,
-) -> Response<Body> {
-    let limit = policy.max_request_body();
-    let p = Problem::new(
-        ProblemKind::RequestTooLarge,
-        format!("the request body exceeds {limit} bytes; nothing was processed or stored"),
-    )
-    .with_key(id.key());
-    Outcome::TooLarge.record();
-    decision.log(Outcome::TooLarge, Some(p.status.as_u16()));
-    problem(policy, p)
-}
-
 /// Calls the inner service as the record's owner, then completes or releases the record
 /// before the response leaves (R7, R12, R13, R19).
 async fn execute<S, St, ResB>(
@@ -280,7 +264,7 @@ async fn execute<S, St, ResB>(
     mut inner: S,
     req: Request<Body>,
     ticket: Ticket<St>,
-    handle: &IdempotencyHandle,
+    handle: &IdempotencyHandle<St>,
     decision: &mut Decision,
 ) -> Result<Response<Body>, S::Error>
 where
@@ -374,7 +358,7 @@ where
                         release(engine, ticket, decision).await;
                         return Ok(problem(
                             engine.policy(),
-                            Problem::new(
+                            &Problem::new(
                                 ProblemKind::UpstreamUnavailable,
                                 "the upstream's response broke off; the request may be retried with the same key",
                             ),

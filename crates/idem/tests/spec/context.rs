@@ -52,3 +52,35 @@ async fn extractor_without_layer_is_500() {
     let r = Client::new(front.addr).post("/orders", "k", "{}").await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+// R20, R21: the context that names the layer's store carries that store (what a handler
+// completes and keeps recovery points through); one naming another store is a wiring
+// mistake, answered 500 and named.
+#[tokio::test]
+async fn the_context_naming_the_store_carries_it() {
+    async fn typed(ctx: IdempotencyContext<MemoryStore>) -> String {
+        let handle = ctx.handle().expect("protected");
+        format!("{} {:?}", handle.key().as_str(), handle.store().len())
+    }
+    async fn other(_ctx: IdempotencyContext<idem::AnyStore>) -> &'static str {
+        "unreachable"
+    }
+    let store = MemoryStore::new();
+    let app = Router::new()
+        .route("/typed", post(typed))
+        .route("/other", post(other))
+        .layer(IdempotencyLayer::new(store));
+    let front = serve(app).await;
+    let client = Client::new(front.addr);
+
+    // The handler's store is the layer's: it holds this request's in-flight record.
+    let r = client.post("/typed", "k1", "{}").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "k1 1");
+    let r = client.post("/other", "k2", "{}").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("AnyStore"),
+        "{r:?}"
+    );
+}

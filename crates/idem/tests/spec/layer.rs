@@ -61,15 +61,41 @@ fn builder_refuses_invalid_values_without_panicking() {
     assert!(b().mismatch_status(StatusCode::OK).build().is_err());
 }
 
+// Every setting of the policy is a method of the layer builder, and a policy made
+// elsewhere is taken whole.
 #[test]
-fn layer_setters_are_infallible() {
-    let layer = IdempotencyLayer::new(MemoryStore::new())
-        .require_key(true)
-        .fingerprint(FingerprintMode::Json);
-    assert!(layer.policy().require_key());
-    assert_eq!(layer.policy().fingerprint(), FingerprintMode::Json);
+fn builder_covers_the_whole_policy() {
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .max_key_len(16)
+        .streaming_types(["application/x-ndjson".to_owned()])
+        .problem_base("https://api.example.com/errors")
+        .completion_attempts(5)
+        .build()
+        .unwrap();
+    let p = layer.policy();
+    assert_eq!(p.max_key_len(), 16);
+    assert_eq!(p.streaming_types(), ["application/x-ndjson"]);
+    assert_eq!(p.completion_attempts(), 5);
+    assert_eq!(
+        p.problem_base().map(|b| &**b),
+        Some("https://api.example.com/errors")
+    );
     // Untouched settings keep their defaults.
-    assert_eq!(layer.policy().ttl(), Duration::from_secs(24 * 3600));
+    assert_eq!(p.ttl(), Duration::from_secs(24 * 3600));
+
+    let from = IdempotencyLayer::builder(MemoryStore::new())
+        .policy(p.clone())
+        .require_key(true)
+        .build()
+        .unwrap();
+    assert_eq!(from.policy().max_key_len(), 16);
+    assert!(from.policy().require_key());
+    assert!(
+        IdempotencyLayer::builder(MemoryStore::new())
+            .completion_attempts(0)
+            .build()
+            .is_err()
+    );
 }
 
 // R3: a route can require a key while another one, sharing the store, does not.
@@ -85,7 +111,12 @@ async fn r03_per_route_layers_share_one_store() {
     };
     let payments = Router::new()
         .route("/payments", post(counter(runs.clone())))
-        .route_layer(IdempotencyLayer::new(store.clone()).require_key(true));
+        .route_layer(
+            IdempotencyLayer::builder(store.clone())
+                .require_key(true)
+                .build()
+                .unwrap(),
+        );
     let notes = Router::new()
         .route("/notes", post(counter(runs.clone())))
         .route_layer(IdempotencyLayer::new(store));

@@ -34,9 +34,11 @@ pub async fn serve(app: Router) -> Front {
 
 /// The app of a Rust service: the upstream's own routes behind the layer.
 pub async fn start_app<St: Store>(store: St, upstream: &CountingUpstream, policy: Policy) -> Front {
-    let app = upstream
-        .router()
-        .layer(IdempotencyLayer::with_policy(store, policy));
+    let layer = IdempotencyLayer::builder(store)
+        .policy(policy)
+        .build()
+        .expect("the suite's policies are valid");
+    let app = upstream.router().layer(layer);
     serve(app).await
 }
 

@@ -1,6 +1,7 @@
 //! R20 through the layer: a checkout in atomic phases (order → bank charge → ledger →
 //! receipt + completion, R21), crashed at every phase boundary and retried with the
-//! same key. Needs PostgreSQL (see `r21_postgres`).
+//! same key, over `PostgresStore` and `Sealed<PostgresStore>`. Needs PostgreSQL (see
+//! `r21_postgres`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,12 +14,13 @@ use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
 use http::StatusCode;
-use idem::postgres::{PostgresStore, RecoveryPoint};
+use idem::postgres::deadpool_postgres::Pool;
+use idem::postgres::{PgTransactional, PostgresStore, RecoveryPoint};
 use idem::store::Finish;
 use idem::{IdempotencyContext, IdempotencyLayer};
 use idem_testkit::Client;
 
-use super::r21_postgres::PgSchema;
+use super::r21_postgres::{PgSchema, bytea_hex, sealed};
 use super::serve;
 
 /// A foreign service that honours idempotency keys: one charge per key.
@@ -40,6 +42,7 @@ impl Bank {
 
 #[derive(Clone)]
 struct App {
+    pool: Pool,
     schema: String,
     bank: Bank,
     /// The phase boundary at which the next request crashes (once).
@@ -63,11 +66,13 @@ impl App {
 
 /// The checkout, one atomic phase per arm; each commits its local writes with the
 /// next recovery point, so a retry resumes at the first phase that did not commit.
-async fn checkout(State(app): State<App>, ctx: IdempotencyContext) -> Response {
+async fn checkout<St: PgTransactional>(
+    State(app): State<App>,
+    ctx: IdempotencyContext<St>,
+) -> Response {
     let handle = ctx.handle().expect("protected");
-    let store: &PostgresStore = handle.postgres().expect("postgres");
     let key = handle.key().as_str().to_owned();
-    let mut client = store.pool().get().await.unwrap();
+    let mut client = app.pool.get().await.unwrap();
     let mut point = handle.recovery_point(&**client).await.unwrap();
     loop {
         let step = point.as_ref().map(|p| p.step.clone());
@@ -150,6 +155,38 @@ async fn count(store: &PostgresStore, schema: &str, table: &str) -> i64 {
 // answer is the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r20_crash_at_each_phase_boundary_resumes() {
+    crash_at_each_phase_boundary_resumes(|pg| pg, |_, _| async {}).await;
+}
+
+// R20 through `Sealed<PostgresStore>`: the recovery points the phases commit are
+// sealed as completions are, and read back through the sealed store; the tables hold
+// neither the steps nor their data in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r20_crash_at_each_phase_boundary_resumes_sealed() {
+    crash_at_each_phase_boundary_resumes(sealed, |schema, pg| async move {
+        let raw = schema.raw_rows(&pg).await;
+        assert_eq!(schema.count(&pg, "recovery_points").await, 1, "{raw}");
+        for clear in ["order_created", "charged", "ledgered", "ch_0", "cart-1"] {
+            assert!(!raw.contains(clear), "{clear}: {raw}");
+            assert!(
+                !raw.contains(&bytea_hex(clear.as_bytes())),
+                "{clear}: {raw}"
+            );
+        }
+    })
+    .await;
+}
+
+/// The crash test over the layer's store `layer_store(pg)`; `check` runs at the end of
+/// each boundary's run.
+async fn crash_at_each_phase_boundary_resumes<St, Check, Checked>(
+    layer_store: impl Fn(PostgresStore) -> St,
+    check: Check,
+) where
+    St: PgTransactional,
+    Check: Fn(PgSchema, PostgresStore) -> Checked,
+    Checked: std::future::Future<Output = ()>,
+{
     for boundary in [
         "order_created",
         "charged_not_recorded",
@@ -169,14 +206,15 @@ async fn r20_crash_at_each_phase_boundary_resumes() {
         .unwrap();
         drop(c);
         let app = App {
+            pool: store.pool().clone(),
             schema: schema.name.clone(),
             bank: Bank::default(),
             crash_at: Arc::new(Mutex::new(Some(boundary))),
         };
         let router = Router::new()
-            .route("/checkout", post(checkout))
+            .route("/checkout", post(checkout::<St>))
             .with_state(app.clone())
-            .layer(IdempotencyLayer::new(store.clone()));
+            .layer(IdempotencyLayer::new(layer_store(store.clone())));
         let front = serve(router).await;
         let client = Client::new(front.addr);
 
@@ -222,5 +260,7 @@ async fn r20_crash_at_each_phase_boundary_resumes() {
             ok.body, "{\"receipt\":\"cart-1\",\"charge\":\"ch_0\"}",
             "{boundary}"
         );
+        drop(front);
+        check(schema, store).await;
     }
 }
