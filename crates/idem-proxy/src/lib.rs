@@ -3,7 +3,7 @@
 //! The proxy is the `idem` crate's [`IdempotencyLayer`](idem::IdempotencyLayer) in front
 //! of a [`Forward`](forward::Forward) service on hyper, so the library and the
 //! proxy share one engine path. Every `idem serve` setting is described once, in
-//! [`settings`]; [`run`] is what the `idem` binary runs, one function per subcommand.
+//! [`settings`]; [`run()`] is what the `idem` binary runs, one function per subcommand.
 //! This library half exists so tests (and embedders) can run the proxy in-process:
 //!
 //! ```no_run
