@@ -8,7 +8,9 @@
 //! cargo run -p idem-client --example charge -- [URL [TIMEOUT_MS]]
 //! ```
 //!
-//! URL defaults to `http://127.0.0.1:8080/charges`, the per-attempt timeout to 10 s. It
+//! URL defaults to `http://127.0.0.1:8080/charges`, the per-attempt timeout to 10 s; the
+//! API credential is `$API_KEY` (default `sk_test_example`), sent as a bearer token: idem
+//! keeps each caller's keys apart by it and refuses keyed requests without one. It
 //! makes one charge with a key the middleware picks, then sends one charge twice with a
 //! key of its own: the second answer is the first one replayed. With a timeout shorter
 //! than the API (`-- http://127.0.0.1:8080/charges 100` against the demo) the first
@@ -75,8 +77,10 @@ async fn charge(
     url: &str,
     key: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let credential = std::env::var("API_KEY").unwrap_or_else(|_| "sk_test_example".to_owned());
     let mut req = client
         .post(url)
+        .bearer_auth(credential)
         .header("content-type", "application/json")
         .body(r#"{"amount":4200}"#);
     if let Some(key) = key {

@@ -27,7 +27,7 @@ use crate::fingerprint::Fingerprint;
 use crate::headers;
 use crate::key::{IdempotencyKey, KeyError};
 use crate::metrics::{self, Outcome, StoreOp, timed};
-use crate::policy::{OnConcurrent, Policy, StoreFailure};
+use crate::policy::{OnConcurrent, Policy, StoreFailure, Unscoped};
 use crate::problem::{Problem, ProblemKind};
 use crate::record::{NotRetained, OwnerToken, Record, RecordId, Snapshot, SnapshotBody};
 use crate::renewal::{Registration, Renewals};
@@ -220,9 +220,12 @@ impl<St: Store> Engine<St> {
             return Inspect::Pass;
         }
         match IdempotencyKey::from_headers(&parts.headers, &p.header, p.max_key_len) {
-            Ok(Some(key)) => Inspect::Protect(Pending {
-                id: RecordId::new(p.scope.scope(&parts.headers), key),
-            }),
+            Ok(Some(key)) => match p.scope.scope(&parts.headers) {
+                Some(scope) => Inspect::Protect(Pending {
+                    id: RecordId::new(scope, key),
+                }),
+                None => self.unscoped(parts),
+            },
             Ok(None) if p.require_key => Inspect::Reject(self.refuse(
                 &Problem::new(
                     ProblemKind::MissingKey,
@@ -242,6 +245,36 @@ impl<St: Store> Engine<St> {
                 Outcome::InvalidKey,
                 Duration::ZERO,
             )),
+        }
+    }
+
+    /// A keyed request without any scope header: never stored under a scope it would
+    /// share with other anonymous callers (R4).
+    fn unscoped(&self, parts: &request::Parts) -> Inspect {
+        let p = &self.policy;
+        match p.unscoped {
+            Unscoped::Pass => {
+                Outcome::Unscoped.record();
+                Inspect::Pass
+            }
+            Unscoped::Refuse => {
+                let names: Vec<String> =
+                    p.scope.header_names().iter().map(header_display).collect();
+                Inspect::Reject(self.refuse(
+                    &Problem::new(
+                        ProblemKind::UnscopedRequest,
+                        format!(
+                            "{} {} carries an idempotency key but no `{}` header to say whose \
+                             key it is; nothing was processed",
+                            parts.method,
+                            parts.uri.path(),
+                            names.join("` or `"),
+                        ),
+                    ),
+                    Outcome::Unscoped,
+                    Duration::ZERO,
+                ))
+            }
         }
     }
 
@@ -368,7 +401,7 @@ impl<St: Store> Engine<St> {
     }
 
     fn store_failed(&self, id: &RecordId, e: &StoreError, store_time: Duration) -> Begin<St> {
-        tracing::warn!(error = %e, scope = %id.scope(), "idempotency store failed");
+        tracing::warn!(error = %e, scope = %self.policy.scope.log(id.scope()), "idempotency store failed");
         match self.policy.store_failure {
             StoreFailure::FailOpen => {
                 Outcome::FailOpen.record();
@@ -462,14 +495,7 @@ impl<St: Store> Engine<St> {
         body: Result<Bytes, NotRetained>,
     ) -> Completion {
         let lease = ticket.take();
-        let snapshot = Snapshot {
-            status: head.status,
-            headers: headers::storable(&head.headers, &self.policy.deny_headers),
-            body: match body {
-                Ok(b) => SnapshotBody::Full(b),
-                Err(reason) => SnapshotBody::NotRetained(reason),
-            },
-        };
+        let snapshot = self.policy.snapshot(head, body);
         let mut backoff = Duration::from_millis(10);
         for attempt in 1..=self.policy.completion_attempts {
             let (result, _) = timed(
@@ -481,7 +507,10 @@ impl<St: Store> Engine<St> {
                 Ok(Finish::Done) => return Completion::Stored,
                 Ok(Finish::Superseded) => {
                     metrics::superseded();
-                    tracing::warn!(scope = %lease.id.scope(), "completion refused: record taken over");
+                    tracing::warn!(
+                        scope = %self.policy.scope.log(lease.id.scope()),
+                        "completion refused: record taken over"
+                    );
                     return Completion::Superseded;
                 }
                 Err(e) => {
@@ -508,7 +537,10 @@ impl<St: Store> Engine<St> {
         match timed(StoreOp::Release, self.store.release(&lease)).await.0 {
             Ok(Finish::Done) => {}
             Ok(Finish::Superseded) => {
-                tracing::warn!(scope = %lease.id.scope(), "release refused: record taken over");
+                tracing::warn!(
+                    scope = %self.policy.scope.log(lease.id.scope()),
+                    "release refused: record taken over"
+                );
             }
             Err(e) => {
                 // The record stays in flight until its lease ends (R11), which is what
@@ -541,10 +573,10 @@ fn answer(response: Response<Bytes>, outcome: Outcome, store_time: Duration) -> 
 }
 
 fn header_display(name: &http::HeaderName) -> String {
-    if name == "idempotency-key" {
-        "Idempotency-Key".to_owned()
-    } else {
-        name.to_string()
+    match name.as_str() {
+        "idempotency-key" => "Idempotency-Key".to_owned(),
+        "authorization" => "Authorization".to_owned(),
+        other => other.to_owned(),
     }
 }
 
@@ -584,7 +616,7 @@ mod tests {
     }
 
     fn post(key: Option<&str>) -> request::Parts {
-        let mut req = Request::post("/charges");
+        let mut req = Request::post("/charges").header("authorization", "Bearer alice");
         if let Some(key) = key {
             req = req.header("idempotency-key", key);
         }
@@ -607,6 +639,103 @@ mod tests {
             Inspect::Protect(p) => p,
             other => panic!("expected Protect, got {other:?}"),
         }
+    }
+
+    fn anonymous(key: &str) -> request::Parts {
+        let req = Request::post("/charges").header("idempotency-key", key);
+        req.body(()).unwrap().into_parts().0
+    }
+
+    // R4: a keyed request without the scope header is refused by default, with a
+    // problem naming the header; nothing is claimed.
+    #[tokio::test]
+    async fn r04_unscoped_keyed_requests_are_refused_by_default() {
+        let engine = engine(Policy::builder().problem_base(BASE));
+        let Inspect::Reject(answer) = engine.inspect(&anonymous("k1")) else {
+            panic!("an unscoped keyed request is refused");
+        };
+        assert_answer(&answer, Outcome::Unscoped, ProblemKind::UnscopedRequest);
+        let detail = doc(&answer)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("`Authorization`"), "{detail}");
+        // Keyless requests are not concerned: they pass as before (R3).
+        let keyless = Request::post("/charges").body(()).unwrap().into_parts().0;
+        assert!(matches!(engine.inspect(&keyless), Inspect::Pass));
+        // Empty credentials identify no one.
+        let mut empty = anonymous("k1");
+        empty
+            .headers
+            .insert("authorization", HeaderValue::from_static(""));
+        assert!(matches!(engine.inspect(&empty), Inspect::Reject(_)));
+    }
+
+    // R4: configured to pass, an unscoped keyed request is forwarded unprotected.
+    #[test]
+    fn r04_unscoped_keyed_requests_pass_when_configured() {
+        let engine = engine(Policy::builder().unscoped(crate::policy::Unscoped::Pass));
+        assert!(matches!(engine.inspect(&anonymous("k1")), Inspect::Pass));
+        let shared = engine_with_scope(crate::scope::ScopeSource::none(), false);
+        assert!(
+            matches!(shared.inspect(&anonymous("k1")), Inspect::Protect(_)),
+            "one shared scope is an explicit choice: everyone is scoped"
+        );
+    }
+
+    fn engine_with_scope(scope: crate::scope::ScopeSource, cookies: bool) -> Engine<MemoryStore> {
+        engine(Policy::builder().scope(scope).store_set_cookie(cookies))
+    }
+
+    async fn complete_with_cookie(engine: &Engine<MemoryStore>, key: &str) -> Answer {
+        let parts = anonymous(key);
+        let Begin::Execute(ticket) = engine.begin(pending(engine, &parts), &parts, b"a").await
+        else {
+            panic!("a new key executes");
+        };
+        let (head, ()) = Response::builder()
+            .status(201)
+            .header("set-cookie", "session=alice-secret")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let stored = engine
+            .complete(ticket, &head, Ok(Bytes::from_static(b"hi")))
+            .await;
+        assert_eq!(stored, Completion::Stored);
+        let Begin::Respond(replay) = engine.begin(pending(engine, &parts), &parts, b"a").await
+        else {
+            panic!("a completed key answers");
+        };
+        replay
+    }
+
+    // R4: under one shared scope, a response that sets a cookie is not replayed to the
+    // other callers unless configured; its cookie is not even stored.
+    #[tokio::test]
+    async fn r04_set_cookie_is_not_replayed_under_a_shared_scope() {
+        let shared = engine_with_scope(crate::scope::ScopeSource::none(), false);
+        let replay = complete_with_cookie(&shared, "c1").await;
+        assert_eq!(replay.decided.outcome, Outcome::NotRetained);
+        assert_eq!(replay.response.status(), 410);
+        assert!(replay.response.headers().get("set-cookie").is_none());
+        let id = RecordId::new(
+            crate::scope::Scope::GLOBAL,
+            IdempotencyKey::new("c1").unwrap(),
+        );
+        let Some(Record {
+            state: crate::record::State::Completed { snapshot, .. },
+            ..
+        }) = shared.lookup(&id).await.unwrap()
+        else {
+            panic!("the record is completed");
+        };
+        assert!(snapshot.headers.get("set-cookie").is_none());
+
+        let opted_in = engine_with_scope(crate::scope::ScopeSource::none(), true);
+        let replay = complete_with_cookie(&opted_in, "c2").await;
+        assert_eq!(replay.decided.outcome, Outcome::Replayed);
+        assert_eq!(
+            replay.response.headers()["set-cookie"],
+            "session=alice-secret"
+        );
     }
 
     // R1, R17: the invalid-key answer states the configured limit.

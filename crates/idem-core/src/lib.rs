@@ -20,6 +20,7 @@
 //! let engine = Engine::new(MemoryStore::new(), Policy::default());
 //! let (parts, ()) = Request::post("/charges")
 //!     .header("idempotency-key", "order-42")
+//!     .header("authorization", "Bearer sk_test_alice")
 //!     .body(())
 //!     .unwrap()
 //!     .into_parts();

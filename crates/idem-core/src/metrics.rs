@@ -29,7 +29,7 @@ pub const ALL: &[(&str, &str)] = &[
     (
         REQUESTS,
         "Protected requests by outcome (executed, taken_over, replayed, not_retained, \
-         conflict, mismatch, invalid_key, missing_key, too_large, bad_body, store_error, \
+         conflict, mismatch, invalid_key, missing_key, unscoped, too_large, bad_body, store_error, \
          fail_open)",
     ),
     (
@@ -70,6 +70,9 @@ pub enum Outcome {
     InvalidKey,
     /// A key is required and missing (R3).
     MissingKey,
+    /// A keyed request carried none of the scope headers: refused, or passed through
+    /// unprotected (R4).
+    Unscoped,
     /// The request body exceeds the limit (R13).
     TooLarge,
     /// The request body could not be read.
@@ -82,7 +85,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order the help text lists them.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Executed,
         Self::TakenOver,
         Self::Replayed,
@@ -91,6 +94,7 @@ impl Outcome {
         Self::Mismatch,
         Self::InvalidKey,
         Self::MissingKey,
+        Self::Unscoped,
         Self::TooLarge,
         Self::BadBody,
         Self::StoreError,
@@ -108,6 +112,7 @@ impl Outcome {
             Self::Mismatch => "mismatch",
             Self::InvalidKey => "invalid_key",
             Self::MissingKey => "missing_key",
+            Self::Unscoped => "unscoped",
             Self::TooLarge => "too_large",
             Self::BadBody => "bad_body",
             Self::StoreError => "store_error",

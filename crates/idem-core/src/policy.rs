@@ -8,11 +8,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderName, Method, StatusCode};
 
 use crate::fingerprint::FingerprintMode;
+use crate::headers;
 use crate::key::DEFAULT_MAX_KEY_LEN;
 use crate::problem::Problems;
+use crate::record::{NotRetained, Snapshot, SnapshotBody};
 use crate::scope::ScopeSource;
 
 /// What a duplicate gets while the first request is still running (R10).
@@ -35,6 +38,40 @@ pub enum StoreFailure {
     FailClosed,
     /// Forward unprotected and count it.
     FailOpen,
+}
+
+/// What a keyed request that carries none of the scope headers gets (R4).
+///
+/// Such a request is *unscoped*: storing it under a scope shared with every other
+/// anonymous caller would let one receive another's response, so it never is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unscoped {
+    /// 400 with the `unscoped-request` problem; the upstream is not called (the
+    /// default).
+    #[default]
+    Refuse,
+    /// Forwarded unprotected, as if it had no key, and counted.
+    Pass,
+}
+
+impl FromStr for Unscoped {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "refuse" => Ok(Self::Refuse),
+            "pass" => Ok(Self::Pass),
+            other => Err(format!("`{other}` is not `refuse` or `pass`")),
+        }
+    }
+}
+
+impl fmt::Display for Unscoped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Refuse => "refuse",
+            Self::Pass => "pass",
+        })
+    }
 }
 
 /// A set of HTTP status codes, e.g. the cacheable ones (R7).
@@ -151,6 +188,8 @@ pub struct Policy {
     pub(crate) methods: Vec<Method>,
     pub(crate) require_key: bool,
     pub(crate) scope: ScopeSource,
+    pub(crate) unscoped: Unscoped,
+    pub(crate) store_set_cookie: bool,
     pub(crate) fingerprint: FingerprintMode,
     pub(crate) significant_headers: Vec<HeaderName>,
     pub(crate) lease: Duration,
@@ -176,6 +215,8 @@ impl Default for Policy {
             methods: vec![Method::POST, Method::PATCH],
             require_key: false,
             scope: ScopeSource::default(),
+            unscoped: Unscoped::Refuse,
+            store_set_cookie: false,
             fingerprint: FingerprintMode::Raw,
             significant_headers: Vec::new(),
             lease: Duration::from_secs(60),
@@ -229,6 +270,22 @@ impl Policy {
     /// How the scope is computed (R4).
     pub fn scope(&self) -> &ScopeSource {
         &self.scope
+    }
+    /// This policy with another scope source (R4): a scope needs no checking against
+    /// the other settings.
+    #[must_use]
+    pub fn with_scope(mut self, scope: ScopeSource) -> Self {
+        self.scope = scope;
+        self
+    }
+    /// What a keyed request without the scope headers gets (R4).
+    pub fn unscoped(&self) -> Unscoped {
+        self.unscoped
+    }
+    /// Whether, under one shared scope, a response setting a cookie is stored for
+    /// replay (R4; off by default).
+    pub fn store_set_cookie(&self) -> bool {
+        self.store_set_cookie
     }
     /// How bodies are fingerprinted (R5).
     pub fn fingerprint(&self) -> FingerprintMode {
@@ -294,6 +351,35 @@ impl Policy {
     /// How many times a failing completion write is tried (R7).
     pub fn completion_attempts(&self) -> u32 {
         self.completion_attempts
+    }
+    /// What is stored for a response about to reach the client (R7, R19): its status,
+    /// its storable headers and its body, or why the body is not retained. Under one
+    /// shared scope a response that sets a cookie is not kept for replay unless
+    /// [`store_set_cookie`](PolicyBuilder::store_set_cookie) is on (R4): its cookie
+    /// would reach every other caller.
+    pub fn snapshot(
+        &self,
+        head: &http::response::Parts,
+        body: Result<Bytes, NotRetained>,
+    ) -> Snapshot {
+        let mut headers = headers::storable(&head.headers, &self.deny_headers);
+        let body = if self.scope.is_shared()
+            && !self.store_set_cookie
+            && headers.contains_key(http::header::SET_COOKIE)
+        {
+            headers.remove(http::header::SET_COOKIE);
+            Err(NotRetained::SetCookie)
+        } else {
+            body
+        };
+        Snapshot {
+            status: head.status,
+            headers,
+            body: match body {
+                Ok(b) => SnapshotBody::Full(b),
+                Err(reason) => SnapshotBody::NotRetained(reason),
+            },
+        }
     }
     /// How often renewal runs while the upstream works: a third of the lease.
     pub fn renew_every(&self) -> Duration {
@@ -376,9 +462,21 @@ impl<T> PolicyBuilder<T> {
         self.policy.require_key = yes;
         self
     }
-    /// How the scope is computed (R4; default: the `Authorization` header).
+    /// How the scope is computed (R4; default: the `Authorization` header, unkeyed).
     pub fn scope(mut self, scope: ScopeSource) -> Self {
         self.policy.scope = scope;
+        self
+    }
+    /// What a keyed request without any scope header gets (R4; default refused).
+    pub fn unscoped(mut self, mode: Unscoped) -> Self {
+        self.policy.unscoped = mode;
+        self
+    }
+    /// Under one shared scope ([`ScopeSource::none`]), store responses that set a
+    /// cookie for replay to every caller (R4; default false: they replay as 410
+    /// `response-not-retained`). Has no effect when callers are scoped.
+    pub fn store_set_cookie(mut self, yes: bool) -> Self {
+        self.policy.store_set_cookie = yes;
         self
     }
     /// How bodies are fingerprinted (R5; default raw).
@@ -418,7 +516,8 @@ impl<T> PolicyBuilder<T> {
         self.policy.cacheable = set;
         self
     }
-    /// The status of a payload mismatch (R9): 422 (default), 400 or 409.
+    /// The status of a payload mismatch (R9): 422 (default) or 400. Not 409, which
+    /// tells a client its request is still in progress (R10).
     pub fn mismatch_status(mut self, status: StatusCode) -> Self {
         self.policy.mismatch_status = status;
         self
@@ -498,8 +597,11 @@ impl<T> PolicyBuilder<T> {
         if p.wait_poll < Duration::from_millis(10) {
             return Err(invalid("wait_poll", "must be at least 10ms"));
         }
-        if !matches!(p.mismatch_status.as_u16(), 400 | 409 | 422) {
-            return Err(invalid("mismatch_status", "must be 400, 409 or 422"));
+        if !matches!(p.mismatch_status.as_u16(), 400 | 422) {
+            return Err(invalid(
+                "mismatch_status",
+                "must be 422 or 400 (409 means in progress, R10)",
+            ));
         }
         if p.completion_attempts == 0 {
             return Err(invalid("completion_attempts", "must be at least 1"));
@@ -546,6 +648,32 @@ mod tests {
         assert!(s.contains(StatusCode::OK));
         assert!(!s.contains(StatusCode::NO_CONTENT));
         assert!(s.contains(StatusCode::SERVICE_UNAVAILABLE));
+    }
+
+    // R9: a mismatch is 422 or 400, never a status a client reads as "in progress".
+    #[test]
+    fn r09_mismatch_status_is_422_or_400() {
+        for ok in [400, 422] {
+            let status = StatusCode::from_u16(ok).unwrap();
+            let policy = Policy::builder().mismatch_status(status).build().unwrap();
+            assert_eq!(policy.mismatch_status(), status);
+        }
+        for no in [409, 200, 500] {
+            let err = Policy::builder()
+                .mismatch_status(StatusCode::from_u16(no).unwrap())
+                .build()
+                .unwrap_err();
+            assert!(err.to_string().contains("422 or 400"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unscoped_modes_parse_and_show() {
+        for mode in [Unscoped::Refuse, Unscoped::Pass] {
+            assert_eq!(mode.to_string().parse::<Unscoped>(), Ok(mode));
+        }
+        assert!("drop".parse::<Unscoped>().unwrap_err().contains("drop"));
+        assert_eq!(Policy::default().unscoped(), Unscoped::Refuse);
     }
 
     #[test]

@@ -115,6 +115,18 @@ problem_kinds! {
             Nothing was processed. Generate a key (a UUID) for the operation and send it with \
             the request and every retry of it.",
     }
+    /// A keyed request carried none of the headers that say whose key it is (R4).
+    UnscopedRequest {
+        status: StatusCode::BAD_REQUEST,
+        slug: "unscoped-request",
+        title: "Idempotency key without credentials",
+        audience: Client,
+        advice: "send your credentials with the key",
+        explanation: "The request carried an idempotency key but none of the headers that \
+            say whose key it is (by default `Authorization`), so its response could not be kept \
+            apart from other callers'. Nothing was processed. Send the request with your \
+            credentials, or without a key if it needs no protection.",
+    }
     /// The key was used before with a different request (R9).
     PayloadMismatch {
         status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -156,7 +168,7 @@ problem_kinds! {
         advice: "do not retry; look the result up",
         explanation: "The request with this key was processed (`original_status` in the \
             document says how it answered) but its response was not kept, because it was too \
-            large or streamed. It will not be processed again. Look the result up by other \
+            large, streamed, or set a cookie while every caller shares one scope. It will not be processed again. Look the result up by other \
             means, e.g. a GET on the resource.",
     }
     /// The client did not send its request within the server's read timeout.

@@ -156,7 +156,7 @@ async fn run<St: Store>(shared: Weak<Shared<St>>) {
                     }
                 }
                 Ok(Finish::Superseded) => {
-                    tracing::warn!(scope = %lease.id.scope(), "lease lost to another owner");
+                    tracing::warn!(key = %lease.id.key(), "lease lost to another owner");
                     shared.lock().live.remove(&id);
                 }
                 // Tried again at the next tick, while the lease may still hold.

@@ -278,4 +278,8 @@ pub struct ScopeArgs {
     /// `Name: value` of each header the proxy scopes by (`serve --scope-header`), in its order.
     #[arg(long = "scope-header")]
     pub scope_header: Vec<String>,
+    /// The proxy's `--scope-secret-file`, to compute a keyed scope from --authorization
+    /// or --scope-header.
+    #[arg(long, env = "IDEM_SCOPE_SECRET_FILE")]
+    pub scope_secret_file: Option<std::path::PathBuf>,
 }

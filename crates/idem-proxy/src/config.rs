@@ -169,6 +169,9 @@ pub enum FlagError {
     /// The admin token file cannot be used.
     #[error("{0}")]
     AdminToken(String),
+    /// The scope secret file cannot be read or is too short (never shows its content).
+    #[error("{0}")]
+    ScopeSecret(String),
     /// The encryption key file cannot be read.
     #[error("cannot read --encryption-key-file `{path}`")]
     KeyFile {

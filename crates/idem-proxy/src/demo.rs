@@ -95,6 +95,8 @@ async fn send_charge(
 ) -> anyhow::Result<Option<(u16, bool)>> {
     let req = Request::post(format!("http://{addr}/charges"))
         .header("idempotency-key", key)
+        // The customer's API credential: idem keeps each caller's keys apart (R4).
+        .header("authorization", "Bearer sk_test_demo")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(b"{\"amount\":4200}")))?;
     let call = async {
@@ -224,7 +226,8 @@ pub async fn run(
         println!("  idem in front      http://{proxy}");
         println!(
             "  curl -i -X POST http://{proxy}/charges -H 'Idempotency-Key: my-first-key' \
-             -H 'Content-Type: application/json' -d '{{\"amount\":4200}}'"
+             -H 'Authorization: Bearer sk_test_demo' -H 'Content-Type: application/json' \
+             -d '{{\"amount\":4200}}'"
         );
         println!("  (run it twice: the second answer is a replay; change the body: 422)");
         shutdown.await;

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use idem::ProblemKind;
-use idem::policy::{OnConcurrent, Policy};
+use idem::policy::{OnConcurrent, Policy, Unscoped};
 use idem::problem::Audience;
 
 use crate::routes::Route;
@@ -69,11 +69,11 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
         w,
         "1 to {} visible ASCII characters (no spaces or control characters), sent bare \
          (`{header}: 4f0c…`) or as a quoted string (`{header}: \"4f0c…\"`, with `\\\"` and \
-         `\\\\` escapes); both forms name the same key. Send the header once. Keys are per \
-         credential: the same key sent with another `Authorization` is a different \
-         operation, and nobody else ever receives your stored response.\n",
+         `\\\\` escapes); both forms name the same key. Send the header once.\n",
         policy.max_key_len()
     );
+    let _ = writeln!(w, "## Whose key it is\n");
+    let _ = writeln!(w, "{}", whose_key(policy, routes));
 
     let _ = writeln!(w, "## What a retry gets\n");
     let _ = writeln!(
@@ -122,6 +122,43 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
         );
     }
     md
+}
+
+/// How keys are kept apart (R4): by which headers, and what a keyed request without
+/// them gets, server-wide and on the endpoints that differ.
+fn whose_key(policy: &Policy, routes: &[Route]) -> String {
+    let scope = policy.scope();
+    if scope.is_shared() {
+        return "Keys are shared by every caller of this API: use keys no other caller could \
+                choose (UUIDs). A response that sets a cookie is not kept for replay, so no \
+                caller ever receives another's session."
+            .to_owned();
+    }
+    let names: Vec<String> = scope
+        .header_names()
+        .iter()
+        .map(|h| format!("`{}`", display_header(h.as_str())))
+        .collect();
+    let names = names.join(" / ");
+    let unscoped = |p: &Policy| match p.unscoped() {
+        Unscoped::Refuse => "is refused with [`unscoped-request`](#unscoped-request)",
+        Unscoped::Pass => "runs unprotected, as if it had no key",
+    };
+    let mut text = format!(
+        "Keys are per {names}: the same key sent with another {names} is a different \
+         operation, and nobody else ever receives your stored response. A request with a key \
+         but without {names} {}.",
+        unscoped(policy)
+    );
+    for route in routes {
+        if let Some(p) = &route.policy
+            && p.unscoped() != policy.unscoped()
+        {
+            let _ = write!(text, " On `{}` it {}.", route.pattern.path(), unscoped(p));
+        }
+    }
+    text.push('\n');
+    text
 }
 
 /// The problems an API's clients can meet (not the admin API's).
@@ -192,6 +229,28 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // R4: the page says whose key it is and what a keyed request without credentials
+    // gets, server-wide and where a route differs.
+    #[test]
+    fn r04_the_page_states_the_scope_and_the_unscoped_behaviour() {
+        let md = markdown(&Policy::default(), &[]);
+        assert!(md.contains("Keys are per `Authorization`"), "{md}");
+        assert!(md.contains("is refused with [`unscoped-request`]"), "{md}");
+        let route = Route {
+            pattern: "POST /webhooks/*".parse().unwrap(),
+            policy: Some(Policy::builder().unscoped(Unscoped::Pass).build().unwrap()),
+            origin: "idem.toml:3".to_owned(),
+        };
+        let md = markdown(&Policy::default(), &[route]);
+        assert!(md.contains("On `/webhooks/*` it runs unprotected"), "{md}");
+        let shared = Policy::builder()
+            .scope(idem::scope::ScopeSource::none())
+            .build()
+            .unwrap();
+        let md = markdown(&shared, &[]);
+        assert!(md.contains("shared by every caller"), "{md}");
+    }
 
     // R17
     #[test]

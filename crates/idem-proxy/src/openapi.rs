@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use http::{Method, StatusCode};
 use idem::ProblemKind;
-use idem::policy::{OnConcurrent, Policy, StoreFailure};
+use idem::policy::{OnConcurrent, Policy, StoreFailure, Unscoped};
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::routes::Route;
@@ -938,6 +938,9 @@ fn problems(p: &Policy) -> Vec<(StatusCode, Vec<ProblemKind>)> {
     for kind in ProblemKind::ALL {
         let applies = match kind {
             ProblemKind::MissingKey => p.require_key(),
+            ProblemKind::UnscopedRequest => {
+                p.unscoped() == Unscoped::Refuse && !p.scope().is_shared()
+            }
             ProblemKind::StoreUnavailable => p.store_failure() == StoreFailure::FailClosed,
             _ => true,
         };
@@ -1311,6 +1314,20 @@ mod tests {
                 .iter()
                 .all(|(_, k)| !k.contains(&ProblemKind::MissingKey))
         );
+        // R4: unscoped requests are refused by default, not when passed or shared.
+        let has_unscoped = |p: &Policy| {
+            problems(p)
+                .iter()
+                .any(|(_, k)| k.contains(&ProblemKind::UnscopedRequest))
+        };
+        assert!(has_unscoped(&Policy::default()));
+        let pass = Policy::builder().unscoped(Unscoped::Pass).build().unwrap();
+        assert!(!has_unscoped(&pass));
+        let shared = Policy::builder()
+            .scope(idem::scope::ScopeSource::none())
+            .build()
+            .unwrap();
+        assert!(!has_unscoped(&shared));
     }
 
     #[test]

@@ -59,19 +59,49 @@ impl Resp {
     }
 }
 
+/// The credential a [`Client`] sends unless a request names its own `Authorization`:
+/// keyed requests need one to be scoped (R4).
+pub const CREDENTIAL: &str = "Bearer spec-client";
+
+/// The scope the default policy gives a [`Client`]'s requests: that of its
+/// [`CREDENTIAL`].
+pub fn credential_scope() -> idem_core::scope::Scope {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static(CREDENTIAL),
+    );
+    idem_core::scope::ScopeSource::default()
+        .scope(&headers)
+        .expect("a credential scopes its requests")
+}
+
 /// A request builder bound to one address.
 #[derive(Clone, Debug)]
 pub struct Client {
     addr: SocketAddr,
     http: HyperClient<HttpConnector, Full<Bytes>>,
+    credential: Option<&'static str>,
 }
 
 impl Client {
-    /// A client for `addr`.
+    /// A client for `addr` that sends `Authorization: `[`CREDENTIAL`] with every
+    /// request that carries no `Authorization` of its own.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            credential: Some(CREDENTIAL),
+        }
+    }
+
+    /// The same client without the default credential: its requests carry only the
+    /// headers they name (an anonymous caller, R4).
+    #[must_use]
+    pub fn anonymous(&self) -> Self {
+        Self {
+            credential: None,
+            ..self.clone()
         }
     }
 
@@ -106,6 +136,13 @@ impl Client {
             .uri(format!("http://{}{}", self.addr, path));
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        if let Some(credential) = self.credential
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.header("authorization", credential);
         }
         let req = req
             .body(Full::new(Bytes::copy_from_slice(body)))

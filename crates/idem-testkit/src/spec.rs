@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use idem_core::fingerprint::{Fingerprint, FingerprintMode};
 use idem_core::key::IdempotencyKey;
-use idem_core::policy::{OnConcurrent, Policy};
+use idem_core::policy::{OnConcurrent, Policy, Unscoped};
 use idem_core::problem::ProblemKind;
 use idem_core::record::{OwnerToken, RecordId};
 use idem_core::scope::ScopeSource;
@@ -268,6 +268,69 @@ pub async fn r04_tenants_are_isolated<T: Target>(t: &T) {
     assert_eq!(b2.body, b.body);
     assert_ne!(a.body, b.body);
     assert_eq!(w.upstream.executions(), 2);
+}
+
+/// R4: keyed requests of callers without credentials are refused by default, so two
+/// anonymous callers never meet on one record; configured to pass, each runs
+/// unprotected and neither ever receives the other's response.
+pub async fn r04_unscoped_requests_never_share_a_scope<T: Target>(t: &T) {
+    let send = |client: Client, cookie: &'static str| async move {
+        client
+            .anonymous()
+            .send(
+                Method::POST,
+                "/charges",
+                &[("idempotency-key", "same"), ("cookie", cookie)],
+                cookie.as_bytes(),
+            )
+            .await
+    };
+    let w = world(t, Policy::default()).await;
+    for cookie in ["session=alice", "session=bob"] {
+        let refused = send(w.client.clone(), cookie).await;
+        assert_eq!(refused.status, 400, "{refused:?}");
+        kind(&refused, ProblemKind::UnscopedRequest);
+    }
+    assert_eq!(w.upstream.executions(), 0);
+
+    let pass = Policy::builder().unscoped(Unscoped::Pass).build().unwrap();
+    let w = world(t, pass).await;
+    let alice = send(w.client.clone(), "session=alice").await;
+    let bob = send(w.client.clone(), "session=bob").await;
+    let alice2 = send(w.client.clone(), "session=alice").await;
+    for r in [&alice, &bob, &alice2] {
+        assert_eq!(r.status, 201, "{r:?}");
+        assert!(!r.replayed(), "{r:?}");
+    }
+    assert_ne!(alice.body, bob.body);
+    assert_eq!(w.upstream.executions(), 3, "unprotected: each ran");
+}
+
+/// R4: under one shared scope (an explicit setting), a response that sets a cookie is
+/// not stored for replay, so no caller receives another's session.
+pub async fn r04_shared_scope_never_replays_a_cookie<T: Target>(t: &T) {
+    let shared = Policy::builder()
+        .scope(ScopeSource::none())
+        .build()
+        .unwrap();
+    let w = world(t, shared).await;
+    let anon = w.client.anonymous();
+    let login = || {
+        anon.send(
+            Method::POST,
+            "/login",
+            &[("idempotency-key", "login-1")],
+            b"{}",
+        )
+    };
+    let first = login().await;
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(first.header("set-cookie"), Some("session=s1; HttpOnly"));
+    let retry = login().await;
+    assert_eq!(retry.status, 410, "{retry:?}");
+    kind(&retry, ProblemKind::NotRetained);
+    assert!(retry.header("set-cookie").is_none(), "{retry:?}");
+    assert_eq!(w.upstream.executions_of("/login"), 1, "never run twice");
 }
 
 /// R5: in JSON mode a reordered body is the same request; in raw mode it is not.
@@ -529,13 +592,17 @@ pub async fn r10_waiters_retry_after_release<T: Target>(t: &T) {
     assert!(ok.iter().all(|r| r.body == ok[0].body));
 }
 
-/// The scope and fingerprint the engine computes for `POST path` with `body` and no
-/// credentials, under the default policy.
+/// The scope and fingerprint the engine computes for the [`Client`]'s `POST path` with
+/// `body`, under the default policy.
 fn request_identity(key: &str, path: &str, body: &[u8]) -> (RecordId, Fingerprint) {
     let mut headers = HeaderMap::new();
     headers.insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static(crate::client::CREDENTIAL),
+    );
     let id = RecordId::new(
-        ScopeSource::default().scope(&headers),
+        crate::client::credential_scope(),
         IdempotencyKey::new(key).unwrap(),
     );
     let fp = Fingerprint::compute(
@@ -745,6 +812,8 @@ macro_rules! spec_tests {
             r03_missing_key_passes_by_default,
             r03_required_key_is_400,
             r04_tenants_are_isolated,
+            r04_unscoped_requests_never_share_a_scope,
+            r04_shared_scope_never_replays_a_cookie,
             r05_json_fingerprint_mode,
             r06_first_runs_then_replays,
             r06_concurrent_duplicates_run_once,

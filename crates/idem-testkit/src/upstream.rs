@@ -110,6 +110,7 @@ impl CountingUpstream {
 fn router(shared: Shared) -> Router {
     Router::new()
         .route("/charges", post(charge))
+        .route("/login", post(login))
         .route("/status/{code}", any(status))
         .route("/flaky", any(flaky))
         .route("/big", any(big))
@@ -172,6 +173,20 @@ async fn charge(
     });
     let mut resp = (StatusCode::CREATED, axum::Json(doc)).into_response();
     resp.headers_mut().insert("x-charge", HeaderValue::from(n));
+    decorate(resp, &headers)
+}
+
+/// A sign-in: answers a fresh session cookie, `session=s<n>`.
+async fn login(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+    let n = count(&s, &uri, &headers);
+    let mut resp = (
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "login": n })),
+    )
+        .into_response();
+    let cookie = HeaderValue::from_str(&format!("session=s{n}; HttpOnly"))
+        .unwrap_or_else(|_| HeaderValue::from_static("session=invalid"));
+    resp.headers_mut().insert("set-cookie", cookie);
     decorate(resp, &headers)
 }
 

@@ -24,6 +24,8 @@
 //! let request = || {
 //!     Request::post("/charges")
 //!         .header("idempotency-key", "order-42")
+//!         // Whose key it is (R4): a keyed request without credentials is refused.
+//!         .header("authorization", "Bearer sk_test_alice")
 //!         .body(Full::new(Bytes::from("{\"amount\":100}")))
 //!         .unwrap()
 //! };

@@ -190,6 +190,8 @@ impl Payments {
     async fn charge(&self, key: &str) -> Result<String, Failure> {
         let req = http::Request::post(format!("http://{}/charges", self.bank))
             .header("idempotency-key", key)
+            // The shop's credential at the bank, which scopes the bank's keys (R4).
+            .header("authorization", "Bearer shop-at-bank")
             .body(Full::new(Bytes::from_static(b"{\"amount\":100}")))?;
         let resp = self.http.request(req).await?;
         if resp.status() != StatusCode::CREATED {

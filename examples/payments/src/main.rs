@@ -47,7 +47,9 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     println!("checkout on http://{listen} (bank on http://{bank_addr})");
-    println!("  curl -i -X POST http://{listen}/checkout -H 'Idempotency-Key: order-1'");
+    println!(
+        "  curl -i -X POST http://{listen}/checkout -H 'Idempotency-Key: order-1' -H 'Authorization: Bearer customer-1'"
+    );
     let app = payments.router(store).map_err(|e| e.to_string())?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -102,7 +102,7 @@ async fn r20_checkout_runs_once_sealed() {
 async fn checkout_runs_once<L: Layered>() {
     let (schema, store, bank, _payments, client) = world::<L>().await;
     let first = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
-    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
     assert_eq!(first.body, "{\"receipt\":\"cart-1\",\"charge\":\"ch_1\"}");
     let again = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
     assert!(again.replayed());

@@ -66,6 +66,17 @@ pub fn quick(max_attempts: u32) -> Backoff {
     )
 }
 
+/// A reqwest client builder whose requests carry an API credential: idem refuses keyed
+/// requests without one (R4).
+pub fn http() -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer sk_test_e2e"),
+    );
+    reqwest::Client::builder().default_headers(headers)
+}
+
 /// A client with the middleware on `backoff`, recording its retries.
 pub fn client(backoff: Backoff) -> (ClientWithMiddleware, Retries) {
     let retries = Retries::default();
@@ -74,7 +85,7 @@ pub fn client(backoff: Backoff) -> (ClientWithMiddleware, Retries) {
         .backoff(backoff)
         .on_retry(move |r| seen.push(r))
         .build();
-    let client = ClientBuilder::new(reqwest::Client::new())
+    let client = ClientBuilder::new(http().build().unwrap())
         .with(middleware)
         .build();
     (client, retries)

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use reqwest_middleware::ClientBuilder;
 
 use crate::upstream::{Scripted, Step};
-use crate::{charge, client, quick, start_proxy, start_proxy_with};
+use crate::{charge, client, http, quick, start_proxy, start_proxy_with};
 
 fn fail(code: u16) -> Step {
     Step::Fail(code, None)
@@ -207,7 +207,7 @@ async fn r02_uncovered_methods_pass_through_unless_configured() {
     assert_eq!(upstream.keys(), [None]);
     assert!(retries.all().is_empty());
 
-    let with_put = ClientBuilder::new(reqwest::Client::new())
+    let with_put = ClientBuilder::new(http().build().unwrap())
         .with(
             IdempotencyMiddleware::builder()
                 .methods([Method::PUT])

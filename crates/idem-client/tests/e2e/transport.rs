@@ -90,7 +90,7 @@ async fn timeout_is_retried_and_replayed() {
     let proxy = start_proxy(upstream.addr()).await;
     let retries = Retries::default();
     let seen = retries.clone();
-    let http = reqwest::Client::builder()
+    let http = crate::http()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();

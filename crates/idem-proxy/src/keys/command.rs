@@ -84,12 +84,27 @@ fn resolve_scope(args: &ScopeArgs) -> anyhow::Result<Option<Scope>> {
     if let Some(s) = &args.scope {
         return parse_scope(s).map(Some).map_err(anyhow::Error::msg);
     }
+    let secret = args
+        .scope_secret_file
+        .as_deref()
+        .map(crate::settings::read_scope_secret)
+        .transpose()?;
+    let computed = |source: ScopeSource, headers: &HeaderMap| {
+        let source = match &secret {
+            Some(secret) => source.keyed(secret.clone()),
+            None => source,
+        };
+        source
+            .scope(headers)
+            .context("the header values are empty: such requests are unscoped and never stored")
+            .map(Some)
+    };
     if let Some(auth) = &args.authorization {
         let mut headers = HeaderMap::new();
         let value =
             HeaderValue::from_str(auth).context("--authorization is not a valid header value")?;
         headers.insert(AUTHORIZATION, value);
-        return Ok(Some(ScopeSource::default().scope(&headers)));
+        return computed(ScopeSource::default(), &headers);
     }
     if args.scope_header.is_empty() {
         return Ok(None);
@@ -109,7 +124,7 @@ fn resolve_scope(args: &ScopeArgs) -> anyhow::Result<Option<Scope>> {
             names.push(name);
         }
     }
-    Ok(Some(ScopeSource::headers(names).scope(&headers)))
+    computed(ScopeSource::headers(names), &headers)
 }
 
 fn required(args: &ScopeArgs) -> anyhow::Result<Scope> {

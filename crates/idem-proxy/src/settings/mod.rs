@@ -65,7 +65,7 @@ pub use parse::{
     show_list, show_size, show_status_set,
 };
 pub use table::{CONFIG, Def, Info, Kind, SETTINGS, Setting, find};
-pub use values::{ConcurrentMode, Origin, Values};
+pub use values::{ConcurrentMode, Origin, Values, read_scope_secret};
 
 /// A setting given on the command line or by its environment variable.
 #[derive(Clone)]

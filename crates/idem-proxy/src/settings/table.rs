@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use idem::policy::StoreFailure;
+use idem::policy::{StoreFailure, Unscoped};
 use idem::scope::ScopeSource;
 use idem::store::SealingKeys;
 
@@ -361,6 +361,55 @@ pub static SETTINGS: &[&dyn Setting] = &[
     },
     &Def {
         info: Info {
+            name: "unscoped",
+            env: "IDEM_UNSCOPED",
+            value_name: "MODE",
+            help: "a keyed request that carries none of the scope headers: `refuse` (400 \
+                   `unscoped-request`) or `pass` it through unprotected; it is never stored \
+                   in a scope shared with other callers (R4)",
+            example: "pass",
+            route: true,
+            ..Info::BASE
+        },
+        parse: |s| s.parse::<Unscoped>(),
+        set: |v, m| v.edit_policy(|b| b.unscoped(m)),
+        get: |v| Some(v.peek().unscoped().to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "store_set_cookie",
+            env: "IDEM_STORE_SET_COOKIE",
+            help: "with `--scope-header none`, store responses that set a cookie for replay \
+                   to every caller (by default they replay as 410: one caller's session \
+                   must not reach another, R4)",
+            example: "true",
+            route: true,
+            kind: Kind::Switch,
+            ..Info::BASE
+        },
+        parse: parse_bool,
+        set: |v, yes| v.edit_policy(|b| b.store_set_cookie(yes)),
+        get: |v| Some(v.peek().store_set_cookie().to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "scope_secret_file",
+            env: "IDEM_SCOPE_SECRET_FILE",
+            value_name: "PATH",
+            help: "a file of 32 or more secret bytes (`openssl rand -base64 32`) that keys \
+                   scope digests, so a digest in a log or a store cannot be tested against \
+                   guessed credentials; the same on every instance, set before the first \
+                   deployment (changing it changes every scope). Without it, logs show scopes \
+                   under a random key of the process (R4)",
+            example: "/etc/idem/scope-secret",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.scope_secret_file = Some(p),
+        get: |v| path(v.scope_secret_file.as_ref()),
+    },
+    &Def {
+        info: Info {
             name: "fingerprint",
             env: "IDEM_FINGERPRINT",
             value_name: "MODE",
@@ -457,7 +506,7 @@ pub static SETTINGS: &[&dyn Setting] = &[
             name: "mismatch_status",
             env: "IDEM_MISMATCH_STATUS",
             value_name: "CODE",
-            help: "status of a key reused with another payload: 422, 400 or 409 (R9)",
+            help: "status of a key reused with another payload: 422 or 400 (R9)",
             example: "400",
             ..Info::BASE
         },

@@ -260,15 +260,22 @@ fn bad_values_are_one_line_errors_naming_their_place() {
         err.starts_with("--upstream: ") && err.contains("https"),
         "{err}"
     );
-    // The policy is the one judge of the mismatch status (R9).
-    assert_eq!(
-        serve_config(&["--mismatch-status", "409"])
-            .unwrap()
-            .proxy
-            .policy
-            .mismatch_status(),
-        409
+    // The policy is the one judge of the mismatch status (R9): 409 means in progress.
+    let err = serve_config(&["--mismatch-status", "409"]).unwrap_err();
+    assert!(
+        err.contains("mismatch_status") && err.contains("422 or 400"),
+        "{err}"
     );
+    // A scope secret file that is missing or too short is one line naming the file.
+    let err = serve_config(&["--scope-secret-file", "/nonexistent/idem-scope"]).unwrap_err();
+    assert!(
+        err.contains("/nonexistent/idem-scope") && !err.contains('\n'),
+        "{err}"
+    );
+    let short = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(short.path(), "not 32 bytes").unwrap();
+    let err = serve_config(&["--scope-secret-file", short.path().to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("at least 32 bytes"), "{err}");
     // A secret is never echoed.
     let err = serve_config(&["--admin-token", "short secret"]).unwrap_err();
     assert!(!err.contains("short secret"), "{err}");
@@ -289,4 +296,30 @@ fn every_file_setting_is_accepted_by_check_config() {
     let c = e.serve_config().unwrap();
     assert_eq!(c.proxy.request_read_timeout, Duration::from_secs(5));
     assert!(c.admin_token.is_some() && c.encryption.is_some());
+}
+
+// R4: a scope secret keys the server's and every route's scope digests.
+#[test]
+fn r04_the_scope_secret_keys_every_policy() {
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
+    let path = secret.path().to_str().unwrap().to_owned();
+    let e = resolve(
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--scope-secret-file",
+            &path,
+        ],
+        Some("[[route]]\nmatch = \"POST /v1/*\"\nunscoped = \"pass\"\n"),
+    )
+    .unwrap();
+    let c = e.serve_config().unwrap();
+    assert!(c.proxy.policy.scope().is_keyed());
+    let route = c.proxy.routes[0].policy.as_ref().unwrap();
+    assert!(route.scope().is_keyed());
+    assert_eq!(route.unscoped(), idem::policy::Unscoped::Pass);
+    assert_eq!(c.proxy.policy.unscoped(), idem::policy::Unscoped::Refuse);
+    let unkeyed = serve_config(&[]).unwrap();
+    assert!(!unkeyed.proxy.policy.scope().is_keyed());
 }

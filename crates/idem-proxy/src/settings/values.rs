@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use idem::policy::{OnConcurrent, Policy, PolicyBuilder};
+use idem::scope::ScopeSecret;
 use idem::store::SealingKeys;
 
 use crate::admin::AdminToken;
@@ -109,6 +110,8 @@ pub struct Values {
     pub encryption_key_file: Option<PathBuf>,
     /// `encryption_keys`.
     pub encryption_keys: Option<SealingKeys>,
+    /// `scope_secret_file`, read by [`finish`](Self::finish).
+    pub scope_secret_file: Option<PathBuf>,
     /// Where each value that is not the default came from, by setting name.
     pub origins: BTreeMap<&'static str, Origin>,
 }
@@ -144,6 +147,7 @@ impl Default for Values {
             admin_token_file: None,
             encryption_key_file: None,
             encryption_keys: None,
+            scope_secret_file: None,
             origins: BTreeMap::new(),
         }
     }
@@ -231,6 +235,20 @@ impl Values {
             }
             (None, keys) => keys.clone(),
         };
+        let (policy, routes) = match &self.scope_secret_file {
+            None => (policy, routes),
+            Some(path) => {
+                let secret = read_scope_secret(path)?;
+                let routes = routes
+                    .into_iter()
+                    .map(|mut r| {
+                        r.policy = r.policy.map(|p| keyed(p, &secret));
+                        r
+                    })
+                    .collect();
+                (keyed(policy, &secret), routes)
+            }
+        };
         Ok(ServeConfig {
             listen: self.listen,
             store: self.store.clone(),
@@ -245,4 +263,23 @@ impl Values {
             },
         })
     }
+}
+
+/// Reads `--scope-secret-file`; the error names the file, never its content.
+pub fn read_scope_secret(path: &std::path::Path) -> Result<ScopeSecret, FlagError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        FlagError::ScopeSecret(format!(
+            "cannot read --scope-secret-file `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    ScopeSecret::new(&bytes).map_err(|e| {
+        FlagError::ScopeSecret(format!("--scope-secret-file `{}`: {e}", path.display()))
+    })
+}
+
+/// `policy` with its scope digests keyed by `secret` (R4).
+fn keyed(policy: Policy, secret: &ScopeSecret) -> Policy {
+    let scope = policy.scope().clone().keyed(secret.clone());
+    policy.with_scope(scope)
 }

@@ -176,7 +176,7 @@ async fn r25_connections_beyond_the_limit_wait_for_a_free_slot() {
         tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(
-                b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: third\r\ncontent-length: 2\r\n\r\n{}",
+                b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: third\r\ncontent-length: 2\r\n\r\n{}",
             )
             .await
             .unwrap();
@@ -249,7 +249,7 @@ async fn r25_header_block_over_the_limit_is_431() {
     let wide = front(MemoryStore::new(), &upstream, |_| {}).await;
     let head = |pad: usize, key: &str| {
         format!(
-            "POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: {key}\r\nx-pad: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+            "POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: {key}\r\nx-pad: {}\r\ncontent-length: 2\r\n\r\n{{}}",
             "a".repeat(pad)
         )
     };
@@ -303,7 +303,7 @@ async fn r25_transfer_codings_other_than_chunked_are_refused() {
         let mut s = TcpStream::connect(front.addr).await.unwrap();
         s.write_all(
             format!(
-                "POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: {key}\r\ntransfer-encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                "POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: {key}\r\ntransfer-encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
             )
             .as_bytes(),
         )

@@ -196,7 +196,7 @@ async fn r25_refused_framing_keeps_the_client_connection_in_sync() {
     let front = raw_front(&upstream, |_| {}).await;
     let mut s = TcpStream::connect(front.addr).await.unwrap();
     s.write_all(
-        b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: piped\r\ncontent-length: 2\r\n\r\n{}\
+        b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: piped\r\ncontent-length: 2\r\n\r\n{}\
           GET /next HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     )
     .await

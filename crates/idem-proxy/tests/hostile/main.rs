@@ -4,7 +4,8 @@
 //! key claimed or a record readable by the wrong tenant. `view` holds the requests that
 //! try to show the rules another request than the upstream runs (R24); `connections`
 //! and `framing` what a client or an upstream can make idem hold (R25);
-//! `damaged_store` a store file damaged or replaced under the `idem` binary.
+//! `damaged_store` a store file damaged or replaced under the `idem` binary; `scope`
+//! callers without credentials and what logs and stores learn of a credential (R4).
 
 mod admin;
 #[path = "../common/mod.rs"]
@@ -12,6 +13,7 @@ mod common;
 mod connections;
 mod damaged_store;
 mod framing;
+mod scope;
 mod view;
 
 use std::sync::Arc;
@@ -99,7 +101,7 @@ async fn oversize_header_block_is_refused() {
     let upstream = CountingUpstream::spawn().await;
     let front = front(MemoryStore::new(), &upstream, |_| {}).await;
     let mut s = TcpStream::connect(front.addr).await.unwrap();
-    let mut req = b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: big-head\r\n".to_vec();
+    let mut req = b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: big-head\r\n".to_vec();
     for i in 0..2048 {
         req.extend_from_slice(format!("x-filler-{i}: {}\r\n", "a".repeat(512)).as_bytes());
     }
@@ -124,7 +126,7 @@ async fn r13_huge_declared_body_is_413() {
     let front = front(MemoryStore::new(), &upstream, |_| {}).await;
     let mut s = TcpStream::connect(front.addr).await.unwrap();
     s.write_all(
-        b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: huge\r\ncontent-length: 10737418240\r\n\r\n",
+        b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: huge\r\ncontent-length: 10737418240\r\n\r\n",
     )
     .await
     .unwrap();
@@ -150,7 +152,7 @@ async fn r13_endless_chunked_body_is_413() {
     let (mut rd, mut wr) = s.into_split();
     let writer = tokio::spawn(async move {
         wr.write_all(
-            b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: chunky\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: chunky\r\ntransfer-encoding: chunked\r\n\r\n",
         )
         .await?;
         let chunk = format!("1000\r\n{}\r\n", "z".repeat(0x1000));
@@ -190,7 +192,7 @@ async fn slow_head_is_cut_off() {
     .await;
     let s = TcpStream::connect(front.addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
-    let head = b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: dribble\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\ncontent-length: 2\r\n\r\n{}";
+    let head = b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: dribble\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\ncontent-length: 2\r\n\r\n{}";
     // 50 ms a byte: the whole head would take several seconds, far beyond the timeout.
     let writer = tokio::spawn(async move {
         let mut sent = 0;
@@ -230,7 +232,7 @@ async fn trickle_body(addr: std::net::SocketAddr, key: &str) -> (String, Vec<u8>
     let (mut rd, mut wr) = s.into_split();
     wr.write_all(
         format!(
-            "POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: {key}\r\ncontent-length: 1000\r\n\r\n"
+            "POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: {key}\r\ncontent-length: 1000\r\n\r\n"
         )
         .as_bytes(),
     )

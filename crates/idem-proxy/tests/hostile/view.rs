@@ -246,8 +246,16 @@ async fn read(s: &mut TcpStream, chunk: &mut [u8]) -> usize {
 }
 
 /// `METHOD TARGET HTTP/1.1`, a Host, `headers`, and a two-byte body.
+/// A request with `headers`, and a credential unless they name one: a keyed request
+/// needs one to be scoped (R4).
 fn request(method: &str, target: &str, headers: &[&str]) -> String {
     let mut r = format!("{method} {target} HTTP/1.1\r\nhost: api.example\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("authorization:"))
+    {
+        r.push_str("authorization: Bearer view-client\r\n");
+    }
     for h in headers {
         r.push_str(h);
         r.push_str("\r\n");
@@ -459,7 +467,8 @@ async fn r01_connection_nominated_key_never_counts() {
 }
 
 // R4, R24: an `Authorization` that `Connection` nominates does not scope the key: the
-// upstream ran an anonymous request, whose answer must not land in alice's scope.
+// upstream would run an anonymous request, so it is unscoped and refused, and nothing
+// lands in alice's scope.
 #[tokio::test]
 async fn r04_connection_nominated_scope_header_never_scopes() {
     let api = Framework::spawn().await;
@@ -477,9 +486,8 @@ async fn r04_connection_nominated_scope_header_never_scopes() {
         ),
     )
     .await;
-    assert_eq!(answer.status, 201, "{answer:?}");
-    assert_eq!(api.seen()[0].authorization, None);
-    assert_eq!(api.seen()[0].key.as_deref(), Some("scoped-1"));
+    answer.is(400, ProblemKind::UnscopedRequest);
+    assert!(api.seen().is_empty(), "an unscoped request never runs");
     let alice = send(
         front.addr(),
         &request(
@@ -494,8 +502,8 @@ async fn r04_connection_nominated_scope_header_never_scopes() {
         !alice.replayed(),
         "alice got the anonymous answer: {alice:?}"
     );
-    assert_eq!(api.seen().len(), 2);
-    assert_eq!(api.seen()[1].authorization.as_deref(), Some("Bearer alice"));
+    assert_eq!(api.seen().len(), 1);
+    assert_eq!(api.seen()[0].authorization.as_deref(), Some("Bearer alice"));
 }
 
 // R5, R24: a significant header that `Connection` nominates is not fingerprinted: a
@@ -535,8 +543,8 @@ async fn r24_missing_or_repeated_host_is_400() {
     let api = Framework::spawn().await;
     let front = proxy(&api, "", |_| {}).await;
     for raw in [
-        "POST /v1/orders HTTP/1.1\r\nidempotency-key: h-1\r\ncontent-length: 2\r\n\r\n{}",
-        "POST /v1/orders HTTP/1.1\r\nhost: a\r\nhost: b\r\nidempotency-key: h-2\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /v1/orders HTTP/1.1\r\nauthorization: Bearer raw\r\nidempotency-key: h-1\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /v1/orders HTTP/1.1\r\nhost: a\r\nhost: b\r\nauthorization: Bearer raw\r\nidempotency-key: h-2\r\ncontent-length: 2\r\n\r\n{}",
         "POST /v1/orders HTTP/1.1\r\nhost: a\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
         "POST /v1/orders HTTP/1.1\r\nhost: a\r\nconnection: host\r\nhost: b\r\ncontent-length: 2\r\n\r\n{}",
         "POST /v1/orders HTTP/1.1\r\nhost: a/b\r\ncontent-length: 2\r\n\r\n{}",
@@ -549,7 +557,7 @@ async fn r24_missing_or_repeated_host_is_400() {
     assert!(api.seen().is_empty(), "{:?}", api.seen());
     let answer = send(
         front.addr(),
-        "POST /v1/orders HTTP/1.0\r\nidempotency-key: h-10\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /v1/orders HTTP/1.0\r\nauthorization: Bearer raw\r\nidempotency-key: h-10\r\ncontent-length: 2\r\n\r\n{}",
     )
     .await;
     assert_eq!(answer.status, 201, "{answer:?}");

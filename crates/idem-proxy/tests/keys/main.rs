@@ -71,7 +71,10 @@ async fn admin_send(admin: SocketAddr, method: Method, path: &str, token: Option
         .as_deref()
         .map(|a| vec![("authorization", a)])
         .unwrap_or_default();
-    Client::new(admin).send(method, path, &headers, b"").await
+    Client::new(admin)
+        .anonymous()
+        .send(method, path, &headers, b"")
+        .await
 }
 
 fn scope_of(authorization: &str) -> Scope {
@@ -80,7 +83,9 @@ fn scope_of(authorization: &str) -> Scope {
         "authorization",
         HeaderValue::from_str(authorization).unwrap(),
     );
-    ScopeSource::default().scope(&h)
+    ScopeSource::default()
+        .scope(&h)
+        .expect("a credential scopes")
 }
 
 /// Runs `idem keys ARGS` with stdin not a terminal.

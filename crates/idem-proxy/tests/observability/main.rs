@@ -91,6 +91,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 async fn scrape(admin: SocketAddr) -> (String, Vec<Sample>) {
     let resp = Client::new(admin)
+        .anonymous()
         .send(Method::GET, "/metrics", &[], b"")
         .await;
     assert_eq!(resp.status, 200);
@@ -407,8 +408,15 @@ async fn every_outcome_is_counted_timed_and_logged_without_secrets() {
     assert_eq!(by("executed").len(), 4);
     for f in by("executed") {
         assert!(f["upstream_ms"].as_f64().is_some(), "{f}");
+        // R4: no scope secret, so a tag under the process's key, never the plain digest.
         let scope = f["scope"].as_str().unwrap();
-        assert!(scope.len() == 32 && scope.chars().all(|c| c.is_ascii_hexdigit()));
+        let tag = scope.strip_prefix('~').unwrap_or_else(|| panic!("{scope}"));
+        assert!(tag.len() == 16 && tag.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            !idem_testkit::client::credential_scope()
+                .to_hex()
+                .contains(tag)
+        );
     }
     let released: Vec<_> = by("executed")
         .into_iter()

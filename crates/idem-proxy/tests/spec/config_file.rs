@@ -253,6 +253,7 @@ async fn admin_get(admin: std::net::SocketAddr, path: &str, token: bool) -> idem
         Vec::new()
     };
     Client::new(admin)
+        .anonymous()
         .send(Method::GET, path, &headers, b"")
         .await
 }
@@ -272,7 +273,7 @@ async fn r17_the_proxys_own_problems_use_the_problem_base() {
     // A body that never arrives: 408 once the read timeout passes.
     let mut conn = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
     conn.write_all(
-        b"POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: slow\r\ncontent-length: 10\r\n\r\n{",
+        b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer a\r\nidempotency-key: slow\r\ncontent-length: 10\r\n\r\n{",
     )
     .await
     .unwrap();
@@ -585,10 +586,13 @@ fn every_setting_reaches_its_field_from_flag_env_file_and_route() {
     .unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "fedcba9876543210-token\n").unwrap();
+    let scope_secret = dir.path().join("scope-secret");
+    std::fs::write(&scope_secret, "0123456789abcdef0123456789abcdef\n").unwrap();
     let example = |s: &dyn Setting| -> String {
         match s.info().name {
             "encryption_key_file" => key_file.display().to_string(),
             "admin_token_file" => token_file.display().to_string(),
+            "scope_secret_file" => scope_secret.display().to_string(),
             _ => s.info().example.to_owned(),
         }
     };

@@ -182,7 +182,7 @@ async fn admin_listener_reports_health_and_metrics() {
     assert!(client.post("/charges", "m1", "{}").await.replayed());
     assert_eq!(client.post("/charges", "m1", "other").await.status, 422);
 
-    let admin = Client::new(admin);
+    let admin = Client::new(admin).anonymous();
     let get = |path: &'static str| {
         let admin = admin.clone();
         async move { admin.send(http::Method::GET, path, &[], b"").await }

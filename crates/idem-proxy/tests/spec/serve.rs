@@ -52,7 +52,7 @@ async fn serve_seals_the_store_and_the_admin_api_reads_through_it() {
     assert!(client.post("/charges", "k-1", "{}").await.replayed());
     assert_eq!(upstream.executions_of("/charges"), 1);
 
-    let admin = Client::new(admin_addr);
+    let admin = Client::new(admin_addr).anonymous();
     let bearer = format!("Bearer {TOKEN}");
     let auth = [("authorization", bearer.as_str())];
     let record = admin

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use http::{Method, Uri};
 use idem_core::metrics::Outcome;
 use idem_core::record::RecordId;
-use idem_core::scope::Scope;
+use idem_core::scope::{LoggedScope, ScopeSource};
 
 /// The target of decision lines, for filters such as `RUST_LOG=idem::decision=off`.
 pub const TARGET: &str = "idem::decision";
@@ -29,7 +29,8 @@ pub(crate) struct Decision {
     /// The request's method and URI, kept only when the line is enabled.
     request: Option<(Method, Uri)>,
     started: Instant,
-    pub(crate) scope: Option<Scope>,
+    /// As logs may show it: keyed, never the credential's plain digest (R4).
+    pub(crate) scope: Option<LoggedScope>,
     pub(crate) key: Option<String>,
     pub(crate) store: Duration,
     pub(crate) upstream: Option<Duration>,
@@ -70,9 +71,9 @@ impl Decision {
         }
     }
 
-    /// Notes the record the request maps to.
-    pub(crate) fn identify(&mut self, id: &RecordId) {
-        self.scope = Some(*id.scope());
+    /// Notes the record the request maps to, its scope as `source` lets logs show it.
+    pub(crate) fn identify(&mut self, id: &RecordId, source: &ScopeSource) {
+        self.scope = Some(source.log(id.scope()));
         if self.request.is_some() || !self.span.is_disabled() {
             self.key = Some(id.key().to_string());
         }

@@ -148,7 +148,7 @@ where
         Inspect::Protect(pending) => pending,
     };
     let mut decision = Decision::start(&parts.method, &parts.uri);
-    decision.identify(pending.id());
+    decision.identify(pending.id(), engine.policy().scope());
 
     // R13: the body is needed for the fingerprint; refuse it above the limit before
     // anything is stored.

@@ -169,10 +169,10 @@ fn app<St: PgTransactional>(
         .layer(IdempotencyLayer::new(store))
 }
 
-/// The record of `key` in the default (global) scope.
+/// The record of `key` in the test client's scope.
 fn record_id(key: &str) -> RecordId {
     RecordId::new(
-        idem::scope::ScopeSource::default().scope(&http::HeaderMap::new()),
+        idem_testkit::client::credential_scope(),
         idem::IdempotencyKey::new(key).unwrap(),
     )
 }
