@@ -27,7 +27,7 @@ use crate::fingerprint::Fingerprint;
 use crate::headers;
 use crate::key::{IdempotencyKey, KeyError};
 use crate::metrics::{self, Outcome, StoreOp, timed};
-use crate::policy::{OnConcurrent, Policy, StoreFailure, Unscoped};
+use crate::policy::{AmbiguousFailure, OnConcurrent, Policy, StoreFailure, Unscoped};
 use crate::problem::{Problem, ProblemKind};
 use crate::record::{NotRetained, OwnerToken, Record, RecordId, Snapshot, SnapshotBody};
 use crate::renewal::{Registration, Renewals};
@@ -37,6 +37,16 @@ use http::{HeaderValue, Response, request, response};
 
 /// The header that marks a replayed response (R8).
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// A response extension saying that the request may have reached the system the
+/// service called before the failure this response reports (a connection that broke
+/// or timed out after the request was sent): whether the operation ran is unknown.
+///
+/// The proxy's forwarder marks its 502/504 answers this way; a handler may too. On a
+/// route that holds such keys ([`AmbiguousFailure::Hold`]) the engine keeps the
+/// record in an *outcome unknown* state instead of releasing it (R22).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MayHaveRun;
 
 /// How long a client is told to wait after a store failure (R15).
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -114,6 +124,9 @@ pub enum Disposition {
     /// Buffer up to this many bytes; complete with the body, or without it when it is
     /// larger (R13).
     Buffer(usize),
+    /// The request may have run and the route holds such keys: [`Engine::hold`] the
+    /// record and answer what it returns (R22).
+    Hold,
 }
 
 /// How a completion ended.
@@ -445,6 +458,12 @@ impl<St: Store> Engine<St> {
                          callers who share one scope"
                     }
                     NotRetained::StoreFull => "the idempotency store had no room for it",
+                    NotRetained::OutcomeUnknown => {
+                        return (
+                            self.outcome_unknown(id, snapshot.status, true),
+                            Outcome::OutcomeUnknown,
+                        );
+                    }
                 };
                 let mut problem = Problem::new(
                     ProblemKind::NotRetained,
@@ -474,9 +493,11 @@ impl<St: Store> Engine<St> {
         }
     }
 
-    /// What to do with the upstream's response head (R7, R13, R19).
+    /// What to do with the upstream's response head (R7, R13, R19, R22).
     pub fn disposition(&self, head: &response::Parts) -> Disposition {
-        if !self.policy.cacheable.contains(head.status) {
+        if self.holds_ambiguous() && head.extensions.get::<MayHaveRun>().is_some() {
+            Disposition::Hold
+        } else if !self.policy.cacheable.contains(head.status) {
             Disposition::Release
         } else if headers::is_streaming(&head.headers, &self.policy.streaming_types) {
             Disposition::Stream
@@ -524,6 +545,53 @@ impl<St: Store> Engine<St> {
         }
         metrics::completion_failed();
         Completion::Failed
+    }
+
+    /// True when the policy holds keys whose request may have run (R22): a response
+    /// that broke off after its head was received is then [`hold`](Self::hold)ed too.
+    pub fn holds_ambiguous(&self) -> bool {
+        self.policy.on_ambiguous_failure == AmbiguousFailure::Hold
+    }
+
+    /// Step 3c (R22): the upstream failed after the request may have reached it. The
+    /// record completes in the *outcome unknown* state, which every retry is answered
+    /// from until its TTL ends or an operator deletes it; the answer, with `status`
+    /// (502 or 504), is what the client receives now.
+    pub async fn hold(
+        &self,
+        ticket: Ticket<St>,
+        status: http::StatusCode,
+    ) -> (Completion, Response<Bytes>) {
+        let id = ticket.lease().id.clone();
+        let (mut head, ()) = Response::new(()).into_parts();
+        head.status = status;
+        let completion = self
+            .complete(ticket, &head, Err(NotRetained::OutcomeUnknown))
+            .await;
+        (completion, self.outcome_unknown(&id, status, false))
+    }
+
+    /// The `outcome-unknown` problem (R22), marked as a replay when it answers a retry.
+    fn outcome_unknown(
+        &self,
+        id: &RecordId,
+        status: http::StatusCode,
+        replay: bool,
+    ) -> Response<Bytes> {
+        let problem = Problem::new(
+            ProblemKind::OutcomeUnknown,
+            "the upstream failed after it may have received the request, so whether the \
+             operation ran is unknown; this key is held and will not run again: look the \
+             result up, or use a new key for a new operation",
+        )
+        .with_status(status)
+        .with_key(id.key());
+        let mut resp = self.policy.problems.render(&problem);
+        if replay {
+            resp.headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        }
+        resp
     }
 
     /// The live record for `id`, if any, timed like every other store operation.

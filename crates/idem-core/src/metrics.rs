@@ -29,7 +29,7 @@ pub const ALL: &[(&str, &str)] = &[
     (
         REQUESTS,
         "Protected requests by outcome (executed, taken_over, replayed, not_retained, \
-         conflict, mismatch, invalid_key, missing_key, unscoped, too_large, bad_body, store_error, \
+         outcome_unknown, conflict, mismatch, invalid_key, missing_key, unscoped, too_large, bad_body, store_error, \
          fail_open)",
     ),
     (
@@ -62,6 +62,9 @@ pub enum Outcome {
     Replayed,
     /// The key was done, but its response was not kept: 410 (R13).
     NotRetained,
+    /// The key is held after its upstream failed ambiguously: the retry got the
+    /// `outcome-unknown` problem, nothing ran (R22).
+    OutcomeUnknown,
     /// The key is in flight elsewhere: 409 (R10).
     Conflict,
     /// The key was used with a different request (R9).
@@ -85,11 +88,12 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order the help text lists them.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Executed,
         Self::TakenOver,
         Self::Replayed,
         Self::NotRetained,
+        Self::OutcomeUnknown,
         Self::Conflict,
         Self::Mismatch,
         Self::InvalidKey,
@@ -108,6 +112,7 @@ impl Outcome {
             Self::TakenOver => "taken_over",
             Self::Replayed => "replayed",
             Self::NotRetained => "not_retained",
+            Self::OutcomeUnknown => "outcome_unknown",
             Self::Conflict => "conflict",
             Self::Mismatch => "mismatch",
             Self::InvalidKey => "invalid_key",

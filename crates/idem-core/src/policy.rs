@@ -74,6 +74,39 @@ impl fmt::Display for Unscoped {
     }
 }
 
+/// What becomes of a key when the upstream failed after the request may have reached
+/// it (R12, R22).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AmbiguousFailure {
+    /// Release the key: a retry runs the operation again (R12, the default).
+    #[default]
+    Release,
+    /// Hold it: the record keeps an *outcome unknown* state until its TTL ends or an
+    /// operator deletes it; retries get the `outcome-unknown` problem, never a re-run
+    /// (R22, at most once).
+    Hold,
+}
+
+impl FromStr for AmbiguousFailure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "release" => Ok(Self::Release),
+            "hold" => Ok(Self::Hold),
+            other => Err(format!("`{other}` is not `release` or `hold`")),
+        }
+    }
+}
+
+impl fmt::Display for AmbiguousFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Release => "release",
+            Self::Hold => "hold",
+        })
+    }
+}
+
 /// A set of HTTP status codes, e.g. the cacheable ones (R7).
 ///
 /// Parsed from a comma list of codes and classes, with `!` removing:
@@ -201,6 +234,7 @@ pub struct Policy {
     pub(crate) max_request_body: usize,
     pub(crate) max_stored_body: usize,
     pub(crate) store_failure: StoreFailure,
+    pub(crate) on_ambiguous_failure: AmbiguousFailure,
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) streaming_types: Vec<String>,
     pub(crate) completion_attempts: u32,
@@ -232,6 +266,7 @@ impl Default for Policy {
             max_request_body: 1 << 20,
             max_stored_body: 1 << 20,
             store_failure: StoreFailure::FailClosed,
+            on_ambiguous_failure: AmbiguousFailure::Release,
             deny_headers: Vec::new(),
             streaming_types: vec!["text/event-stream".to_owned()],
             completion_attempts: 3,
@@ -330,6 +365,10 @@ impl Policy {
     /// What happens when the store fails (R15).
     pub fn store_failure(&self) -> StoreFailure {
         self.store_failure
+    }
+    /// What becomes of a key whose request may have reached a failing upstream (R22).
+    pub fn on_ambiguous_failure(&self) -> AmbiguousFailure {
+        self.on_ambiguous_failure
     }
     /// Headers never stored, beyond the hop-by-hop ones (R19).
     pub fn deny_headers(&self) -> &[HeaderName] {
@@ -535,6 +574,13 @@ impl<T> PolicyBuilder<T> {
     /// What happens when the store fails (R15; default fail-closed).
     pub fn store_failure(mut self, mode: StoreFailure) -> Self {
         self.policy.store_failure = mode;
+        self
+    }
+    /// What becomes of a key when the upstream failed after the request may have
+    /// reached it (R22; default release, as R12). `Hold` makes the route at most once:
+    /// recommended for payments.
+    pub fn on_ambiguous_failure(mut self, mode: AmbiguousFailure) -> Self {
+        self.policy.on_ambiguous_failure = mode;
         self
     }
     /// Headers never stored, beyond the hop-by-hop ones (R19; default none).

@@ -240,6 +240,21 @@ problem_kinds! {
             connection, or sent a malformed answer (502). Nothing was stored and the key was \
             released: retry with the same key.",
     }
+    /// The upstream failed after the request may have reached it, and the key is held:
+    /// the operation may or may not have run, and it will not run again (R22).
+    OutcomeUnknown {
+        status: StatusCode::BAD_GATEWAY,
+        slug: "outcome-unknown",
+        title: "Outcome unknown",
+        audience: Client,
+        advice: "do not retry; look the result up",
+        explanation: "The API behind the idempotency layer failed after it may have received \
+            the request (the connection broke or timed out after the request was sent), so \
+            whether the operation ran is unknown. This endpoint runs each key at most once: \
+            the key is held, retries get this same answer (502 or 504) and never run the \
+            operation again. Look the result up by other means (e.g. a GET on the resource, \
+            or support); a new operation needs a new key.",
+    }
     /// The upstream did not answer in time (R12).
     UpstreamTimeout {
         status: StatusCode::GATEWAY_TIMEOUT,

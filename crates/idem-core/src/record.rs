@@ -163,6 +163,31 @@ pub enum NotRetained {
     SetCookie,
     /// The store had no room for it (the memory store at its bound, R25).
     StoreFull,
+    /// The upstream failed after the request may have reached it, and the route holds
+    /// such keys (R22): whether the operation ran is unknown, so it never runs again.
+    OutcomeUnknown,
+}
+
+impl NotRetained {
+    /// Every reason.
+    pub const ALL: [Self; 5] = [
+        Self::TooLarge,
+        Self::Streamed,
+        Self::SetCookie,
+        Self::StoreFull,
+        Self::OutcomeUnknown,
+    ];
+
+    /// Its name in the admin API and `idem keys`: `too_large`, `outcome_unknown` …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Streamed => "streamed",
+            Self::SetCookie => "set_cookie",
+            Self::StoreFull => "store_full",
+            Self::OutcomeUnknown => "outcome_unknown",
+        }
+    }
 }
 
 /// The stored body of a completed record.
@@ -233,6 +258,7 @@ const BODY_TOO_LARGE: u8 = 1;
 const BODY_STREAMED: u8 = 2;
 const BODY_SET_COOKIE: u8 = 3;
 const BODY_STORE_FULL: u8 = 4;
+const BODY_OUTCOME_UNKNOWN: u8 = 5;
 
 impl Record {
     /// True while the record counts at `now`: an in-flight record until its lease
@@ -339,6 +365,7 @@ impl Snapshot {
             SnapshotBody::NotRetained(NotRetained::Streamed) => BODY_STREAMED,
             SnapshotBody::NotRetained(NotRetained::SetCookie) => BODY_SET_COOKIE,
             SnapshotBody::NotRetained(NotRetained::StoreFull) => BODY_STORE_FULL,
+            SnapshotBody::NotRetained(NotRetained::OutcomeUnknown) => BODY_OUTCOME_UNKNOWN,
         });
         out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
         for (name, value) in &self.headers {
@@ -395,6 +422,7 @@ impl Snapshot {
             BODY_STREAMED => SnapshotBody::NotRetained(NotRetained::Streamed),
             BODY_SET_COOKIE => SnapshotBody::NotRetained(NotRetained::SetCookie),
             BODY_STORE_FULL => SnapshotBody::NotRetained(NotRetained::StoreFull),
+            BODY_OUTCOME_UNKNOWN => SnapshotBody::NotRetained(NotRetained::OutcomeUnknown),
             _ => return Err(Corrupt("unknown body kind")),
         };
         Ok(Self {
@@ -529,12 +557,7 @@ mod tests {
             },
         };
         assert_eq!(Record::decode(&inflight.encode()).unwrap(), inflight);
-        for reason in [
-            NotRetained::TooLarge,
-            NotRetained::Streamed,
-            NotRetained::SetCookie,
-            NotRetained::StoreFull,
-        ] {
+        for reason in NotRetained::ALL {
             let s = Snapshot {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),

@@ -39,7 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use idem::clock::{Clock, Millis, SystemClock};
 use idem::problem::Problems;
-use idem::record::{NotRetained, Record, RecordId, SnapshotBody, State as RecordState};
+use idem::record::{Record, RecordId, SnapshotBody, State as RecordState};
 use idem::scope::Scope;
 use idem::store::{CorruptRecord, ListFilter, StateFilter};
 use idem::{IdempotencyKey, Problem, ProblemKind, Store};
@@ -408,12 +408,7 @@ pub fn record_json(id: &RecordId, record: &Record, now: Millis) -> Value {
                 }
                 SnapshotBody::NotRetained(why) => json!({
                     "status": snapshot.status.as_u16(),
-                    "not_retained": match why {
-                        NotRetained::TooLarge => "too_large",
-                        NotRetained::Streamed => "streamed",
-                        NotRetained::SetCookie => "set_cookie",
-                        NotRetained::StoreFull => "store_full",
-                    },
+                    "not_retained": why.as_str(),
                 }),
             };
             json!({ "state": "completed", "expires": rfc3339(*expires_at), "response": response })

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
+use idem::engine::MayHaveRun;
 use idem::headers::strip_hop_by_hop;
 use idem::problem::Problems;
 use idem::{Body, Problem, ProblemKind};
@@ -222,35 +223,51 @@ impl Service<Request<Body>> for Forward {
                 }
                 Ok(Err(e @ ExchangeError::Framing(_))) => {
                     // R25: relayed, it would desync the client's connection and be
-                    // stored as a complete answer.
+                    // stored as a complete answer. The upstream answered: it ran (R22).
                     metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "invalid")
                         .increment(1);
                     tracing::warn!(error = %e, upstream = %this.upstream, "upstream response refused");
-                    Ok(this.problem(
+                    Ok(may_have_run(this.problem(
                         ProblemKind::UpstreamUnavailable,
                         "the upstream's response was malformed (its body framing is invalid); nothing was stored and the request may be retried with the same key",
-                    ))
+                    )))
                 }
                 Ok(Err(e)) => {
                     metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "unavailable").increment(1);
                     tracing::warn!(error = %e, upstream = %this.upstream, "upstream request failed");
-                    Ok(this.problem(
+                    let answer = this.problem(
                         ProblemKind::UpstreamUnavailable,
                         "the upstream could not be reached or broke the connection; the request may be retried with the same key",
-                    ))
+                    );
+                    // Refused or never written: the upstream never saw it (R12). Broken
+                    // after the request went out: it may have run (R22).
+                    Ok(match e {
+                        ExchangeError::Connect(_)
+                        | ExchangeError::ConnectTimeout
+                        | ExchangeError::Unsent(_) => answer,
+                        _ => may_have_run(answer),
+                    })
                 }
                 Err(_) => {
                     metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "timeout")
                         .increment(1);
                     tracing::warn!(upstream = %this.upstream, timeout = ?this.timeout, "upstream timed out");
-                    Ok(this.problem(
+                    // Possibly while connecting, but as likely after the request went
+                    // out: counted as possibly run, the side at-most-once needs (R22).
+                    Ok(may_have_run(this.problem(
                         ProblemKind::UpstreamTimeout,
                         "the upstream did not answer in time; the request may be retried with the same key",
-                    ))
+                    )))
                 }
             }
         })
     }
+}
+
+/// Marks `resp` as the answer to a request the upstream may have run (R22).
+fn may_have_run(mut resp: Response<Body>) -> Response<Body> {
+    resp.extensions_mut().insert(MayHaveRun);
+    resp
 }
 
 impl Inner {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use http::{Method, StatusCode};
 use idem::ProblemKind;
-use idem::policy::{OnConcurrent, Policy, StoreFailure, Unscoped};
+use idem::policy::{AmbiguousFailure, OnConcurrent, Policy, StoreFailure, Unscoped};
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::routes::Route;
@@ -938,6 +938,7 @@ fn problems(p: &Policy) -> Vec<(StatusCode, Vec<ProblemKind>)> {
     for kind in ProblemKind::ALL {
         let applies = match kind {
             ProblemKind::MissingKey => p.require_key(),
+            ProblemKind::OutcomeUnknown => p.on_ambiguous_failure() == AmbiguousFailure::Hold,
             ProblemKind::UnscopedRequest => {
                 p.unscoped() == Unscoped::Refuse && !p.scope().is_shared()
             }

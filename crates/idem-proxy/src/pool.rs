@@ -43,7 +43,11 @@ pub(crate) enum ExchangeError {
     /// The connection could not be opened in time.
     #[error("connecting to the upstream timed out")]
     ConnectTimeout,
-    /// The exchange failed on an open connection.
+    /// The connection failed before the request was written: the upstream never saw it.
+    #[error("the upstream connection failed before the request was sent: {0}")]
+    Unsent(#[source] hyper::Error),
+    /// The exchange failed on an open connection after the request was (at least partly)
+    /// written: the upstream may have run it (R22).
     #[error(transparent)]
     Http(#[from] hyper::Error),
     /// The response head frames its body in a way idem cannot relay.
@@ -182,7 +186,8 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
-            .await?;
+            .await
+            .map_err(ExchangeError::Unsent)?;
         Ok(Link {
             send,
             conn: Box::pin(conn),
@@ -230,7 +235,9 @@ impl Pool {
                         link = self.connect().await?;
                         pooled = false;
                     }
-                    _ => return Err(e.into_error().into()),
+                    // Given back unsent: nothing reached the upstream.
+                    Some(_) => return Err(ExchangeError::Unsent(e.into_error())),
+                    None => return Err(e.into_error().into()),
                 },
             }
         }

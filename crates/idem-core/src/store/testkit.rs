@@ -286,12 +286,7 @@ pub async fn r08_completed_replays_snapshot<F: Fixture>(fx: &F) {
 
 /// R4, R13, R19: snapshots without a body round-trip as such.
 pub async fn r13_not_retained_snapshots<F: Fixture>(fx: &F) {
-    for reason in [
-        NotRetained::TooLarge,
-        NotRetained::Streamed,
-        NotRetained::SetCookie,
-        NotRetained::StoreFull,
-    ] {
+    for reason in NotRetained::ALL {
         let id = id("not-retained");
         let lease = acquire(fx, &id, 1).await;
         let snap = Snapshot {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use idem::policy::{StoreFailure, Unscoped};
+use idem::policy::{AmbiguousFailure, StoreFailure, Unscoped};
 use idem::scope::ScopeSource;
 use idem::store::SealingKeys;
 
@@ -500,6 +500,24 @@ pub static SETTINGS: &[&dyn Setting] = &[
             v.edit_policy(|b| b.store_failure(mode));
         },
         get: |v| Some((v.peek().store_failure() == StoreFailure::FailOpen).to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "on_ambiguous_failure",
+            env: "IDEM_ON_AMBIGUOUS_FAILURE",
+            value_name: "MODE",
+            help: "when the upstream fails after the request may have reached it (reset or \
+                   timed out once sent): `release` the key so a retry runs again (R12), or \
+                   `hold` it: retries get 502/504 `outcome-unknown` and never run it again \
+                   until the TTL ends or `idem keys delete` (at most once, R22; recommended \
+                   for payments). A refused connection is always released",
+            example: "hold",
+            route: true,
+            ..Info::BASE
+        },
+        parse: |s| s.parse::<AmbiguousFailure>(),
+        set: |v, m| v.edit_policy(|b| b.on_ambiguous_failure(m)),
+        get: |v| Some(v.peek().on_ambiguous_failure().to_string()),
     },
     &Def {
         info: Info {

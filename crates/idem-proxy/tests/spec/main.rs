@@ -1,5 +1,6 @@
 //! SPEC.md over HTTP against `idem serve`, in-process, on each single-machine store.
 
+mod at_most_once;
 #[path = "../common/mod.rs"]
 mod common;
 mod config_file;

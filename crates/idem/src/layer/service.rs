@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::{Request, Response, header};
+use http::{Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::engine::{Answer, Begin, Completion, Disposition, Inspect, Ticket};
@@ -320,6 +320,7 @@ where
     let (head, body) = resp.into_parts();
     let mut body = Body::new(body);
     match engine.disposition(&head) {
+        Disposition::Hold => Ok(hold(engine, ticket, head.status, decision).await),
         Disposition::Release => {
             release(engine, ticket, decision).await;
             Ok(Response::from_parts(head, body))
@@ -355,6 +356,12 @@ where
                         // (the upstream's own key check guards the rare double, R12).
                         let e: BoxError = e;
                         tracing::warn!(error = %e, "upstream response body failed");
+                        if engine.holds_ambiguous() {
+                            // The upstream answered, so it ran: at most once (R22).
+                            return Ok(
+                                hold(engine, ticket, StatusCode::BAD_GATEWAY, decision).await
+                            );
+                        }
                         release(engine, ticket, decision).await;
                         return Ok(problem(
                             engine.policy(),
@@ -422,6 +429,29 @@ async fn release<St: Store>(
     decision.record = Some("released");
 }
 
+/// [`Engine::hold`](idem_core::Engine::hold), noted in the decision: the answer to send.
+async fn hold<St: Store>(
+    engine: &idem_core::Engine<St>,
+    ticket: Ticket<St>,
+    status: StatusCode,
+    decision: &mut Decision,
+) -> Response<Body> {
+    let started = tokio::time::Instant::now();
+    let (completion, resp) = engine.hold(ticket, status).await;
+    decision.store += started.elapsed();
+    decision.record = Some(recorded(completion, "held"));
+    resp.map(Body::full)
+}
+
+/// How a completion shows in the decision log, `stored` being the name of success.
+fn recorded(completion: Completion, stored: &'static str) -> &'static str {
+    match completion {
+        Completion::Stored => stored,
+        Completion::Superseded => "superseded",
+        Completion::Failed => "failed",
+    }
+}
+
 /// [`Engine::complete`](idem_core::Engine::complete), noted in the decision.
 async fn complete<St: Store>(
     engine: &idem_core::Engine<St>,
@@ -433,11 +463,7 @@ async fn complete<St: Store>(
     let started = tokio::time::Instant::now();
     let completion = engine.complete(ticket, head, body).await;
     decision.store += started.elapsed();
-    decision.record = Some(match completion {
-        Completion::Stored => "stored",
-        Completion::Superseded => "superseded",
-        Completion::Failed => "failed",
-    });
+    decision.record = Some(recorded(completion, "stored"));
 }
 
 #[cfg(test)]
