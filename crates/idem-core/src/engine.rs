@@ -27,7 +27,7 @@ use crate::fingerprint::Fingerprint;
 use crate::headers;
 use crate::key::{IdempotencyKey, KeyError};
 use crate::metrics::{self, Outcome, StoreOp, timed};
-use crate::policy::{AmbiguousFailure, OnConcurrent, Policy, StoreFailure, Unscoped};
+use crate::policy::{AmbiguousFailure, KeySource, OnConcurrent, Policy, StoreFailure, Unscoped};
 use crate::problem::{Problem, ProblemKind};
 use crate::record::{NotRetained, OwnerToken, Record, RecordId, Snapshot, SnapshotBody};
 use crate::renewal::{Registration, Renewals};
@@ -65,6 +65,8 @@ pub enum Inspect {
     Pass,
     /// Protect it: buffer the body, then call [`Engine::begin`].
     Protect(Pending),
+    /// The key is in the body (R23): buffer it, then ask [`Engine::key_in_body`].
+    ProtectByBody(Unkeyed),
     /// Refuse it with this answer (R1, R3); do not call the upstream.
     Reject(Answer),
 }
@@ -80,6 +82,12 @@ impl Pending {
     pub fn id(&self) -> &RecordId {
         &self.id
     }
+}
+
+/// A covered request whose key is read from its body (R23), waiting for it.
+#[derive(Debug, Clone)]
+pub struct Unkeyed {
+    scope: Option<crate::scope::Scope>,
 }
 
 /// The outcome of [`Engine::begin`].
@@ -226,14 +234,48 @@ impl<St: Store> Engine<St> {
         &self.store
     }
 
-    /// Step 1: judge a request by its head (R1–R4).
+    /// Step 1: judge a request by its head (R1–R4, R23).
     pub fn inspect(&self, parts: &request::Parts) -> Inspect {
         let p = &self.policy;
         if !p.methods.contains(&parts.method) {
             return Inspect::Pass;
         }
-        match IdempotencyKey::from_headers(&parts.headers, &p.header, p.max_key_len) {
-            Ok(Some(key)) => match p.scope.scope(&parts.headers) {
+        let name = match &p.key_source {
+            KeySource::Header => &p.header,
+            KeySource::NamedHeader(name) => name,
+            KeySource::JsonPointer(_) => {
+                return Inspect::ProtectByBody(Unkeyed {
+                    scope: p.scope.scope(&parts.headers),
+                });
+            }
+        };
+        let key = IdempotencyKey::from_headers(&parts.headers, name, p.max_key_len);
+        self.keyed(parts, p.scope.scope(&parts.headers), key)
+    }
+
+    /// Step 1b, for a request whose key is in its body (R23): judge it once the body
+    /// (at most [`Policy::max_request_body`]) is read. Answers [`Inspect::Protect`],
+    /// [`Inspect::Reject`], or [`Inspect::Pass`] when the body holds no key (forward the
+    /// body read) and none is required.
+    pub fn key_in_body(&self, unkeyed: Unkeyed, parts: &request::Parts, body: &[u8]) -> Inspect {
+        let p = &self.policy;
+        let key = match &p.key_source {
+            KeySource::JsonPointer(pointer) => json_key(pointer, body, p.max_key_len),
+            KeySource::Header | KeySource::NamedHeader(_) => Ok(None),
+        };
+        self.keyed(parts, unkeyed.scope, key)
+    }
+
+    /// What a covered request gets once its key was looked for.
+    fn keyed(
+        &self,
+        parts: &request::Parts,
+        scope: Option<crate::scope::Scope>,
+        key: Result<Option<IdempotencyKey>, KeyError>,
+    ) -> Inspect {
+        let p = &self.policy;
+        match key {
+            Ok(Some(key)) => match scope {
                 Some(scope) => Inspect::Protect(Pending {
                     id: RecordId::new(scope, key),
                 }),
@@ -243,10 +285,10 @@ impl<St: Store> Engine<St> {
                 &Problem::new(
                     ProblemKind::MissingKey,
                     format!(
-                        "{} {} requires an `{}` header",
+                        "{} {} requires {}",
                         parts.method,
                         parts.uri.path(),
-                        header_display(&p.header)
+                        key_place(p)
                     ),
                 ),
                 Outcome::MissingKey,
@@ -254,7 +296,7 @@ impl<St: Store> Engine<St> {
             )),
             Ok(None) => Inspect::Pass,
             Err(e) => Inspect::Reject(self.refuse(
-                &invalid_key(&p.header, p.max_key_len, &e),
+                &invalid_key(p, &e),
                 Outcome::InvalidKey,
                 Duration::ZERO,
             )),
@@ -292,18 +334,18 @@ impl<St: Store> Engine<St> {
     }
 
     /// The answer to a protected request whose body exceeds
-    /// [`Policy::max_request_body`], before anything is stored (R13).
-    pub fn too_large(&self, pending: &Pending) -> Answer {
+    /// [`Policy::max_request_body`], before anything is stored (R13); `key` is echoed
+    /// when it was known from the head.
+    pub fn too_large(&self, key: Option<&IdempotencyKey>) -> Answer {
         let limit = self.policy.max_request_body;
-        self.refuse(
-            &Problem::new(
-                ProblemKind::RequestTooLarge,
-                format!("the request body exceeds {limit} bytes; nothing was processed or stored"),
-            )
-            .with_key(pending.id.key()),
-            Outcome::TooLarge,
-            Duration::ZERO,
-        )
+        let mut problem = Problem::new(
+            ProblemKind::RequestTooLarge,
+            format!("the request body exceeds {limit} bytes; nothing was processed or stored"),
+        );
+        if let Some(key) = key {
+            problem = problem.with_key(key);
+        }
+        self.refuse(&problem, Outcome::TooLarge, Duration::ZERO)
     }
 
     /// The answer to a protected request whose body could not be read (the connection
@@ -648,15 +690,54 @@ fn header_display(name: &http::HeaderName) -> String {
     }
 }
 
-fn invalid_key(header: &http::HeaderName, max_len: usize, e: &KeyError) -> Problem {
+/// Where the policy reads keys, as a problem's detail names it (R23).
+fn key_place(p: &Policy) -> String {
+    match &p.key_source {
+        KeySource::Header => format!("an `{}` header", header_display(&p.header)),
+        KeySource::NamedHeader(name) => format!("a `{}` header", header_display(name)),
+        KeySource::JsonPointer(pointer) => format!("a key at `{pointer}` in its JSON body"),
+    }
+}
+
+fn invalid_key(p: &Policy, e: &KeyError) -> Problem {
+    let max_len = p.max_key_len;
+    let place = key_place(p);
+    let form = match &p.key_source {
+        KeySource::JsonPointer(_) => "a string (or an integer)",
+        KeySource::Header | KeySource::NamedHeader(_) => "one header, bare or quoted,",
+    };
     Problem::new(
         ProblemKind::InvalidKey,
         format!(
-            "the `{}` header is invalid: {e}; send one header whose value is 1 to {max_len} \
-             visible ASCII characters, bare or as a quoted string",
-            header_display(header)
+            "the key ({place}) is invalid: {e}; send {form} whose value is 1 to {max_len} \
+             visible ASCII characters"
         ),
     )
+}
+
+/// The key at `pointer` in a JSON `body` (R23): a string as it is, an integer as its
+/// decimal text; `None` when the body is not JSON or has nothing there, so the request
+/// counts as keyless.
+fn json_key(
+    pointer: &str,
+    body: &[u8],
+    max_len: usize,
+) -> Result<Option<IdempotencyKey>, KeyError> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(None);
+    };
+    match doc.pointer(pointer) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => {
+            IdempotencyKey::verbatim(s.as_bytes(), max_len).map(Some)
+        }
+        Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
+            IdempotencyKey::verbatim(n.to_string().as_bytes(), max_len).map(Some)
+        }
+        Some(_) => Err(KeyError::Malformed(
+            "the value is not a string or an integer",
+        )),
+    }
 }
 
 /// The problem a store failure answers (R15).
@@ -832,7 +913,7 @@ mod tests {
         let parts = post(Some("k1"));
         let p = pending(&engine, &parts);
         assert_answer(
-            &engine.too_large(&p),
+            &engine.too_large(Some(p.id().key())),
             Outcome::TooLarge,
             ProblemKind::RequestTooLarge,
         );

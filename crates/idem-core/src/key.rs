@@ -105,6 +105,12 @@ impl IdempotencyKey {
     /// taken verbatim, never unquoted, so every key, including one that starts with a
     /// quote, reads back as itself.
     pub(crate) fn from_stored(raw: &[u8]) -> Result<Self, KeyError> {
+        Self::verbatim(raw, usize::MAX)
+    }
+
+    /// A key taken as it is, never unquoted (a value read from a JSON body, R23), with
+    /// R1's rules: 1 to `max_len` visible ASCII characters.
+    pub fn verbatim(raw: &[u8], max_len: usize) -> Result<Self, KeyError> {
         if raw.is_empty() {
             return Err(KeyError::Empty);
         }
@@ -112,6 +118,12 @@ impl IdempotencyKey {
             return Err(KeyError::Malformed(
                 "only visible ASCII characters are allowed",
             ));
+        }
+        if raw.len() > max_len {
+            return Err(KeyError::TooLong {
+                len: raw.len(),
+                max: max_len,
+            });
         }
         Ok(Self(String::from_utf8_lossy(raw).into()))
     }

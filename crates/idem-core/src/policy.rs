@@ -74,6 +74,62 @@ impl fmt::Display for Unscoped {
     }
 }
 
+/// Where a request's key is read (R23).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KeySource {
+    /// The key header, [`Policy::header`] (R1, the default): `header`.
+    #[default]
+    Header,
+    /// Another request header, e.g. a webhook sender's delivery id:
+    /// `header:X-GitHub-Delivery`.
+    NamedHeader(HeaderName),
+    /// A JSON pointer (RFC 6901) into a JSON request body, for clients that cannot set
+    /// headers: `json:/request_id`. A string is the key as it is; an integer, its
+    /// decimal text.
+    JsonPointer(String),
+}
+
+impl FromStr for KeySource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "header" {
+            return Ok(Self::Header);
+        }
+        if let Some(name) = s.strip_prefix("header:") {
+            return HeaderName::from_bytes(name.trim().as_bytes())
+                .map(Self::NamedHeader)
+                .map_err(|_| format!("`{name}` is not a header name"));
+        }
+        if let Some(pointer) = s.strip_prefix("json:") {
+            let escapes_ok = pointer
+                .split('~')
+                .skip(1)
+                .all(|rest| rest.starts_with('0') || rest.starts_with('1'));
+            if !pointer.starts_with('/') || !escapes_ok {
+                return Err(format!(
+                    "`{pointer}` is not a JSON pointer to a member (RFC 6901: `/request_id`, \
+                     `/data/id`; `~0` and `~1` escape `~` and `/`)"
+                ));
+            }
+            return Ok(Self::JsonPointer(pointer.to_owned()));
+        }
+        Err(format!(
+            "`{s}` is not `header`, `header:NAME` or `json:/POINTER`"
+        ))
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header => f.write_str("header"),
+            Self::NamedHeader(name) => write!(f, "header:{name}"),
+            Self::JsonPointer(pointer) => write!(f, "json:{pointer}"),
+        }
+    }
+}
+
 /// What becomes of a key when the upstream failed after the request may have reached
 /// it (R12, R22).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,6 +273,7 @@ fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub(crate) header: HeaderName,
+    pub(crate) key_source: KeySource,
     pub(crate) max_key_len: usize,
     pub(crate) methods: Vec<Method>,
     pub(crate) require_key: bool,
@@ -245,6 +302,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             header: HeaderName::from_static("idempotency-key"),
+            key_source: KeySource::Header,
             max_key_len: DEFAULT_MAX_KEY_LEN,
             methods: vec![Method::POST, Method::PATCH],
             require_key: false,
@@ -289,6 +347,10 @@ impl Policy {
     /// The key header's name (R1).
     pub fn header(&self) -> &HeaderName {
         &self.header
+    }
+    /// Where the key is read (R23).
+    pub fn key_source(&self) -> &KeySource {
+        &self.key_source
     }
     /// The longest key accepted (R1).
     pub fn max_key_len(&self) -> usize {
@@ -483,6 +545,11 @@ impl<T> PolicyBuilder<T> {
     /// The key header's name (R1; default `Idempotency-Key`).
     pub fn header(mut self, name: HeaderName) -> Self {
         self.policy.header = name;
+        self
+    }
+    /// Where the key is read (R23; default the key header).
+    pub fn key_source(mut self, source: KeySource) -> Self {
+        self.policy.key_source = source;
         self
     }
     /// The longest key accepted (R1; default 255, at least 1).
@@ -710,6 +777,29 @@ mod tests {
                 .build()
                 .unwrap_err();
             assert!(err.to_string().contains("422 or 400"), "{err}");
+        }
+    }
+
+    // R23
+    #[test]
+    fn r23_key_sources_parse_and_show() {
+        for text in [
+            "header",
+            "header:x-github-delivery",
+            "json:/request_id",
+            "json:/a~1b/0",
+        ] {
+            let source: KeySource = text.parse().unwrap();
+            assert_eq!(source.to_string(), text);
+        }
+        for bad in [
+            "json:request_id",
+            "json:",
+            "json:/a~2",
+            "header:bad header",
+            "body",
+        ] {
+            assert!(bad.parse::<KeySource>().is_err(), "{bad}");
         }
     }
 

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use idem::ProblemKind;
-use idem::policy::{OnConcurrent, Policy, Unscoped};
+use idem::policy::{KeySource, OnConcurrent, Policy, Unscoped};
 use idem::problem::Audience;
 
 use crate::routes::Route;
@@ -151,6 +151,24 @@ fn whose_key(policy: &Policy, routes: &[Route]) -> String {
         unscoped(policy)
     );
     for route in routes {
+        if let Some(p) = &route.policy
+            && p.key_source() != policy.key_source()
+        {
+            let _ = write!(
+                text,
+                " On `{}` the key is read from {}.",
+                route.pattern.path(),
+                match p.key_source() {
+                    KeySource::Header =>
+                        format!("the `{}` header", display_header(p.header().as_str())),
+                    KeySource::NamedHeader(name) =>
+                        format!("the `{}` header", display_header(name.as_str())),
+                    KeySource::JsonPointer(pointer) => {
+                        format!("the JSON body, at `{pointer}` (a string or an integer)")
+                    }
+                }
+            );
+        }
         if let Some(p) = &route.policy
             && p.unscoped() != policy.unscoped()
         {

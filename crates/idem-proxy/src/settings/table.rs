@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use idem::policy::{AmbiguousFailure, StoreFailure, Unscoped};
+use idem::policy::{AmbiguousFailure, KeySource, StoreFailure, Unscoped};
 use idem::scope::ScopeSource;
 use idem::store::SealingKeys;
 
@@ -342,6 +342,23 @@ pub static SETTINGS: &[&dyn Setting] = &[
         parse: parse_header_name,
         set: |v, h| v.edit_policy(|b| b.header(h)),
         get: |v| Some(v.peek().header().to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "key_source",
+            env: "IDEM_KEY_SOURCE",
+            value_name: "SRC",
+            help: "where the key is read (R23): `header` (the `--header`), another header \
+                   (`header:X-GitHub-Delivery`, for webhook senders' delivery ids), or a JSON \
+                   pointer into the body (`json:/request_id`, for clients that cannot set \
+                   headers; the body must be JSON, a string or integer there is the key)",
+            example: "json:/request_id",
+            route: true,
+            ..Info::BASE
+        },
+        parse: |s| s.parse::<KeySource>(),
+        set: |v, k| v.edit_policy(|b| b.key_source(k)),
+        get: |v| Some(v.peek().key_source().to_string()),
     },
     &Def {
         info: Info {

@@ -5,6 +5,7 @@ mod at_most_once;
 mod common;
 mod config_file;
 mod deploy;
+mod key_sources;
 mod process;
 mod proxy;
 mod sealed;

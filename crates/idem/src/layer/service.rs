@@ -133,7 +133,8 @@ where
 {
     let engine = &shared.engine;
     let (mut parts, body) = req.into_parts();
-    let pending = match engine.inspect(&parts) {
+    // The key is known from the head (`Ok`), or (R23) only once the body is read.
+    let keyed = match engine.inspect(&parts) {
         Inspect::Pass => {
             provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
             let resp = inner
@@ -145,10 +146,14 @@ where
             let mut decision = Decision::start(&parts.method, &parts.uri);
             return Step::Done(Ok(answered(answer, &mut decision)));
         }
-        Inspect::Protect(pending) => pending,
+        Inspect::Protect(pending) => Ok(pending),
+        Inspect::ProtectByBody(unkeyed) => Err(unkeyed),
     };
     let mut decision = Decision::start(&parts.method, &parts.uri);
-    decision.identify(pending.id(), engine.policy().scope());
+    if let Ok(pending) = &keyed {
+        decision.identify(pending.id(), engine.policy().scope());
+    }
+    let key = keyed.as_ref().ok().map(|p| p.id().key());
 
     // R13: the body is needed for the fingerprint; refuse it above the limit before
     // anything is stored.
@@ -159,17 +164,35 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Step::Done(Ok(answered(engine.too_large(&pending), &mut decision)));
+        return Step::Done(Ok(answered(engine.too_large(key), &mut decision)));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Step::Done(Ok(answered(engine.too_large(&pending), &mut decision)));
+            return Step::Done(Ok(answered(engine.too_large(key), &mut decision)));
         }
         Err(e) => {
             tracing::debug!(error = %e, "request body unreadable");
             return Step::Done(Ok(answered(engine.unreadable_body(), &mut decision)));
         }
+    };
+    let pending = match keyed {
+        Ok(pending) => pending,
+        Err(unkeyed) => match engine.key_in_body(unkeyed, &parts, &bytes) {
+            Inspect::Protect(pending) => {
+                decision.identify(pending.id(), engine.policy().scope());
+                pending
+            }
+            Inspect::Reject(answer) => return Step::Done(Ok(answered(answer, &mut decision))),
+            // No key in the body: forward what was read, unprotected (R3).
+            Inspect::Pass | Inspect::ProtectByBody(_) => {
+                provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
+                let resp = inner
+                    .call(Request::from_parts(parts, Body::full(bytes)))
+                    .await;
+                return Step::Done(resp.map(|r| r.map(Body::new)));
+            }
+        },
     };
 
     let id = pending.id().clone();
