@@ -62,6 +62,7 @@ fn codec(c: &mut Criterion) {
         state: State::Completed {
             snapshot: Snapshot {
                 status: http::StatusCode::CREATED,
+                reason: None,
                 headers,
                 body: SnapshotBody::Full(Bytes::from(vec![b'x'; 200])),
             },

@@ -487,6 +487,9 @@ impl<St: Store> Engine<St> {
                 let mut resp = Response::new(body);
                 *resp.status_mut() = snapshot.status;
                 *resp.headers_mut() = snapshot.headers;
+                if let Some(reason) = snapshot.reason {
+                    resp.extensions_mut().insert(reason);
+                }
                 resp.headers_mut()
                     .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
                 (resp, Outcome::Replayed)

@@ -15,7 +15,7 @@ use crate::fingerprint::FingerprintMode;
 use crate::headers;
 use crate::key::DEFAULT_MAX_KEY_LEN;
 use crate::problem::Problems;
-use crate::record::{NotRetained, Snapshot, SnapshotBody};
+use crate::record::{NotRetained, ReasonPhrase, Snapshot, SnapshotBody};
 use crate::scope::ScopeSource;
 
 /// What a duplicate gets while the first request is still running (R10).
@@ -475,6 +475,7 @@ impl Policy {
         };
         Snapshot {
             status: head.status,
+            reason: head.extensions.get::<ReasonPhrase>().cloned(),
             headers,
             body: match body {
                 Ok(b) => SnapshotBody::Full(b),

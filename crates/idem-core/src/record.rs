@@ -199,11 +199,39 @@ pub enum SnapshotBody {
     NotRetained(NotRetained),
 }
 
+/// A reason phrase other than the status's usual one, as the upstream sent it (`201
+/// CREATED`), kept so that a replay carries it too (R8).
+///
+/// A response extension: the proxy sets it from its HTTP client's and turns it back
+/// into its server's; the engine stores it with the snapshot and puts it on replays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReasonPhrase(Box<[u8]>);
+
+impl ReasonPhrase {
+    /// `bytes` as a reason phrase: 1 to 255 bytes of tab, space, visible ASCII or
+    /// obs-text (RFC 9112 §4); `None` for anything else.
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 255
+            && bytes
+                .iter()
+                .all(|&b| b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80);
+        valid.then(|| Self(bytes.into()))
+    }
+
+    /// The phrase's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A stored response: status, end-to-end headers and body (R7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// The original status.
     pub status: StatusCode,
+    /// The upstream's own reason phrase, when it was not the usual one (R8).
+    pub reason: Option<ReasonPhrase>,
     /// The stored headers (hop-by-hop and denied headers already removed).
     pub headers: HeaderMap,
     /// The body, or why there is none.
@@ -249,6 +277,9 @@ pub struct Corrupt(pub &'static str);
 const VERSION: u8 = 2;
 /// The version written before checksums; still read.
 const VERSION_UNCHECKED: u8 = 1;
+/// Version 2 with a reason phrase after the status: written for snapshots that have
+/// one, so every other record keeps its version 2 bytes.
+const VERSION_REASON: u8 = 3;
 /// The length of the checksum that ends a version 2 encoding.
 const CHECKSUM_LEN: usize = 8;
 const TAG_IN_FLIGHT: u8 = 1;
@@ -280,7 +311,10 @@ impl Record {
     /// Encodes the record (format version 2: checksummed).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + CHECKSUM_LEN);
-        out.push(VERSION);
+        out.push(match &self.state {
+            State::Completed { snapshot, .. } => snapshot.version(),
+            State::InFlight { .. } => VERSION,
+        });
         match &self.state {
             State::InFlight { .. } => out.push(TAG_IN_FLIGHT),
             State::Completed { .. } => out.push(TAG_COMPLETED),
@@ -357,8 +391,13 @@ impl Snapshot {
             .map(|(n, v)| 6 + n.as_str().len() + v.len())
             .sum();
         out.reserve(12 + headers_len + body_len + CHECKSUM_LEN);
-        out.push(VERSION);
+        out.push(self.version());
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        if let Some(reason) = &self.reason {
+            // At most 255 bytes: checked by `ReasonPhrase::new`.
+            out.push(reason.0.len() as u8);
+            out.extend_from_slice(&reason.0);
+        }
         out.push(match self.body {
             SnapshotBody::Full(_) => BODY_FULL,
             SnapshotBody::NotRetained(NotRetained::TooLarge) => BODY_TOO_LARGE,
@@ -380,6 +419,15 @@ impl Snapshot {
         }
     }
 
+    /// The format version this snapshot is written in.
+    fn version(&self) -> u8 {
+        if self.reason.is_some() {
+            VERSION_REASON
+        } else {
+            VERSION
+        }
+    }
+
     /// Decodes [`Snapshot::encode`] output (or a version 1 snapshot); anything else,
     /// including bytes whose checksum does not match, is [`Corrupt`].
     pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
@@ -397,6 +445,12 @@ impl Snapshot {
             return Err(Corrupt("unknown snapshot version"));
         }
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| Corrupt("invalid status"))?;
+        let reason = if version == VERSION_REASON {
+            let n = usize::from(r.u8()?);
+            Some(ReasonPhrase::new(r.take(n)?).ok_or(Corrupt("invalid reason phrase"))?)
+        } else {
+            None
+        };
         let kind = r.u8()?;
         let count = r.u32()? as usize;
         // Each header takes at least 6 bytes: refuse counts the input cannot hold.
@@ -427,6 +481,7 @@ impl Snapshot {
         };
         Ok(Self {
             status,
+            reason,
             headers,
             body,
         })
@@ -443,7 +498,7 @@ fn seal_checksum(out: &mut Vec<u8>) {
 /// the checksum, once it matches; for version 1, all of them.
 fn checked<'a>(bytes: &'a [u8], unknown: &'static str) -> Result<(u8, &'a [u8]), Corrupt> {
     match bytes.first().copied() {
-        Some(VERSION) => {
+        Some(v @ (VERSION | VERSION_REASON)) => {
             let split = bytes
                 .len()
                 .checked_sub(CHECKSUM_LEN)
@@ -454,7 +509,7 @@ fn checked<'a>(bytes: &'a [u8], unknown: &'static str) -> Result<(u8, &'a [u8]),
             if xxhash_rust::xxh3::xxh3_64(body) != u64::from_be_bytes(stored) {
                 return Err(Corrupt("checksum mismatch"));
             }
-            Ok((VERSION, body))
+            Ok((v, body))
         }
         Some(VERSION_UNCHECKED) => Ok((VERSION_UNCHECKED, bytes)),
         Some(_) => Err(Corrupt(unknown)),
@@ -535,6 +590,7 @@ mod tests {
             state: State::Completed {
                 snapshot: Snapshot {
                     status: StatusCode::CREATED,
+                    reason: None,
                     headers,
                     body: SnapshotBody::Full(Bytes::from_static(b"{\"id\":1}")),
                 },
@@ -560,6 +616,7 @@ mod tests {
         for reason in NotRetained::ALL {
             let s = Snapshot {
                 status: StatusCode::OK,
+                reason: None,
                 headers: HeaderMap::new(),
                 body: SnapshotBody::NotRetained(reason),
             };
@@ -677,6 +734,7 @@ mod tests {
         }
         let s = Snapshot {
             status: StatusCode::OK,
+            reason: None,
             headers: HeaderMap::new(),
             body: SnapshotBody::Full(Bytes::from_static(b"ok")),
         };
@@ -684,6 +742,39 @@ mod tests {
         old.truncate(old.len() - CHECKSUM_LEN);
         old[0] = VERSION_UNCHECKED;
         assert_eq!(Snapshot::decode(&old), Ok(s));
+    }
+
+    // R8: a snapshot with its own reason phrase is written as version 3 and reads back
+    // with it; one without keeps its version 2 bytes; a damaged phrase is corrupt.
+    #[test]
+    fn r08_reason_phrases_round_trip() {
+        let plain = snapshot_for_reason(None);
+        assert_eq!(plain.encode()[0], VERSION);
+        let shouting = snapshot_for_reason(ReasonPhrase::new(b"CREATED"));
+        let bytes = shouting.encode();
+        assert_eq!(bytes[0], VERSION_REASON);
+        assert_eq!(Snapshot::decode(&bytes), Ok(shouting.clone()));
+        let record = Record {
+            fingerprint: Fingerprint::from_bytes([7; 32]),
+            created_at: 1,
+            state: State::Completed {
+                snapshot: shouting,
+                expires_at: 2,
+            },
+        };
+        assert_eq!(Record::decode(&record.encode()), Ok(record));
+        assert!(ReasonPhrase::new(b"bad\r\nx: y").is_none());
+        assert!(ReasonPhrase::new(b"").is_none());
+        assert!(ReasonPhrase::new(&[b'a'; 256]).is_none());
+    }
+
+    fn snapshot_for_reason(reason: Option<ReasonPhrase>) -> Snapshot {
+        Snapshot {
+            status: StatusCode::CREATED,
+            reason,
+            headers: HeaderMap::new(),
+            body: SnapshotBody::Full(Bytes::from_static(b"{}")),
+        }
     }
 
     #[test]

@@ -63,6 +63,7 @@ proptest! {
             state: State::Completed {
                 snapshot: Snapshot {
                     status: StatusCode::from_u16(status).unwrap(),
+                    reason: None,
                     headers,
                     body: SnapshotBody::Full(Bytes::from(body)),
                 },

@@ -16,6 +16,7 @@ use http::{HeaderValue, Request, Response, Uri, Version, header};
 use idem::engine::MayHaveRun;
 use idem::headers::strip_hop_by_hop;
 use idem::problem::Problems;
+use idem::record::ReasonPhrase;
 use idem::{Body, Problem, ProblemKind};
 
 use crate::pool::{ExchangeError, Pool};
@@ -218,7 +219,19 @@ impl Service<Request<Body>> for Forward {
             match result {
                 Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
+                    // `Trailer` announces the trailers this client is sent (RFC 9110
+                    // §6.6.2); it is never stored (R19).
+                    let trailer = parts
+                        .headers
+                        .get_all(header::TRAILER)
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>();
                     strip_hop_by_hop(&mut parts.headers);
+                    for value in trailer {
+                        parts.headers.append(header::TRAILER, value);
+                    }
+                    reason_in(&mut parts.extensions);
                     Ok(Response::from_parts(parts, body))
                 }
                 Ok(Err(e @ ExchangeError::Framing(_))) => {
@@ -262,6 +275,30 @@ impl Service<Request<Body>> for Forward {
             }
         })
     }
+}
+
+/// The upstream's own reason phrase (`201 CREATED`), which hyper's client keeps in an
+/// extension of its own, as the engine stores it (R8).
+fn reason_in(extensions: &mut http::Extensions) {
+    let reason = extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .and_then(|r| ReasonPhrase::new(r.as_bytes()));
+    if let Some(reason) = reason {
+        extensions.insert(reason);
+    }
+}
+
+/// A stored reason phrase on a replay, as hyper's server writes it (R8); the first
+/// answer still carries hyper's own.
+pub(crate) fn reason_out<B>(mut resp: Response<B>) -> Response<B> {
+    let reason = resp
+        .extensions()
+        .get::<ReasonPhrase>()
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
+    if let Some(reason) = reason {
+        resp.extensions_mut().insert(reason);
+    }
+    resp
 }
 
 /// Marks `resp` as the answer to a request the upstream may have run (R22).

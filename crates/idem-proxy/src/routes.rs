@@ -271,12 +271,18 @@ where
             .find(|(p, _)| p.matches(method, path))
             .map(|(_, t)| t);
         match target {
-            Some(Target::Protected(svc)) => Box::pin(svc.clone().oneshot(req)),
+            Some(Target::Protected(svc)) => {
+                let call = svc.clone().oneshot(req);
+                Box::pin(async move { call.await.map(crate::forward::reason_out) })
+            }
             Some(Target::Pass(fwd)) => Box::pin(
                 fwd.clone()
                     .oneshot(req.map(|b| Body::new(b.map_err(Into::into)))),
             ),
-            None => Box::pin(self.default.clone().oneshot(req)),
+            None => {
+                let call = self.default.clone().oneshot(req);
+                Box::pin(async move { call.await.map(crate::forward::reason_out) })
+            }
         }
     }
 }

@@ -34,6 +34,7 @@
 //! let Claim::Acquired(lease) = store.claim(&req).await? else { unreachable!() };
 //! let snapshot = Snapshot {
 //!     status: 201_u16.try_into().unwrap(),
+//!     reason: None,
 //!     headers: Default::default(),
 //!     body: SnapshotBody::Full(b"charged"[..].into()),
 //! };

@@ -36,6 +36,15 @@ impl Body {
         Self::new(http_body_util::Empty::new())
     }
 
+    /// `bytes`, then `trailers`: a buffered response that ended with trailers, sent on
+    /// chunked, since trailers cannot follow a `Content-Length` body.
+    pub(crate) fn with_trailers(bytes: Bytes, trailers: http::HeaderMap) -> Self {
+        Self::new(Trailed {
+            data: Some(bytes),
+            trailers: Some(trailers),
+        })
+    }
+
     /// `prefix`, then the rest of `body`: for a response read partly before it turned
     /// out too large to store (R13).
     pub(crate) fn prefixed<B>(prefix: Bytes, body: B) -> Self
@@ -79,6 +88,31 @@ impl HttpBody for Body {
 
     fn size_hint(&self) -> SizeHint {
         self.0.size_hint()
+    }
+}
+
+/// Data, then trailers; its size is not announced, so HTTP/1.1 sends it chunked.
+struct Trailed {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl HttpBody for Trailed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
     }
 }
 

@@ -202,6 +202,7 @@ impl<St> IdempotencyHandle<St> {
     pub fn snapshot(&self, response: &Response<Bytes>) -> Snapshot {
         Snapshot {
             status: response.status(),
+            reason: None,
             headers: headers::storable(response.headers(), &self.inner.deny),
             body: SnapshotBody::Full(response.body().clone()),
         }

@@ -63,6 +63,7 @@ async fn main() {
         // Each response is its own: a body and headers of its own, as the layer builds.
         let snapshot = Snapshot {
             status: http::StatusCode::CREATED,
+            reason: None,
             headers: headers.clone(),
             body: SnapshotBody::Full(vec![b'x'; body_len].into()),
         };

@@ -11,6 +11,10 @@ use crate::store::{Claim, ClaimRequest, Finish, Lease};
 
 /// What a transition asks the store to do with the stored record.
 #[derive(Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and consumed at once inside one store step, never kept or moved around"
+)]
 pub enum Write {
     /// Leave it as it is.
     Keep,

@@ -246,6 +246,7 @@ impl SealingKeys {
     pub fn seal(&self, store_id: &RecordId, snapshot: &Snapshot) -> Snapshot {
         Snapshot {
             status: StatusCode::OK,
+            reason: None,
             headers: HeaderMap::new(),
             body: SnapshotBody::Full(Bytes::from(self.seal_bytes(
                 SNAPSHOT_AAD,

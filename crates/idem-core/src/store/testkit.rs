@@ -176,6 +176,7 @@ pub fn snapshot(body: &[u8]) -> Snapshot {
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     Snapshot {
         status: StatusCode::CREATED,
+        reason: None,
         headers,
         body: SnapshotBody::Full(Bytes::copy_from_slice(body)),
     }
@@ -291,6 +292,7 @@ pub async fn r13_not_retained_snapshots<F: Fixture>(fx: &F) {
         let lease = acquire(fx, &id, 1).await;
         let snap = Snapshot {
             status: StatusCode::OK,
+            reason: None,
             headers: HeaderMap::new(),
             body: SnapshotBody::NotRetained(reason),
         };

@@ -6,6 +6,7 @@ mod common;
 mod config_file;
 mod deploy;
 mod key_sources;
+mod last_bytes;
 mod process;
 mod proxy;
 mod sealed;

@@ -277,6 +277,9 @@ fn from_snapshot(snapshot: Snapshot) -> Response<Body> {
     let mut resp = Response::new(Body::full(body));
     *resp.status_mut() = snapshot.status;
     *resp.headers_mut() = snapshot.headers;
+    if let Some(reason) = snapshot.reason {
+        resp.extensions_mut().insert(reason);
+    }
     resp
 }
 
@@ -354,13 +357,19 @@ where
         }
         Disposition::Buffer(limit) => {
             let mut buf = Buffered::default();
+            let mut trailers = None;
             loop {
                 match body.frame().await {
                     None => break,
                     Some(Ok(frame)) => {
-                        // Trailers are not stored; data frames are.
-                        let Ok(data) = frame.into_data() else {
-                            continue;
+                        // Trailers reach this client but are not stored; data frames
+                        // are both (R8).
+                        let data = match frame.into_data() {
+                            Ok(data) => data,
+                            Err(frame) => {
+                                trailers = frame.into_trailers().ok().or(trailers);
+                                continue;
+                            }
                         };
                         buf.push(data);
                         if buf.len() > limit {
@@ -398,7 +407,11 @@ where
             }
             let bytes = buf.into_bytes();
             complete(engine, ticket, &head, Ok(bytes.clone()), decision).await;
-            Ok(Response::from_parts(head, Body::full(bytes)))
+            let body = match trailers {
+                None => Body::full(bytes),
+                Some(trailers) => Body::with_trailers(bytes, trailers),
+            };
+            Ok(Response::from_parts(head, body))
         }
     }
 }

@@ -357,6 +357,7 @@ pub async fn check<F: ModelFixture>(fx: &F, ops: &[Op]) -> Result<(), TestCaseEr
                 let (rec, l) = leases[handle].clone();
                 let snap = Snapshot {
                     status: StatusCode::OK,
+                    reason: None,
                     headers: HeaderMap::new(),
                     body: SnapshotBody::Full(Bytes::from(vec![body])),
                 };
