@@ -11,7 +11,7 @@ use idem::policy::{OnConcurrent, Policy, PolicyBuilder};
 use idem::store::SealingKeys;
 
 use crate::admin::AdminToken;
-use crate::config::{FlagError, ProxyConfig, ServeConfig};
+use crate::config::{FlagError, ListenerTls, ProxyConfig, ServeConfig};
 use crate::forward::Upstream;
 use crate::routes::Route;
 
@@ -109,6 +109,10 @@ pub struct Values {
     pub encryption_key_file: Option<PathBuf>,
     /// `encryption_keys`.
     pub encryption_keys: Option<SealingKeys>,
+    /// `tls_cert`; with `tls_key`, [`ProxyConfig::tls`].
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`.
+    pub tls_key: Option<PathBuf>,
     /// Where each value that is not the default came from, by setting name.
     pub origins: BTreeMap<&'static str, Origin>,
 }
@@ -144,6 +148,8 @@ impl Default for Values {
             admin_token_file: None,
             encryption_key_file: None,
             encryption_keys: None,
+            tls_cert: None,
+            tls_key: None,
             origins: BTreeMap::new(),
         }
     }
@@ -231,6 +237,29 @@ impl Values {
             }
             (None, keys) => keys.clone(),
         };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ListenerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(FlagError::Conflict("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(FlagError::Conflict("--tls-key needs --tls-cert")),
+        };
+        let client = &self.proxy.upstream_tls;
+        match (&client.client_cert, &client.client_key) {
+            (Some(_), None) => {
+                return Err(FlagError::Conflict(
+                    "--upstream-client-cert needs --upstream-client-key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(FlagError::Conflict(
+                    "--upstream-client-key needs --upstream-client-cert",
+                ));
+            }
+            _ => {}
+        }
         Ok(ServeConfig {
             listen: self.listen,
             store: self.store.clone(),
@@ -241,6 +270,7 @@ impl Values {
                 upstream,
                 policy,
                 routes,
+                tls,
                 ..self.proxy.clone()
             },
         })
