@@ -57,11 +57,36 @@ struct TlsUpstream {
 
 impl TlsUpstream {
     async fn spawn(pki: &TestPki, counting: &CountingUpstream, alpn: &[&[u8]]) -> Self {
+        Self::spawn_with(pki, counting, alpn, false).await
+    }
+
+    /// With `mtls`, clients must show a certificate the PKI's authority signed.
+    async fn spawn_with(
+        pki: &TestPki,
+        counting: &CountingUpstream,
+        alpn: &[&[u8]],
+        mtls: bool,
+    ) -> Self {
         let key = PrivateKeyDer::from_pem_file(pki.server_key()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
+            .unwrap();
+        let builder = if mtls {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs(&pki.ca_cert()) {
+                roots.add(cert).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder
             .with_single_cert(certs(&pki.server_cert()), key)
             .unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -300,6 +325,51 @@ async fn upstream_insecure_skips_verification_loudly() {
             .any(|l| l.contains("WARN") && l.contains("NOT verified")),
         "{text}"
     );
+}
+
+/// An upstream that asks for a client certificate: without `--upstream-client-cert`
+/// the handshake fails (502, nothing ran); with the PKI's client certificate it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_client_certificate_for_mtls() {
+    let (_dir, pki) = pki();
+    let counting = CountingUpstream::spawn().await;
+    let up = TlsUpstream::spawn_with(&pki, &counting, &[b"h2", b"http/1.1"], true).await;
+    let url = up.url();
+    let ca = pki.ca_cert().display().to_string();
+    let (cert, key) = (
+        pki.client_cert().display().to_string(),
+        pki.client_key().display().to_string(),
+    );
+    let base = [
+        "--store",
+        "memory",
+        "--upstream",
+        &url,
+        "--upstream-ca-file",
+        &ca,
+    ];
+    let proc = common::serve(&base).await;
+    let refused = Client::new(proc.addr)
+        .post("/charges", "tls-mtls", "{}")
+        .await;
+    assert_eq!(refused.status, 502, "{refused:?}");
+    assert_eq!(counting.executions(), 0);
+    proc.kill();
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--upstream-client-cert",
+        &cert,
+        "--upstream-client-key",
+        &key,
+    ]);
+    let proc = common::serve(&args).await;
+    let ran = Client::new(proc.addr)
+        .post("/charges", "tls-mtls", "{}")
+        .await;
+    assert_eq!(ran.status, 201, "{ran:?}");
+    assert_eq!(counting.executions_with_key("tls-mtls"), 1);
+    proc.kill();
 }
 
 /// A TLS client of the proxy: trusts the PKI's authority, names `localhost`, offers
