@@ -230,8 +230,10 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Set for an `https://` upstream.
     tls: Option<Secure>,
-    /// The HTTP/2 connection, when the upstream picked `h2`.
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// The HTTP/2 connection, when the upstream picked `h2`, and when a request last
+    /// went out on it: one unused for the idle timeout is let go, as idle HTTP/1.1
+    /// connections are, so a connection a middlebox dropped silently is not reused.
+    h2: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
 }
 
 impl Pool {
@@ -267,13 +269,15 @@ impl Pool {
     fn reuse(&self) -> Option<Via> {
         if self.tls.is_some() {
             let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-            match h2.as_ref() {
-                Some(send) if !send.is_closed() => {
+            match h2.as_mut() {
+                Some((send, used)) if !send.is_closed() && used.elapsed() < self.idle_timeout => {
+                    *used = Instant::now();
                     return Some(Via::H2 {
                         send: send.clone(),
                         pooled: true,
                     });
                 }
+                // Dropping the last handle closes the connection once its requests end.
                 Some(_) => *h2 = None,
                 None => {}
             }
@@ -362,7 +366,8 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(send.clone());
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((send.clone(), Instant::now()));
         Ok(Via::H2 {
             send,
             pooled: false,
