@@ -142,6 +142,22 @@ impl TlsUpstream {
     }
 }
 
+/// `idem serve` on `store` in front of the `https://` upstream `url`, with `extra`
+/// settings; its log goes to `log` when given.
+async fn via_https(store: &str, url: &str, extra: &[&str], log: Option<&Path>) -> Proc {
+    let mut args = vec!["--store", store, "--upstream", url];
+    args.extend_from_slice(extra);
+    match log {
+        Some(log) => common::serve_logged(&args, log).await,
+        None => common::serve(&args).await,
+    }
+}
+
+/// `POST /charges` with `key` and an empty JSON object, through `proc`.
+async fn charge_once(proc: &Proc, key: &str) -> Resp {
+    Client::new(proc.addr).post("/charges", key, "{}").await
+}
+
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..600 {
         if done() {
@@ -160,15 +176,7 @@ async fn spec_core_over_https(alpn: &[&[u8]]) {
     let up = TlsUpstream::spawn(&pki, &counting, alpn).await;
     let ca = pki.ca_cert().display().to_string();
     let url = up.url();
-    let proc = common::serve(&[
-        "--store",
-        "memory",
-        "--upstream",
-        &url,
-        "--upstream-ca-file",
-        &ca,
-    ])
-    .await;
+    let proc = via_https("memory", &url, &["--upstream-ca-file", &ca], None).await;
     let client = Client::new(proc.addr);
 
     // R8: the replay is the stored status, headers and body byte for byte.
@@ -250,21 +258,8 @@ async fn r12_wrong_upstream_ca_is_502_and_releases_the_key() {
     let url = up.url();
     let log = dir.path().join("idem.log");
     let wrong = pki.other_ca_cert().display().to_string();
-    let proc = common::serve_logged(
-        &[
-            "--store",
-            &store,
-            "--upstream",
-            &url,
-            "--upstream-ca-file",
-            &wrong,
-        ],
-        &log,
-    )
-    .await;
-    let refused = Client::new(proc.addr)
-        .post("/charges", "tls-ca", "{}")
-        .await;
+    let proc = via_https(&store, &url, &["--upstream-ca-file", &wrong], Some(&log)).await;
+    let refused = charge_once(&proc, "tls-ca").await;
     assert_eq!(refused.status, 502, "{refused:?}");
     assert_eq!(counting.executions(), 0);
     proc.kill();
@@ -277,18 +272,8 @@ async fn r12_wrong_upstream_ca_is_502_and_releases_the_key() {
     assert!(line.contains("UnknownIssuer"), "{line}");
 
     let ca = pki.ca_cert().display().to_string();
-    let proc = common::serve(&[
-        "--store",
-        &store,
-        "--upstream",
-        &url,
-        "--upstream-ca-file",
-        &ca,
-    ])
-    .await;
-    let ran = Client::new(proc.addr)
-        .post("/charges", "tls-ca", "{}")
-        .await;
+    let proc = via_https(&store, &url, &["--upstream-ca-file", &ca], None).await;
+    let ran = charge_once(&proc, "tls-ca").await;
     assert_eq!(ran.status, 201, "{ran:?}");
     assert!(!ran.replayed());
     assert_eq!(counting.executions_with_key("tls-ca"), 1);
@@ -303,20 +288,8 @@ async fn upstream_insecure_skips_verification_loudly() {
     let up = TlsUpstream::spawn(&pki, &counting, &[b"http/1.1"]).await;
     let url = up.url();
     let log = dir.path().join("idem.log");
-    let proc = common::serve_logged(
-        &[
-            "--store",
-            "memory",
-            "--upstream",
-            &url,
-            "--upstream-insecure",
-        ],
-        &log,
-    )
-    .await;
-    let resp = Client::new(proc.addr)
-        .post("/charges", "tls-insecure", "{}")
-        .await;
+    let proc = via_https("memory", &url, &["--upstream-insecure"], Some(&log)).await;
+    let resp = charge_once(&proc, "tls-insecure").await;
     assert_eq!(resp.status, 201, "{resp:?}");
     proc.kill();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -340,33 +313,22 @@ async fn upstream_client_certificate_for_mtls() {
         pki.client_cert().display().to_string(),
         pki.client_key().display().to_string(),
     );
-    let base = [
-        "--store",
-        "memory",
-        "--upstream",
-        &url,
-        "--upstream-ca-file",
-        &ca,
-    ];
-    let proc = common::serve(&base).await;
-    let refused = Client::new(proc.addr)
-        .post("/charges", "tls-mtls", "{}")
-        .await;
+    let proc = via_https("memory", &url, &["--upstream-ca-file", &ca], None).await;
+    let refused = charge_once(&proc, "tls-mtls").await;
     assert_eq!(refused.status, 502, "{refused:?}");
     assert_eq!(counting.executions(), 0);
     proc.kill();
 
-    let mut args = base.to_vec();
-    args.extend([
+    let with_cert = [
+        "--upstream-ca-file",
+        &ca,
         "--upstream-client-cert",
         &cert,
         "--upstream-client-key",
         &key,
-    ]);
-    let proc = common::serve(&args).await;
-    let ran = Client::new(proc.addr)
-        .post("/charges", "tls-mtls", "{}")
-        .await;
+    ];
+    let proc = via_https("memory", &url, &with_cert, None).await;
+    let ran = charge_once(&proc, "tls-mtls").await;
     assert_eq!(ran.status, 201, "{ran:?}");
     assert_eq!(counting.executions_with_key("tls-mtls"), 1);
     proc.kill();
@@ -420,6 +382,15 @@ async fn collect(resp: http::Response<Incoming>) -> Resp {
     }
 }
 
+/// One exchange on an HTTP/1.1 connection, once it is ready for the next request.
+async fn exchange(
+    send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Resp {
+    send.ready().await.unwrap();
+    collect(send.send_request(req).await.unwrap()).await
+}
+
 /// An HTTP/1.1 connection over TLS; its task ends with the connection.
 async fn h1(tls: TlsStream<TcpStream>) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -429,17 +400,17 @@ async fn h1(tls: TlsStream<TcpStream>) -> hyper::client::conn::http1::SendReques
     send
 }
 
-/// The proxy terminating TLS with the PKI's `localhost` certificate (files in `dir`,
-/// copied so a test may replace them) in front of `counting`.
+/// The proxy terminating TLS with the certificate and key `files` (PEM text), written
+/// to files in `dir` that a test may replace, in front of `counting`.
 async fn tls_proxy(
     dir: &Path,
-    pki: &TestPki,
+    files: (Vec<u8>, Vec<u8>),
     counting: &CountingUpstream,
     extra: &[&str],
 ) -> (Proc, PathBuf, PathBuf) {
     let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
-    std::fs::copy(pki.server_cert(), &cert).unwrap();
-    std::fs::copy(pki.server_key(), &key).unwrap();
+    std::fs::write(&cert, files.0).unwrap();
+    std::fs::write(&key, files.1).unwrap();
     let upstream = format!("http://{}", counting.addr());
     let (c, k) = (cert.display().to_string(), key.display().to_string());
     let mut args = vec![
@@ -457,18 +428,26 @@ async fn tls_proxy(
     (proc, cert, key)
 }
 
+/// The PKI's `localhost` certificate and key, as PEM text.
+fn server_files(pki: &TestPki) -> (Vec<u8>, Vec<u8>) {
+    (
+        std::fs::read(pki.server_cert()).unwrap(),
+        std::fs::read(pki.server_key()).unwrap(),
+    )
+}
+
 /// `idem serve --tls-cert --tls-key`: an HTTP/1.1 and an HTTP/2 client (ALPN) each get
 /// a first answer and its replay (R8).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r08_replay_over_terminated_tls_http1_and_http2() {
     let (dir, pki) = pki();
     let counting = CountingUpstream::spawn().await;
-    let (proc, _, _) = tls_proxy(dir.path(), &pki, &counting, &[]).await;
+    let (proc, _, _) = tls_proxy(dir.path(), server_files(&pki), &counting, &[]).await;
 
     let mut send = h1(tls_connect(proc.addr, &pki, b"http/1.1").await).await;
-    let first = collect(send.send_request(charge("tls-h1", "{}")).await.unwrap()).await;
+    let first = exchange(&mut send, charge("tls-h1", "{}")).await;
     assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
-    let replay = collect(send.send_request(charge("tls-h1", "{}")).await.unwrap()).await;
+    let replay = exchange(&mut send, charge("tls-h1", "{}")).await;
     assert!(replay.replayed(), "{replay:?}");
     assert_eq!(replay.body, first.body);
 
@@ -495,7 +474,7 @@ async fn r25_a_stalled_tls_handshake_is_closed_at_the_read_timeout() {
     let counting = CountingUpstream::spawn().await;
     let (proc, _, _) = tls_proxy(
         dir.path(),
-        &pki,
+        server_files(&pki),
         &counting,
         &["--request-read-timeout", "1s"],
     )
@@ -517,7 +496,7 @@ async fn r25_a_stalled_tls_handshake_is_closed_at_the_read_timeout() {
     // The listener still serves.
     let tls = tls_connect(proc.addr, &pki, b"http/1.1").await;
     let mut send = h1(tls).await;
-    let ok = collect(send.send_request(charge("tls-after", "{}")).await.unwrap()).await;
+    let ok = exchange(&mut send, charge("tls-after", "{}")).await;
     assert_eq!(ok.status, StatusCode::CREATED);
 }
 
@@ -533,7 +512,7 @@ async fn until_presented(addr: SocketAddr, pki: &TestPki, want: &CertificateDer<
                 .header("host", "localhost")
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+            assert_eq!(exchange(&mut send, req).await.status, 200);
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -548,7 +527,7 @@ async fn a_certificate_swapped_on_disk_is_used_by_new_connections() {
     let (dir, pki) = pki();
     let (rotated_cert, rotated_key) = pki.server_leaf("rotated", "idem rotated");
     let counting = CountingUpstream::spawn().await;
-    let (proc, cert, key) = tls_proxy(dir.path(), &pki, &counting, &[]).await;
+    let (proc, cert, key) = tls_proxy(dir.path(), server_files(&pki), &counting, &[]).await;
     let original = certs(&pki.server_cert()).remove(0);
     let rotated = certs(&rotated_cert).remove(0);
     assert_ne!(original, rotated);
@@ -556,7 +535,7 @@ async fn a_certificate_swapped_on_disk_is_used_by_new_connections() {
     let open = tls_connect(proc.addr, &pki, b"http/1.1").await;
     assert_eq!(presented(&open), original);
     let mut open = h1(open).await;
-    let first = collect(open.send_request(charge("tls-open", "{}")).await.unwrap()).await;
+    let first = exchange(&mut open, charge("tls-open", "{}")).await;
     assert_eq!(first.status, StatusCode::CREATED);
 
     // The key first, then the certificate, as a renewal script would: the pair may be
@@ -571,7 +550,7 @@ async fn a_certificate_swapped_on_disk_is_used_by_new_connections() {
     );
 
     // The connection opened before the swap still works.
-    let replay = collect(open.send_request(charge("tls-open", "{}")).await.unwrap()).await;
+    let replay = exchange(&mut open, charge("tls-open", "{}")).await;
     assert!(replay.replayed(), "{replay:?}");
 
     // A broken certificate file: the rotated certificate stays, and the log says so.
@@ -604,22 +583,11 @@ async fn sighup_reloads_the_certificate() {
     let (dir, pki) = pki();
     let (rotated_cert, rotated_key) = pki.server_leaf("rotated", "idem rotated");
     let counting = CountingUpstream::spawn().await;
-    let (cert, key) = (dir.path().join("hup.pem"), dir.path().join("hup.key"));
-    std::fs::write(&cert, padded(&pki.server_cert(), 4096)).unwrap();
-    std::fs::write(&key, padded(&pki.server_key(), 1024)).unwrap();
-    let upstream = format!("http://{}", counting.addr());
-    let (c, k) = (cert.display().to_string(), key.display().to_string());
-    let proc = common::serve(&[
-        "--store",
-        "memory",
-        "--upstream",
-        &upstream,
-        "--tls-cert",
-        &c,
-        "--tls-key",
-        &k,
-    ])
-    .await;
+    let files = (
+        padded(&pki.server_cert(), 4096),
+        padded(&pki.server_key(), 1024),
+    );
+    let (proc, cert, key) = tls_proxy(dir.path(), files, &counting, &[]).await;
     let original = certs(&pki.server_cert()).remove(0);
     let rotated = certs(&rotated_cert).remove(0);
     assert_eq!(
