@@ -401,23 +401,22 @@ async fn h1(tls: TlsStream<TcpStream>) -> hyper::client::conn::http1::SendReques
 }
 
 /// The proxy terminating TLS with the certificate and key `files` (PEM text), written
-/// to files in `dir` that a test may replace, in front of `counting`.
+/// to files in `dir` that a test may replace, in front of `upstream` (a URL).
 async fn tls_proxy(
     dir: &Path,
     files: (Vec<u8>, Vec<u8>),
-    counting: &CountingUpstream,
+    upstream: &str,
     extra: &[&str],
 ) -> (Proc, PathBuf, PathBuf) {
     let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
     std::fs::write(&cert, files.0).unwrap();
     std::fs::write(&key, files.1).unwrap();
-    let upstream = format!("http://{}", counting.addr());
     let (c, k) = (cert.display().to_string(), key.display().to_string());
     let mut args = vec![
         "--store",
         "memory",
         "--upstream",
-        &upstream,
+        upstream,
         "--tls-cert",
         &c,
         "--tls-key",
@@ -426,6 +425,11 @@ async fn tls_proxy(
     args.extend_from_slice(extra);
     let proc = common::serve_logged(&args, &dir.join("idem.log")).await;
     (proc, cert, key)
+}
+
+/// The URL of a plain HTTP upstream.
+fn http(counting: &CountingUpstream) -> String {
+    format!("http://{}", counting.addr())
 }
 
 /// The PKI's `localhost` certificate and key, as PEM text.
@@ -442,7 +446,7 @@ fn server_files(pki: &TestPki) -> (Vec<u8>, Vec<u8>) {
 async fn r08_replay_over_terminated_tls_http1_and_http2() {
     let (dir, pki) = pki();
     let counting = CountingUpstream::spawn().await;
-    let (proc, _, _) = tls_proxy(dir.path(), server_files(&pki), &counting, &[]).await;
+    let (proc, _, _) = tls_proxy(dir.path(), server_files(&pki), &http(&counting), &[]).await;
 
     let mut send = h1(tls_connect(proc.addr, &pki, b"http/1.1").await).await;
     let first = exchange(&mut send, charge("tls-h1", "{}")).await;
@@ -475,7 +479,7 @@ async fn r25_a_stalled_tls_handshake_is_closed_at_the_read_timeout() {
     let (proc, _, _) = tls_proxy(
         dir.path(),
         server_files(&pki),
-        &counting,
+        &http(&counting),
         &["--request-read-timeout", "1s"],
     )
     .await;
@@ -498,6 +502,59 @@ async fn r25_a_stalled_tls_handshake_is_closed_at_the_read_timeout() {
     let mut send = h1(tls).await;
     let ok = exchange(&mut send, charge("tls-after", "{}")).await;
     assert_eq!(ok.status, StatusCode::CREATED);
+}
+
+/// R25 over TLS: a header block above `--max-header-bytes` is 431, and a keep-alive
+/// connection left idle is closed after `--idle-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r25_header_limit_and_idle_timeout_hold_over_tls() {
+    let (dir, pki) = pki();
+    let counting = CountingUpstream::spawn().await;
+    let limits = ["--max-header-bytes", "8KiB", "--idle-timeout", "1s"];
+    let (proc, _, _) = tls_proxy(dir.path(), server_files(&pki), &http(&counting), &limits).await;
+    let mut send = h1(tls_connect(proc.addr, &pki, b"http/1.1").await).await;
+    let mut big = charge("tls-big", "{}");
+    big.headers_mut()
+        .insert("x-big", "a".repeat(16 * 1024).parse().unwrap());
+    let refused = exchange(&mut send, big).await;
+    assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(counting.executions(), 0);
+
+    let mut send = h1(tls_connect(proc.addr, &pki, b"http/1.1").await).await;
+    let ok = exchange(&mut send, charge("tls-idle", "{}")).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    eventually("the idle connection to close", || send.is_closed()).await;
+}
+
+/// Requests that came over TLS reach the upstream with `X-Forwarded-Proto: https`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proto_is_https_over_tls() {
+    let (dir, pki) = pki();
+    let echo = axum::Router::new().route(
+        "/proto",
+        axum::routing::get(|headers: http::HeaderMap| async move {
+            headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned()
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, echo).await });
+    let plain = common::serve(&["--store", "memory", "--upstream", &upstream]).await;
+    let resp = Client::new(plain.addr)
+        .send(Method::GET, "/proto", &[], b"")
+        .await;
+    assert_eq!(resp.body, "http");
+    let (tls, _, _) = tls_proxy(dir.path(), server_files(&pki), &upstream, &[]).await;
+    let mut send = h1(tls_connect(tls.addr, &pki, b"http/1.1").await).await;
+    let req = Request::get("https://localhost/proto")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(exchange(&mut send, req).await.body, "https");
 }
 
 /// Waits until a new connection is presented `want`; every connection on the way must
@@ -527,7 +584,7 @@ async fn a_certificate_swapped_on_disk_is_used_by_new_connections() {
     let (dir, pki) = pki();
     let (rotated_cert, rotated_key) = pki.server_leaf("rotated", "idem rotated");
     let counting = CountingUpstream::spawn().await;
-    let (proc, cert, key) = tls_proxy(dir.path(), server_files(&pki), &counting, &[]).await;
+    let (proc, cert, key) = tls_proxy(dir.path(), server_files(&pki), &http(&counting), &[]).await;
     let original = certs(&pki.server_cert()).remove(0);
     let rotated = certs(&rotated_cert).remove(0);
     assert_ne!(original, rotated);
@@ -587,7 +644,7 @@ async fn sighup_reloads_the_certificate() {
         padded(&pki.server_cert(), 4096),
         padded(&pki.server_key(), 1024),
     );
-    let (proc, cert, key) = tls_proxy(dir.path(), files, &counting, &[]).await;
+    let (proc, cert, key) = tls_proxy(dir.path(), files, &http(&counting), &[]).await;
     let original = certs(&pki.server_cert()).remove(0);
     let rotated = certs(&rotated_cert).remove(0);
     assert_eq!(
