@@ -621,6 +621,27 @@ mod tests {
     }
 
     #[test]
+    fn http2_requests_carry_the_authority_in_the_uri() {
+        let mut req = Request::post("/v1/charges?a=1")
+            .header("host", "api.internal:8443")
+            .body(Body::empty())
+            .unwrap();
+        absolute_form(&mut req, "fallback:443");
+        assert_eq!(req.uri(), "https://api.internal:8443/v1/charges?a=1");
+        assert!(req.headers().get(header::HOST).is_none());
+        assert_eq!(req.version(), Version::HTTP_2);
+        // Sent again over HTTP/1.1: origin form and a Host field once more.
+        origin_form(&mut req);
+        assert_eq!(req.uri(), "/v1/charges?a=1");
+        assert_eq!(req.headers()[header::HOST], "api.internal:8443");
+        assert_eq!(req.version(), Version::HTTP_11);
+        // No Host field: the address connected to.
+        let mut req = Request::get("/").body(Body::empty()).unwrap();
+        absolute_form(&mut req, "api.internal:443");
+        assert_eq!(req.uri(), "https://api.internal:443/");
+    }
+
+    #[test]
     fn framing_is_checked_and_lengths_made_one() {
         let head = |fields: &[(&str, &str)]| {
             let mut h = HeaderMap::new();

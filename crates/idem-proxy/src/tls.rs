@@ -386,3 +386,48 @@ fn read(files: &ListenerTls, provider: &CryptoProvider) -> Result<CertifiedKey, 
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_host_is_the_tls_name() {
+        assert!(matches!(
+            server_name("api.internal"),
+            Ok(ServerName::DnsName(n)) if n.as_ref() == "api.internal"
+        ));
+        assert!(matches!(
+            server_name("127.0.0.1"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
+        assert!(server_name("bad name").is_err());
+    }
+
+    #[test]
+    fn unusable_files_name_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let err = load_certs(&empty, "--tls-cert").unwrap_err().to_string();
+        assert!(
+            err.starts_with("--tls-cert ") && err.contains("no PEM"),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.pem");
+        let err = load_key(&missing, "--tls-key").unwrap_err().to_string();
+        assert!(err.starts_with("--tls-key "), "{err}");
+        let tls = UpstreamTls {
+            client_cert: Some(empty),
+            ..UpstreamTls::default()
+        };
+        let err = client_config(&UpstreamTls {
+            insecure: true,
+            ..tls
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--upstream-client-key"), "{err}");
+    }
+}
