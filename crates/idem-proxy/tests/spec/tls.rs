@@ -526,6 +526,34 @@ async fn r25_header_limit_and_idle_timeout_hold_over_tls() {
     eventually("the idle connection to close", || send.is_closed()).await;
 }
 
+/// R25 over TLS: beyond `--max-connections` a connection waits in the backlog, its
+/// handshake unanswered, until an open one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r25_max_connections_holds_over_tls() {
+    let (dir, pki) = pki();
+    let counting = CountingUpstream::spawn().await;
+    let limits = ["--max-connections", "1"];
+    let (proc, _, _) = tls_proxy(dir.path(), server_files(&pki), &http(&counting), &limits).await;
+    // The start-up probe's connection may still hold the slot: the first handshake
+    // waits for its read timeout at worst.
+    let first = tls_connect(proc.addr, &pki, b"http/1.1").await;
+    let (addr, pki2) = (proc.addr, pki.clone());
+    let second = tokio::spawn(async move { tls_connect(addr, &pki2, b"http/1.1").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second connection was served at once"
+    );
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the second connection is served once the first closes")
+        .unwrap();
+    let mut send = h1(second).await;
+    let ok = exchange(&mut send, charge("tls-max", "{}")).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+}
+
 /// Requests that came over TLS reach the upstream with `X-Forwarded-Proto: https`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_proto_is_https_over_tls() {
