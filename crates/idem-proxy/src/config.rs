@@ -3,6 +3,7 @@
 //! [`settings::resolve`](crate::settings::resolve)).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -32,6 +33,36 @@ pub struct ProxyConfig {
     pub request_read_timeout: Duration,
     /// What client connections may hold (R25).
     pub connections: ConnectionLimits,
+    /// How an `https://` upstream is verified, and the client certificate shown to it.
+    pub upstream_tls: UpstreamTls,
+    /// TLS on the listener, when set: its certificate and key, reloaded when they change.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS to an `https://` upstream: `--upstream-ca-file`, `--upstream-insecure`,
+/// `--upstream-client-cert`, `--upstream-client-key`. The server's certificate is
+/// verified against the system's authorities and `ca_file`'s, for the upstream's host
+/// name (also sent as SNI).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// More authorities to trust (PEM), beside the system's.
+    pub ca_file: Option<PathBuf>,
+    /// No verification of the upstream's certificate at all: for tests only.
+    pub insecure: bool,
+    /// A client certificate chain (PEM) for upstreams that ask for one (mTLS).
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted).
+    pub client_key: Option<PathBuf>,
+}
+
+/// TLS on the listener: `--tls-cert`, `--tls-key`. Both files are read at start-up, and
+/// again on SIGHUP or when either changes on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM, unencrypted: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// The smallest header block limit (`--max-header-bytes`) the HTTP/1 parser takes.
@@ -78,6 +109,8 @@ impl ProxyConfig {
             routes: Vec::new(),
             request_read_timeout: Duration::from_secs(30),
             connections: ConnectionLimits::default(),
+            upstream_tls: UpstreamTls::default(),
+            tls: None,
         }
     }
 }

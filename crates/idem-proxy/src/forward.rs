@@ -23,11 +23,13 @@ use crate::pool::{ExchangeError, Pool};
 use crate::view::{self, Refusal};
 use tower_service::Service;
 
-/// Where requests go: `http://host:port` with an optional path prefix.
+/// Where requests go: `http://host:port` or `https://host:port`, with an optional path
+/// prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
     authority: Authority,
     prefix: String,
+    tls: bool,
 }
 
 /// An upstream URL idem cannot use.
@@ -47,15 +49,11 @@ impl FromStr for Upstream {
             reason,
         };
         let uri: Uri = url.parse().map_err(|_| err("not a URL"))?;
-        match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => {}
-            Some(s) if *s == Scheme::HTTPS => {
-                return Err(err(
-                    "https upstreams are not supported; run idem beside the API and forward over http",
-                ));
-            }
-            _ => return Err(err("expected http://host:port")),
-        }
+        let tls = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => false,
+            Some(s) if *s == Scheme::HTTPS => true,
+            _ => return Err(err("expected http://host:port or https://host:port")),
+        };
         let authority = uri.authority().cloned().ok_or_else(|| err("no host"))?;
         if uri.query().is_some() {
             return Err(err("an upstream URL cannot have a query"));
@@ -67,24 +65,40 @@ impl FromStr for Upstream {
             })?
             .trim_end_matches('/')
             .to_owned();
-        Ok(Self { authority, prefix })
+        Ok(Self {
+            authority,
+            prefix,
+            tls,
+        })
     }
 }
 
 impl Upstream {
-    /// `host:port` to connect to (port 80 when the URL names none).
+    /// `host:port` to connect to (port 80, or 443 for https, when the URL names none).
     pub(crate) fn connect_to(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
         format!(
             "{}:{}",
             self.authority.host(),
-            self.authority.port_u16().unwrap_or(80)
+            self.authority.port_u16().unwrap_or(default)
         )
+    }
+
+    /// Whether the upstream is spoken to over TLS (an `https://` URL).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The host the upstream's certificate must name.
+    pub(crate) fn host(&self) -> &str {
+        self.authority.host()
     }
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.prefix)
     }
 }
 
@@ -100,6 +114,10 @@ enum RewriteError {
 /// The peer's address, set on each request by the server for `X-Forwarded-For`.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
+
+/// Set on each request by the server when it came over TLS: `X-Forwarded-Proto: https`.
+#[derive(Clone, Copy, Debug)]
+pub struct OverTls;
 
 /// Forwards requests to one upstream.
 #[derive(Clone)]
@@ -118,13 +136,29 @@ struct Inner {
 }
 
 impl Forward {
-    /// A forwarder to `upstream`, giving up on an answer after `timeout`.
+    /// A forwarder to `upstream`, giving up on an answer after `timeout`. An
+    /// `https://` upstream needs [`Forward::with_tls`]: without it, each request is
+    /// answered 502.
     pub fn new(upstream: Upstream, timeout: Duration) -> Self {
-        let pool = Arc::new(Pool::new(
-            upstream.connect_to(),
-            timeout,
-            Duration::from_secs(60),
-        ));
+        Self::build(upstream, timeout, None)
+    }
+
+    /// A forwarder to an `https://` upstream (or `http://`, where `tls` is unused),
+    /// speaking TLS with `tls`: its authorities, client certificate and ALPN protocols.
+    pub fn with_tls(upstream: Upstream, timeout: Duration, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::build(upstream, timeout, Some(tls))
+    }
+
+    fn build(
+        upstream: Upstream,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let mut pool = Pool::new(upstream.connect_to(), timeout, Duration::from_secs(60));
+        if upstream.is_tls() {
+            pool = pool.over_tls(tls, upstream.host());
+        }
+        let pool = Arc::new(pool);
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -168,9 +202,14 @@ impl Forward {
         {
             parts.headers.append("x-forwarded-for", v);
         }
+        let proto = if parts.extensions.get::<OverTls>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         Ok(Request::from_parts(parts, body))
@@ -257,6 +296,7 @@ impl Service<Request<Body>> for Forward {
                     Ok(match e {
                         ExchangeError::Connect(_)
                         | ExchangeError::ConnectTimeout
+                        | ExchangeError::Tls(_)
                         | ExchangeError::Unsent(_) => answer,
                         _ => may_have_run(answer),
                     })
@@ -325,7 +365,12 @@ mod tests {
         assert_eq!(u.to_string(), "http://127.0.0.1:3000");
         let u: Upstream = "http://api.internal:80/v1/".parse().unwrap();
         assert_eq!(u.prefix, "/v1");
-        assert!("https://x".parse::<Upstream>().is_err());
+        let u: Upstream = "https://api.internal:8443/prefix".parse().unwrap();
+        assert!(u.is_tls());
+        assert_eq!(u.connect_to(), "api.internal:8443");
+        assert_eq!(u.to_string(), "https://api.internal:8443/prefix");
+        let u: Upstream = "https://api.internal".parse().unwrap();
+        assert_eq!(u.connect_to(), "api.internal:443");
         assert!("ftp://x".parse::<Upstream>().is_err());
         assert!("nope".parse::<Upstream>().is_err());
         assert!("http://x/?a=1".parse::<Upstream>().is_err());

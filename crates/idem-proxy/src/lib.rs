@@ -41,6 +41,7 @@ pub mod settings;
 #[cfg(feature = "otel")]
 pub mod telemetry;
 mod throttle;
+mod tls;
 pub mod view;
 
 pub use run::run;

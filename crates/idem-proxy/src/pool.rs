@@ -1,4 +1,6 @@
-//! Keep-alive HTTP/1.1 connections to the upstream, each driven by the request using it.
+//! Keep-alive HTTP/1.1 connections to the upstream, each driven by the request using it;
+//! over TLS to an `https://` upstream, one shared HTTP/2 connection when the upstream
+//! picks `h2` over ALPN.
 //!
 //! A pooled client that runs every connection on a task of its own hands each request,
 //! its response head and every body frame across channels between that task and the
@@ -8,6 +10,10 @@
 //! goes back to the pool once its response body has ended; one left mid-response (its
 //! body dropped early) is closed.
 //!
+//! An HTTP/2 connection carries many requests at once, so it runs on a task of its own
+//! and every request holds a handle to it; when it closes (the upstream sent GOAWAY, or
+//! it failed), the next request opens a new connection.
+//!
 //! Every response head is checked for a framing idem can relay (R25, RFC 9112 §6.3): a
 //! response with both `Content-Length` and `Transfer-Encoding`, or a transfer coding
 //! other than `chunked` alone, is an error and its connection is closed. hyper itself
@@ -15,21 +21,100 @@
 //! short; a body that stops arriving fails after the read timeout.
 
 use std::future::{Future, poll_fn};
+use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use idem::{Body, BoxError};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
-type Conn = Connection<TokioIo<TcpStream>, Body>;
+type Conn = Connection<TokioIo<Stream>, Body>;
+
+/// A connection to the upstream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How to speak TLS to an `https://` upstream.
+struct Secure {
+    /// `None` when the forwarder was built without TLS settings: every connection fails.
+    connector: Option<TlsConnector>,
+    /// The name the certificate must carry, sent as SNI.
+    name: Result<ServerName<'static>, String>,
+}
 
 /// Idle connections kept at most.
 const MAX_IDLE: usize = 256;
@@ -53,6 +138,9 @@ pub(crate) enum ExchangeError {
     /// The response head frames its body in a way idem cannot relay.
     #[error("invalid response framing: {0}")]
     Framing(&'static str),
+    /// The TLS handshake with the upstream failed (its certificate did not verify, say).
+    #[error("TLS with the upstream failed: {0}")]
+    Tls(String),
 }
 
 /// A response body that stopped arriving for the read timeout.
@@ -123,6 +211,19 @@ struct Idle {
     since: Instant,
 }
 
+/// Where one request goes: an HTTP/1.1 connection of its own, or the shared HTTP/2 one;
+/// `pooled` when it was open already (it may have closed meanwhile).
+enum Via {
+    H1 {
+        link: Link,
+        pooled: bool,
+    },
+    H2 {
+        send: http2::SendRequest<Body>,
+        pooled: bool,
+    },
+}
+
 /// The pool of one upstream address.
 pub(crate) struct Pool {
     authority: String,
@@ -131,6 +232,12 @@ pub(crate) struct Pool {
     read_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// Set for an `https://` upstream.
+    tls: Option<Secure>,
+    /// The HTTP/2 connection, when the upstream picked `h2`, and when a request last
+    /// went out on it: one unused for the idle timeout is let go, as idle HTTP/1.1
+    /// connections are, so a connection a middlebox dropped silently is not reused.
+    h2: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
 }
 
 impl Pool {
@@ -143,14 +250,47 @@ impl Pool {
             read_timeout: timeout,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
+            tls: None,
+            h2: Mutex::new(None),
         }
     }
 
+    /// The same pool speaking TLS with `config` (`None`: every connection fails) to a
+    /// server named `host`.
+    pub(crate) fn over_tls(
+        mut self,
+        config: Option<Arc<rustls::ClientConfig>>,
+        host: &str,
+    ) -> Self {
+        self.tls = Some(Secure {
+            connector: config.map(TlsConnector::from),
+            name: crate::tls::server_name(host).map_err(|e| e.to_string()),
+        });
+        self
+    }
+
+    /// An open connection: the HTTP/2 one, or an idle HTTP/1.1 one.
+    fn reuse(&self) -> Option<Via> {
+        if self.tls.is_some() {
+            let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            match h2.as_mut() {
+                Some((send, used)) if !send.is_closed() && used.elapsed() < self.idle_timeout => {
+                    *used = Instant::now();
+                    return Some(Via::H2 {
+                        send: send.clone(),
+                        pooled: true,
+                    });
+                }
+                // Dropping the last handle closes the connection once its requests end.
+                Some(_) => *h2 = None,
+                None => {}
+            }
+        }
+        self.checkout().map(|link| Via::H1 { link, pooled: true })
+    }
+
     fn checkout(&self) -> Option<Link> {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() < self.idle_timeout && entry.link.reusable() {
                 return Some(entry.link);
@@ -163,10 +303,7 @@ impl Pool {
         if !link.reusable() {
             return;
         }
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 link,
@@ -175,7 +312,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Link, ExchangeError> {
+    async fn connect(&self) -> Result<Via, ExchangeError> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(self.authority.as_str()),
@@ -184,14 +321,62 @@ impl Pool {
         .map_err(|_| ExchangeError::ConnectTimeout)?
         .map_err(ExchangeError::Connect)?;
         let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                let stream = self.handshake(tls, stream).await?;
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    return self.connect_h2(stream).await;
+                }
+                Stream::Tls(Box::new(stream))
+            }
+        };
         let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ExchangeError::Unsent)?;
-        Ok(Link {
+        Ok(Via::H1 {
+            link: Link {
+                send,
+                conn: Box::pin(conn),
+                ended: false,
+            },
+            pooled: false,
+        })
+    }
+
+    /// The TLS handshake on a new connection, within the connect timeout.
+    async fn handshake(
+        &self,
+        tls: &Secure,
+        stream: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, ExchangeError> {
+        let connector = tls.connector.as_ref().ok_or_else(|| {
+            ExchangeError::Tls("the forwarder was built without TLS settings".to_owned())
+        })?;
+        let name = tls.name.clone().map_err(ExchangeError::Tls)?;
+        tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| ExchangeError::ConnectTimeout)?
+            .map_err(|e| ExchangeError::Tls(e.to_string()))
+    }
+
+    /// An HTTP/2 connection on its own task, shared from now on.
+    async fn connect_h2(&self, stream: TlsStream<TcpStream>) -> Result<Via, ExchangeError> {
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(Stream::Tls(Box::new(stream))))
+            .await
+            .map_err(ExchangeError::Unsent)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((send.clone(), Instant::now()));
+        Ok(Via::H2 {
             send,
-            conn: Box::pin(conn),
-            ended: false,
+            pooled: false,
         })
     }
 
@@ -201,20 +386,32 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ExchangeError> {
-        // A pooled connection the upstream closed just now gives the request back
-        // unsent: it goes out once more, on a fresh connection.
-        let (mut link, mut pooled) = match self.checkout() {
-            Some(link) => (link, true),
-            None => (self.connect().await?, false),
+        let mut via = match self.reuse() {
+            Some(via) => via,
+            None => self.connect().await?,
         };
         loop {
-            let sending = link.send.try_send_request(req);
-            let mut sending = std::pin::pin!(sending);
-            let sent = poll_fn(|cx| {
-                link.drive(cx);
-                sending.as_mut().poll(cx)
-            })
-            .await;
+            // A pooled connection the upstream closed just now gives the request back
+            // unsent: it goes out once more, on a fresh connection.
+            let (sent, link, pooled) = match via {
+                Via::H1 { mut link, pooled } => {
+                    if req.uri().scheme().is_some() {
+                        origin_form(&mut req);
+                    }
+                    let sending = link.send.try_send_request(req);
+                    let mut sending = std::pin::pin!(sending);
+                    let sent = poll_fn(|cx| {
+                        link.drive(cx);
+                        sending.as_mut().poll(cx)
+                    })
+                    .await;
+                    (sent, Some(link), pooled)
+                }
+                Via::H2 { mut send, pooled } => {
+                    absolute_form(&mut req, &self.authority);
+                    (send.try_send_request(req).await, None, pooled)
+                }
+            };
             match sent {
                 Ok(resp) => {
                     let (mut head, body) = resp.into_parts();
@@ -222,7 +419,7 @@ impl Pool {
                     check_framing(&mut head.headers)?;
                     let body = Driven {
                         body,
-                        link: Some(link),
+                        link,
                         pool: Arc::clone(self),
                         stall: None,
                         waiting: false,
@@ -232,8 +429,7 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if pooled => {
                         req = unsent;
-                        link = self.connect().await?;
-                        pooled = false;
+                        via = self.connect().await?;
                     }
                     // Given back unsent: nothing reached the upstream.
                     Some(_) => return Err(ExchangeError::Unsent(e.into_error())),
@@ -242,6 +438,41 @@ impl Pool {
             }
         }
     }
+}
+
+/// An HTTP/2 request names its scheme and authority in the URI (`:scheme`,
+/// `:authority`) rather than in a `Host` field.
+fn absolute_form(req: &mut Request<Body>, fallback: &str) {
+    *req.version_mut() = Version::HTTP_2;
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| Authority::try_from(fallback).ok());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = authority;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+}
+
+/// The reverse of [`absolute_form`], for a request sent again over HTTP/1.1.
+fn origin_form(req: &mut Request<Body>) {
+    *req.version_mut() = Version::HTTP_11;
+    let uri = std::mem::take(req.uri_mut());
+    if let Some(authority) = uri.authority()
+        && !req.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
 }
 
 /// A response body that drives its connection while it is read, and hands the
@@ -395,6 +626,27 @@ mod tests {
             Duration::from_secs(2),
             Duration::from_secs(60),
         ))
+    }
+
+    #[test]
+    fn http2_requests_carry_the_authority_in_the_uri() {
+        let mut req = Request::post("/v1/charges?a=1")
+            .header("host", "api.internal:8443")
+            .body(Body::empty())
+            .unwrap();
+        absolute_form(&mut req, "fallback:443");
+        assert_eq!(req.uri(), "https://api.internal:8443/v1/charges?a=1");
+        assert!(req.headers().get(header::HOST).is_none());
+        assert_eq!(req.version(), Version::HTTP_2);
+        // Sent again over HTTP/1.1: origin form and a Host field once more.
+        origin_form(&mut req);
+        assert_eq!(req.uri(), "/v1/charges?a=1");
+        assert_eq!(req.headers()[header::HOST], "api.internal:8443");
+        assert_eq!(req.version(), Version::HTTP_11);
+        // No Host field: the address connected to.
+        let mut req = Request::get("/").body(Body::empty()).unwrap();
+        absolute_form(&mut req, "api.internal:443");
+        assert_eq!(req.uri(), "https://api.internal:443/");
     }
 
     #[test]

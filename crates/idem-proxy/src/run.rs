@@ -120,11 +120,13 @@ pub struct Bound {
     store: OpenStore,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    tls: crate::tls::Loaded,
 }
 
-/// Opens the store and binds the proxy's listener and, when `admin_listen` is set, the
-/// admin listener (port 0 picks a free one).
+/// Reads the TLS files, opens the store and binds the proxy's listener and, when
+/// `admin_listen` is set, the admin listener (port 0 picks a free one).
 pub async fn bind(config: ServeConfig) -> anyhow::Result<Bound> {
+    let tls = crate::tls::load(&config.proxy)?;
     let store = config.open_store().await?;
     tracing::info!(
         store = store.kind(),
@@ -147,6 +149,7 @@ pub async fn bind(config: ServeConfig) -> anyhow::Result<Bound> {
         store,
         listener,
         admin,
+        tls,
     })
 }
 
@@ -183,6 +186,7 @@ impl Bound {
             config,
             listener,
             admin,
+            tls,
             ..
         } = self;
         let admin_task = match admin {
@@ -196,10 +200,12 @@ impl Bound {
         };
         tracing::info!(
             listen = %listener.local_addr()?,
+            tls = tls.listener.is_some(),
             upstream = %config.proxy.upstream,
             "idem serving"
         );
-        let served = crate::serve(listener, store, config.proxy, shutdown).await;
+        let served =
+            crate::server::serve_loaded(listener, store, config.proxy, tls, shutdown).await;
         if let Some(task) = admin_task {
             // Awaited, so the admin listener is closed when this returns.
             task.abort();

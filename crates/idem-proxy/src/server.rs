@@ -24,22 +24,49 @@ use tower::{Layer, ServiceExt};
 
 use crate::config::{MIN_HEADER_BYTES, ProxyConfig};
 use crate::conn;
-use crate::forward::{Forward, Peer};
+use crate::forward::{Forward, OverTls, Peer};
 use crate::routes::Dispatch;
 use crate::view::Door;
 
 /// Serves the proxy on `listener` over `store` until `shutdown` resolves.
 ///
 /// On shutdown it stops accepting, lets open requests finish (and record their
-/// results), and waits up to `config.shutdown_grace` for them.
+/// results), and waits up to `config.shutdown_grace` for them. With `config.tls` the
+/// listener speaks TLS, and its certificate is reloaded on SIGHUP and when its files
+/// change; a TLS file that cannot be used is an `InvalidInput` error before anything
+/// is served.
 pub async fn serve<St: Store>(
     listener: TcpListener,
     store: St,
     config: ProxyConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let forward = Forward::new(config.upstream.clone(), config.upstream_timeout)
-        .with_problems(config.policy.problems().clone());
+    let tls = crate::tls::load(&config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    serve_loaded(listener, store, config, tls, shutdown).await
+}
+
+/// [`serve`] with its TLS files read already.
+pub(crate) async fn serve_loaded<St: Store>(
+    listener: TcpListener,
+    store: St,
+    config: ProxyConfig,
+    tls: crate::tls::Loaded,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let forward = match tls.upstream {
+        Some(client) => Forward::with_tls(config.upstream.clone(), config.upstream_timeout, client),
+        None => Forward::new(config.upstream.clone(), config.upstream_timeout),
+    }
+    .with_problems(config.policy.problems().clone());
+    // The reloader runs as long as the listener.
+    let (acceptor, reloader) = match tls.listener {
+        Some((cert, server)) => (
+            Some(tokio_rustls::TlsAcceptor::from(server)),
+            Some(AbortOnDrop(cert.watch())),
+        ),
+        None => (None, None),
+    };
     // One layer (engine) per rule, all over the one store; the first matching rule
     // picks the layer, so every rule runs through the same engine code.
     let layer = layer_for(&store, &config.policy)?;
@@ -70,6 +97,7 @@ pub async fn serve<St: Store>(
     // hyper refuses smaller buffers (it would panic); the flag checks this too.
     let max_header_bytes = bounds.max_header_bytes.max(MIN_HEADER_BYTES);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let over_tls = acceptor.is_some();
     // The watchdog (conn.rs) times heads from the accept, for both protocols; hyper's
     // own header timer would also close idle keep-alive connections at the read
     // timeout. The read buffer bounds the HTTP/1 head (431 beyond), the header list
@@ -122,6 +150,9 @@ pub async fn serve<St: Store>(
                 conn::refused_coding(req.headers()).map(|detail| conn::refusal(detail, &problems));
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(Peer(peer));
+            if over_tls {
+                parts.extensions.insert(OverTls);
+            }
             let (body, expired) = ReadDeadline::new(body, read_timeout);
             let service = service.clone();
             let problems = problems.clone();
@@ -138,22 +169,55 @@ pub async fn serve<St: Store>(
                 Ok(resp.map(|b| in_flight.track(b)))
             }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let svc = TowerToHyperService::new(svc);
+        let Some(acceptor) = &acceptor else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _slot = slot;
+                tokio::select! {
+                    biased;
+                    ended = conn => if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    },
+                    () = watchdog => tracing::debug!(%peer, "connection closed: no request in time, idle, or not reading"),
+                }
+            });
+            continue;
+        };
+        // The handshake runs under the watchdog too: one that stalls is cut off by the
+        // read timeout from the accept, as a head that does not arrive (R25).
+        let handshake = acceptor.accept(io);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
+            let served = async move {
+                let stream = match handshake.await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            };
             tokio::select! {
                 biased;
-                ended = conn => if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                },
+                () = served => {},
                 () = watchdog => tracing::debug!(%peer, "connection closed: no request in time, idle, or not reading"),
             }
         });
     }
     drop(listener);
+    drop(reloader);
     tracing::info!("shutting down: finishing open requests");
     let grace = config.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -175,6 +239,15 @@ pub async fn serve<St: Store>(
         tracing::warn!(?grace, "requests still running after the grace period");
     }
     Ok(())
+}
+
+/// A task stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The layer of one rule. Its policy was checked when the configuration was read, so

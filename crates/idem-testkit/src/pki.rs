@@ -124,6 +124,23 @@ impl TestPki {
         Self::at(dir)
     }
 
+    /// Another server certificate for `localhost`, signed by the same authority, with
+    /// subject `CN=cn` and a serial of its own: `(certificate, key)` (for rotations).
+    pub fn server_leaf(&self, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+        make_leaf(
+            &self.dir,
+            name,
+            cn,
+            "ca",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\n",
+        );
+        (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        )
+    }
+
     /// The PKI made earlier in `dir`.
     pub fn at(dir: &Path) -> Self {
         Self {

@@ -188,7 +188,7 @@ pub static SETTINGS: &[&dyn Setting] = &[
             name: "upstream",
             env: "IDEM_UPSTREAM",
             value_name: "URL",
-            help: "the API, `http://host:port[/prefix]`",
+            help: "the API, `http://host:port[/prefix]` or `https://…`; see [TLS to the upstream](#tls-to-the-upstream)",
             unset: "(required)",
             example: "http://127.0.0.1:3000/api",
             ..Info::BASE
@@ -196,6 +196,89 @@ pub static SETTINGS: &[&dyn Setting] = &[
         parse: |s| s.trim().parse().map_err(|e| format!("{e}")),
         set: |v, u| v.upstream = Some(u),
         get: |v| v.upstream.as_ref().map(ToString::to_string),
+    },
+    &Def {
+        info: Info {
+            name: "upstream_ca_file",
+            env: "IDEM_UPSTREAM_CA_FILE",
+            value_name: "PEM",
+            help: "certificate authorities to trust for an `https://` upstream, beside the \
+                   system's",
+            example: "/etc/idem/upstream-ca.pem",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.proxy.upstream_tls.ca_file = Some(p),
+        get: |v| path(v.proxy.upstream_tls.ca_file.as_ref()),
+    },
+    &Def {
+        info: Info {
+            name: "upstream_insecure",
+            env: "IDEM_UPSTREAM_INSECURE",
+            help: "do not verify an `https://` upstream's certificate: for tests only, never \
+                   in production (logged at start-up)",
+            example: "true",
+            kind: Kind::Switch,
+            ..Info::BASE
+        },
+        parse: parse_bool,
+        set: |v, yes| v.proxy.upstream_tls.insecure = yes,
+        get: |v| Some(v.proxy.upstream_tls.insecure.to_string()),
+    },
+    &Def {
+        info: Info {
+            name: "upstream_client_cert",
+            env: "IDEM_UPSTREAM_CLIENT_CERT",
+            value_name: "PEM",
+            help: "client certificate chain shown to an `https://` upstream that asks for one \
+                   (mTLS); needs `--upstream-client-key`",
+            example: "/etc/idem/upstream-client.pem",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.proxy.upstream_tls.client_cert = Some(p),
+        get: |v| path(v.proxy.upstream_tls.client_cert.as_ref()),
+    },
+    &Def {
+        info: Info {
+            name: "upstream_client_key",
+            env: "IDEM_UPSTREAM_CLIENT_KEY",
+            value_name: "PEM",
+            help: "the client certificate's private key (unencrypted)",
+            example: "/etc/idem/upstream-client.key",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.proxy.upstream_tls.client_key = Some(p),
+        get: |v| path(v.proxy.upstream_tls.client_key.as_ref()),
+    },
+    &Def {
+        info: Info {
+            name: "tls_cert",
+            env: "IDEM_TLS_CERT",
+            value_name: "PEM",
+            help: "serve TLS (HTTP/2 and HTTP/1.1 over ALPN) with this certificate chain, \
+                   reloaded on SIGHUP and when it changes; needs `--tls-key`; see \
+                   [Terminating TLS](#terminating-tls)",
+            example: "/etc/idem/tls.pem",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.tls_cert = Some(p),
+        get: |v| path(v.tls_cert.as_ref()),
+    },
+    &Def {
+        info: Info {
+            name: "tls_key",
+            env: "IDEM_TLS_KEY",
+            value_name: "PEM",
+            help: "the private key of `--tls-cert` (unencrypted)",
+            example: "/etc/idem/tls.key",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.tls_key = Some(p),
+        get: |v| path(v.tls_key.as_ref()),
     },
     &Def {
         info: Info {

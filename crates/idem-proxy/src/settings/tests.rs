@@ -250,14 +250,24 @@ fn bad_values_are_one_line_errors_naming_their_place() {
             &["--admin-token", "0123456789abcdef-token"],
             "--admin-listen",
         ),
+        (&["--tls-cert", "/c.pem"], "--tls-key"),
+        (&["--tls-key", "/k.pem"], "--tls-cert"),
+        (
+            &["--upstream-client-cert", "/c.pem"],
+            "--upstream-client-key",
+        ),
+        (
+            &["--upstream-client-key", "/k.pem"],
+            "--upstream-client-cert",
+        ),
     ] {
         let err = serve_config(args).unwrap_err();
         assert!(err.contains(place), "{args:?}: {err}");
         assert!(!err.contains('\n'), "{args:?}: {err}");
     }
-    let err = resolve(&["--upstream", "https://x"], None).unwrap_err();
+    let err = resolve(&["--upstream", "ftp://x"], None).unwrap_err();
     assert!(
-        err.starts_with("--upstream: ") && err.contains("https"),
+        err.starts_with("--upstream: ") && err.contains("https://"),
         "{err}"
     );
     // The policy is the one judge of the mismatch status (R9): 409 means in progress.

@@ -12,7 +12,7 @@ use idem::scope::ScopeSecret;
 use idem::store::SealingKeys;
 
 use crate::admin::AdminToken;
-use crate::config::{FlagError, ProxyConfig, ServeConfig};
+use crate::config::{FlagError, ListenerTls, ProxyConfig, ServeConfig};
 use crate::forward::Upstream;
 use crate::routes::Route;
 
@@ -112,6 +112,10 @@ pub struct Values {
     pub encryption_keys: Option<SealingKeys>,
     /// `scope_secret_file`, read by [`finish`](Self::finish).
     pub scope_secret_file: Option<PathBuf>,
+    /// `tls_cert`; with `tls_key`, [`ProxyConfig::tls`].
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`.
+    pub tls_key: Option<PathBuf>,
     /// Where each value that is not the default came from, by setting name.
     pub origins: BTreeMap<&'static str, Origin>,
 }
@@ -148,6 +152,8 @@ impl Default for Values {
             encryption_key_file: None,
             encryption_keys: None,
             scope_secret_file: None,
+            tls_cert: None,
+            tls_key: None,
             origins: BTreeMap::new(),
         }
     }
@@ -249,6 +255,29 @@ impl Values {
                 (keyed(policy, &secret), routes)
             }
         };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ListenerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(FlagError::Conflict("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(FlagError::Conflict("--tls-key needs --tls-cert")),
+        };
+        let client = &self.proxy.upstream_tls;
+        match (&client.client_cert, &client.client_key) {
+            (Some(_), None) => {
+                return Err(FlagError::Conflict(
+                    "--upstream-client-cert needs --upstream-client-key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(FlagError::Conflict(
+                    "--upstream-client-key needs --upstream-client-cert",
+                ));
+            }
+            _ => {}
+        }
         Ok(ServeConfig {
             listen: self.listen,
             store: self.store.clone(),
@@ -259,6 +288,7 @@ impl Values {
                 upstream,
                 policy,
                 routes,
+                tls,
                 ..self.proxy.clone()
             },
         })

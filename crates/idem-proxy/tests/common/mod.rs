@@ -55,13 +55,22 @@ impl Drop for Proc {
 
 /// Runs `idem serve ARGS` on a free port and waits until it accepts connections.
 pub async fn serve(args: &[&str]) -> Proc {
+    start(args, Stdio::null()).await
+}
+
+/// [`serve`], with its log (stderr) written to `log`.
+pub async fn serve_logged(args: &[&str], log: &std::path::Path) -> Proc {
+    start(args, std::fs::File::create(log).unwrap().into()).await
+}
+
+async fn start(args: &[&str], stderr: Stdio) -> Proc {
     let addr = free_addr();
     let child = Command::new(BIN)
         .arg("serve")
         .args(["--listen", &addr.to_string()])
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let proc = Proc { child, addr };

@@ -12,6 +12,7 @@ mod proxy;
 mod sealed;
 mod serve;
 mod store_tls;
+mod tls;
 
 use idem::policy::Policy;
 use idem::redb::RedbStore;
