@@ -92,7 +92,7 @@ pub mod layer;
 
 pub use any_store::{AnyStore, StoreUrlError};
 pub use body::{Body, BoxError};
-pub use context::{IdempotencyContext, IdempotencyHandle};
+pub use context::{IdempotencyContext, IdempotencyHandle, Progress, ProgressError};
 pub use idem_core::{
     Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
     headers, key, metrics, policy, problem, record, scope, store,
