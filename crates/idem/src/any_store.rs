@@ -422,7 +422,7 @@ impl Store for AnyStore {
     }
 }
 
-/// The PostgreSQL arm's transactional writes (R20, R21), so a handler behind a layer
+/// The PostgreSQL arm's transactional writes ([R20](crate::contract#r20), [R21](crate::contract#r21)), so a handler behind a layer
 /// over an `AnyStore` (or a `Sealed<AnyStore>`) reaches them; any other arm answers
 /// [`StoreError::Unsupported`].
 #[cfg(feature = "postgres")]

@@ -2,9 +2,10 @@
 //!
 //! A client sends an `Idempotency-Key` with a POST; the first request runs, every retry
 //! gets the stored response replayed byte for byte, a concurrent duplicate never runs
-//! twice, a key reused with another payload is refused, and keys expire. The rules are
-//! `SPEC.md`'s R1–R21; [`IdempotencyLayer`] applies them to any tower service, and
-//! the `idem serve` proxy is this same layer in front of a forwarding service.
+//! twice, a key reused with another payload is refused, and keys expire. The rules, R1 to
+//! R25, are stated in [`contract`], and every rule id in these docs links to its rule;
+//! [`IdempotencyLayer`] applies them to any tower service, and the `idem serve` proxy is
+//! this same layer in front of a forwarding service.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -69,8 +70,8 @@
 //! ```
 //!
 //! With PostgreSQL, a handler can complete the record in its own transaction
-//! ([`IdempotencyHandle::complete_in`], R21) and split multi-step work into atomic
-//! phases with recovery points ([`IdempotencyHandle::advance_in`], R20): the store's
+//! ([`IdempotencyHandle::complete_in`], [R21](crate::contract#r21)) and split multi-step work into atomic
+//! phases with recovery points ([`IdempotencyHandle::advance_in`], [R20](crate::contract#r20)): the store's
 //! [`Transactional`](store::Transactional) capability, which `Sealed<PostgresStore>`
 //! and [`AnyStore`] keep, reached through the context naming the layer's store,
 //! `IdempotencyContext<St>`; see [`context`].
@@ -78,8 +79,8 @@
 //! # Feature flags
 //! - `redb` (default): the embedded durable store, `file:PATH` in [`AnyStore`].
 //! - `redis`: the Redis / Redis Cluster store.
-//! - `postgres`: the PostgreSQL store, transactional completion (R21) and recovery
-//!   points (R20) on [`IdempotencyHandle`], also through [`AnyStore`].
+//! - `postgres`: the PostgreSQL store, transactional completion ([R21](crate::contract#r21)) and recovery
+//!   points ([R20](crate::contract#r20)) on [`IdempotencyHandle`], also through [`AnyStore`].
 //! - `axum`: [`IdempotencyContext`] as an axum extractor.
 //! - `full`: all of the above.
 
@@ -88,6 +89,9 @@
 mod any_store;
 mod body;
 pub mod context;
+pub mod contract {
+    #![doc = include_str!("../../../docs/contract.md")]
+}
 pub mod layer;
 
 pub use any_store::{AnyStore, StoreUrlError};

@@ -120,7 +120,7 @@ impl<St: Store> IdempotencyLayer<St> {
     }
 
     /// The tracker of the tasks that run protected requests to the end even when their
-    /// client went away (R6). On shutdown, `close()` it and `wait()` so every started
+    /// client went away ([R6](crate::contract#r6)). On shutdown, `close()` it and `wait()` so every started
     /// operation records its result.
     pub fn tasks(&self) -> &TaskTracker {
         &self.shared.tracker
