@@ -590,9 +590,18 @@ async fn r15_unreachable_database_is_an_error() {
         },
     )
     .await;
-    assert!(
-        matches!(migrating, Err(StoreError::Unavailable(_))),
-        "{migrating:?}"
+    // At startup the error names the store and where it was looked for.
+    let Err(StoreError::Unavailable(source)) = migrating else {
+        panic!("expected Unavailable, got {migrating:?}");
+    };
+    let source = source
+        .downcast::<idem_core::store::ConnectError>()
+        .expect("a ConnectError");
+    assert_eq!(source.store, "postgres");
+    assert_eq!(source.address, format!("127.0.0.1:{port}/test"));
+    assert_eq!(
+        source.to_string(),
+        format!("cannot connect to the postgres store at 127.0.0.1:{port}/test")
     );
 }
 

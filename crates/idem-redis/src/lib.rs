@@ -286,8 +286,10 @@ impl RedisStore {
     /// called inside a tokio runtime.
     ///
     /// Fails with [`StoreError::Unavailable`] or [`StoreError::Timeout`] if Redis cannot
-    /// be reached within [`RedisStoreConfig::connect_timeout`], and with
-    /// [`StoreError::Backend`] for a URL or prefix it cannot use. Once connected, the
+    /// be reached within [`RedisStoreConfig::connect_timeout`] (the source of
+    /// `Unavailable`, a [`ConnectError`](idem_core::store::ConnectError), names the
+    /// store and the URL without its password), and with [`StoreError::Backend`] for a
+    /// URL or prefix it cannot use. Once connected, the
     /// store reconnects on its own.
     pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, StoreError> {
         let prefix = &config.prefix;
@@ -307,20 +309,22 @@ impl RedisStore {
             ));
         }
         let open = |url: &str| tls.client(url).map_err(|e| StoreError::backend("redis", e));
+        let unreachable = |e: StoreError| e.at_connect("redis", url::redact(url));
         let (conn, nodes) = match &target {
             Target::Standalone(url) => {
                 let client = open(url)?;
-                (
-                    Conn::standalone(client.clone(), &config).await?,
-                    vec![client],
-                )
+                let conn = Conn::standalone(client.clone(), &config)
+                    .await
+                    .map_err(unreachable)?;
+                (conn, vec![client])
             }
             Target::Cluster(urls) => {
                 let clients = urls
                     .iter()
                     .map(|u| open(u))
                     .collect::<Result<Vec<_>, _>>()?;
-                (Conn::cluster(urls, &config).await?, clients)
+                let conn = Conn::cluster(urls, &config).await.map_err(unreachable)?;
+                (conn, clients)
             }
         };
 
