@@ -35,9 +35,9 @@
 //!
 //! ```no_run
 //! # use std::time::Duration;
-//! # use idem_core::record::Snapshot;
-//! # use idem_core::store::{Finish, Lease, Transactional};
-//! # use idem_postgres::PostgresStore;
+//! # use idem::record::Snapshot;
+//! # use idem::store::{Finish, Lease, Transactional};
+//! # use idem::postgres::PostgresStore;
 //! # async fn charge(store: PostgresStore, lease: Lease, snapshot: Snapshot)
 //! #     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let mut client = store.pool().get().await?;

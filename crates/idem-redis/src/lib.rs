@@ -2,27 +2,36 @@
 //! service replicas) pointed at one Redis behave as one, so concurrent duplicates spread
 //! over them still run the operation once (R18).
 //!
+//! In a service, through the `idem` crate (feature `redis`), as `idem::redis`:
+//!
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use idem_core::{Engine, Policy};
-//! use idem_redis::{RedisStore, RedisStoreConfig};
+//! use axum::{Router, routing::post};
+//! use idem::IdempotencyLayer;
+//! use idem::redis::{RedisStore, RedisStoreConfig};
 //!
-//! # async fn run() -> Result<(), idem_core::store::StoreError> {
-//! // One server …
-//! let store = RedisStore::connect("redis://127.0.0.1:6379/0", RedisStoreConfig::default()).await?;
-//! let engine = Engine::new(store, Policy::default());
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // One server …
+//!     let store = RedisStore::connect("redis://127.0.0.1:6379/0", RedisStoreConfig::default()).await?;
+//!     # let _ = store;
+//!     // … or a cluster, named by some of its nodes, with settings of its own.
+//!     let config = RedisStoreConfig {
+//!         prefix: "payments".into(),
+//!         command_timeout: Duration::from_millis(500),
+//!         ..RedisStoreConfig::default()
+//!     };
+//!     let seeds = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000";
+//!     let store = RedisStore::connect(seeds, config).await?;
 //!
-//! // … or a cluster, named by some of its nodes, with settings of its own.
-//! let config = RedisStoreConfig {
-//!     prefix: "payments".into(),
-//!     command_timeout: Duration::from_millis(500),
-//!     ..RedisStoreConfig::default()
-//! };
-//! let store = RedisStore::connect("redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000", config).await?;
-//! # let _ = (engine, store);
-//! # Ok(())
-//! # }
+//!     let app = Router::new()
+//!         .route("/payments", post(|| async { "paid" }))
+//!         .layer(IdempotencyLayer::new(store));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # URLs
