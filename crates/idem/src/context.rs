@@ -5,27 +5,29 @@
 //! key, record claimed) carries an [`IdempotencyHandle`]: the record's lease, and the
 //! key to derive keys for calls to other services from ([R20](crate::contract#r20)).
 //!
-//! The context comes in two types. `IdempotencyContext` names no store and serves
-//! every layer. `IdempotencyContext<St>`, with `St` the layer's store type, also holds
-//! the store: when `St` is [`Transactional`] (PostgreSQL, and so `Sealed<PostgresStore>`
+//! The context comes in two types. `IdempotencyContext` names no store and serves every
+//! layer. `IdempotencyContext<St>`, with `St` the layer's store type, also holds the
+//! store: when `St` is [`Transactional`] (PostgreSQL, and so `Sealed<PostgresStore>`
 //! and `AnyStore`), its handle completes the record inside the handler's own database
-//! transaction ([R21](crate::contract#r21)) and keeps the recovery points of multi-step work ([R20](crate::contract#r20)). Asking for
-//! the context of another store type than the layer's is a 500 (a wiring mistake).
+//! transaction ([R21](crate::contract#r21)) and keeps the recovery points of multi-step
+//! work ([R20](crate::contract#r20)). Asking for the context of another store type than
+//! the layer's is a 500 (a wiring mistake).
 //!
 //! # Atomic phases and transactional completion (PostgreSQL)
 //!
 //! Each phase commits its local writes with the next recovery point; a retry after a
 //! crash resumes at the first phase that did not commit; the last phase completes the
 //! record in its own transaction, and the layer answers the client exactly that
-//! snapshot without writing the record again ([R20](crate::contract#r20), [R21](crate::contract#r21)).
+//! snapshot without writing the record again ([R20](crate::contract#r20),
+//! [R21](crate::contract#r21)).
 //!
-//! What the phases produce travels in a [`Progress<T>`]: `T` is the handler's own
-//! serde type, read once with [`IdempotencyHandle::progress`] and written whole, with
-//! each phase's name, by [`IdempotencyHandle::advance`]. So the order id phase 1
-//! inserted is still there in phase 3, after any number of crashes, without packing
-//! bytes by hand. While a recovery point exists, the key stays bound to the payload
-//! that made it: a request with another body under that key is refused ([R9](crate::contract#r9), 422), even
-//! after the first attempt answered a 5xx and released the key.
+//! What the phases produce travels in a [`Progress<T>`]: `T` is the handler's own serde
+//! type, read once with [`IdempotencyHandle::progress`] and written whole, with each
+//! phase's name, by [`IdempotencyHandle::advance`]. So the order id phase 1 inserted is
+//! still there in phase 3, after any number of crashes, without packing bytes by hand.
+//! While a recovery point exists, the key stays bound to the payload that made it: a
+//! request with another body under that key is refused ([R9](crate::contract#r9), 422),
+//! even after the first attempt answered a 5xx and released the key.
 //!
 //! **Where a call to another service goes.** Between transactions, never inside one:
 //! make the call before opening the transaction that records its answer, holding no
@@ -111,7 +113,8 @@
 //!             // Phase 2: the bank first, with no transaction open and no connection
 //!             // held; then a short transaction that records its answer.
 //!             Some("order_created") => {
-//!                 progress.data.charge_id = Some(charge_at_bank(&handle.derived_key("charge")).await?);
+//!                 let charge_id = charge_at_bank(&handle.derived_key("charge")).await?;
+//!                 progress.data.charge_id = Some(charge_id);
 //!                 let mut client = pool.get().await?;
 //!                 let tx = client.transaction().await?;
 //!                 if handle.advance(&*tx, &mut progress, "charged").await? != Finish::Done {
@@ -209,14 +212,16 @@ impl<St> IdempotencyContext<St> {
         self.key.as_ref()
     }
 
-    /// The request's scope ([R4](crate::contract#r4)), when it is covered and carries a key.
+    /// The request's scope ([R4](crate::contract#r4)), when it is covered and carries a
+    /// key.
     pub fn scope(&self) -> Option<&Scope> {
         self.scope.as_ref()
     }
 
     /// The handle of the record this request owns, when it is protected. `None` for a
-    /// request that passes through ([R2](crate::contract#r2), [R3](crate::contract#r3)) or runs unprotected after a store failure
-    /// under fail-open ([R15](crate::contract#r15)).
+    /// request that passes through ([R2](crate::contract#r2), [R3](crate::contract#r3))
+    /// or runs unprotected after a store failure under fail-open
+    /// ([R15](crate::contract#r15)).
     pub fn handle(&self) -> Option<&IdempotencyHandle<St>> {
         self.handle.as_ref()
     }
@@ -275,7 +280,8 @@ impl<St> IdempotencyHandle<St> {
         self.inner.lease.id.key()
     }
 
-    /// The lease: record id, fingerprint and owner token that fences every write ([R11](crate::contract#r11)).
+    /// The lease: record id, fingerprint and owner token that fences every write
+    /// ([R11](crate::contract#r11)).
     pub fn lease(&self) -> &Lease {
         &self.inner.lease
     }
@@ -291,9 +297,10 @@ impl<St> IdempotencyHandle<St> {
         &self.store
     }
 
-    /// A key for a call to another service made in step `step` of this request ([R20](crate::contract#r20)):
-    /// `"{key}:{step}"`. Stable across retries of the same request, distinct per step,
-    /// so the other service deduplicates each step on its own.
+    /// A key for a call to another service made in step `step` of this request
+    /// ([R20](crate::contract#r20)): `"{key}:{step}"`. Stable across retries of the
+    /// same request, distinct per step, so the other service deduplicates each step on
+    /// its own.
     pub fn derived_key(&self, step: &str) -> String {
         format!("{}:{step}", self.key().as_str())
     }
@@ -329,12 +336,13 @@ impl<St> IdempotencyHandle<St> {
             .clone()
     }
 
-    /// Completes the record inside the caller's transaction on `client` ([R21](crate::contract#r21)): the
-    /// snapshot of `response` is written by the same transaction as the business
-    /// writes, so either both commit or neither does. On [`Finish::Done`] commit the
-    /// transaction and return `response` from the handler; the layer answers the
-    /// client that snapshot and does not write the record again. On
-    /// [`Finish::Superseded`] the lease was lost ([R11](crate::contract#r11)): roll back.
+    /// Completes the record inside the caller's transaction on `client`
+    /// ([R21](crate::contract#r21)): the snapshot of `response` is written by the same
+    /// transaction as the business writes, so either both commit or neither does. On
+    /// [`Finish::Done`] commit the transaction and return `response` from the handler;
+    /// the layer answers the client that snapshot and does not write the record again.
+    /// On [`Finish::Superseded`] the lease was lost ([R11](crate::contract#r11)): roll
+    /// back.
     ///
     /// # Errors
     ///
@@ -360,9 +368,9 @@ impl<St> IdempotencyHandle<St> {
         Ok(finish)
     }
 
-    /// The last recovery point of this request's operation ([R20](crate::contract#r20)), read on `client`:
-    /// `None` means start at the first phase. Only progress made by a request with the
-    /// same fingerprint is returned.
+    /// The last recovery point of this request's operation
+    /// ([R20](crate::contract#r20)), read on `client`: `None` means start at the first
+    /// phase. Only progress made by a request with the same fingerprint is returned.
     ///
     /// # Errors
     ///
@@ -376,8 +384,9 @@ impl<St> IdempotencyHandle<St> {
     }
 
     /// Moves this request's operation to `point` inside the caller's transaction
-    /// ([R20](crate::contract#r20)): commit the phase's local writes with it. On [`Finish::Superseded`] this
-    /// request no longer owns the key ([R11](crate::contract#r11)): roll back and stop.
+    /// ([R20](crate::contract#r20)): commit the phase's local writes with it. On
+    /// [`Finish::Superseded`] this request no longer owns the key
+    /// ([R11](crate::contract#r11)): roll back and stop.
     ///
     /// # Errors
     ///
@@ -398,10 +407,11 @@ impl<St> IdempotencyHandle<St> {
 }
 
 impl<St> IdempotencyHandle<St> {
-    /// The progress of this request's multi-step operation ([R20](crate::contract#r20)), read on `client`,
-    /// with the data the committed phases kept decoded as `T`: at
-    /// [`step`](Progress::step) `None` and `T::default()` when no phase committed yet
-    /// (or only a request with another payload did, which the layer refuses, [R9](crate::contract#r9)).
+    /// The progress of this request's multi-step operation
+    /// ([R20](crate::contract#r20)), read on `client`, with the data the committed
+    /// phases kept decoded as `T`: at [`step`](Progress::step) `None` and
+    /// `T::default()` when no phase committed yet (or only a request with another
+    /// payload did, which the layer refuses, [R9](crate::contract#r9)).
     ///
     /// Read it once, before the first phase, on any client of the store's database
     /// (`&**client` for a pooled one); the phases then move it along with
@@ -438,11 +448,12 @@ impl<St> IdempotencyHandle<St> {
         })
     }
 
-    /// Ends the phase `step` inside the caller's transaction ([R20](crate::contract#r20)): writes `step` and
-    /// all of `progress.data` (as JSON) as the new recovery point, so they commit
-    /// together with the phase's local writes. On [`Finish::Done`], `progress` is at
-    /// `step`: commit the transaction, and if the commit fails, stop (a retry reads
-    /// what did commit). On [`Finish::Superseded`] this request no longer owns the key
+    /// Ends the phase `step` inside the caller's transaction
+    /// ([R20](crate::contract#r20)): writes `step` and all of `progress.data` (as JSON)
+    /// as the new recovery point, so they commit together with the phase's local
+    /// writes. On [`Finish::Done`], `progress` is at `step`: commit the transaction,
+    /// and if the commit fails, stop (a retry reads what did commit). On
+    /// [`Finish::Superseded`] this request no longer owns the key
     /// ([R11](crate::contract#r11)): roll back and stop.
     ///
     /// The data is the whole of `T`, not a delta: what phase 1 put into it is still
@@ -478,9 +489,9 @@ impl<St> IdempotencyHandle<St> {
     }
 }
 
-/// Where a multi-step operation stands ([R20](crate::contract#r20)): the last phase that committed, and the
-/// data every phase so far kept, typed. From [`IdempotencyHandle::progress`], moved
-/// along by [`IdempotencyHandle::advance`].
+/// Where a multi-step operation stands ([R20](crate::contract#r20)): the last phase
+/// that committed, and the data every phase so far kept, typed. From
+/// [`IdempotencyHandle::progress`], moved along by [`IdempotencyHandle::advance`].
 ///
 /// `T` is the handler's own record of what the phases produced (ids of rows they
 /// inserted, the answers of foreign calls), usually a struct of `Option`s with
@@ -505,7 +516,8 @@ impl<T> Progress<T> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProgressError {
-    /// The store failed (roll back and answer an error; the record is released, [R7](crate::contract#r7)).
+    /// The store failed (roll back and answer an error; the record is released,
+    /// [R7](crate::contract#r7)).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The recovery data of `step` does not (de)serialize as the handler's type.
