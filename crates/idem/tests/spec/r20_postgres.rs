@@ -50,6 +50,25 @@ struct App {
 }
 
 impl App {
+    /// The app over `store`'s pool, after creating its tables (`ddl`, with `{s}` for
+    /// the schema); its next request crashes at `crash_at`.
+    async fn with_tables(
+        store: &PostgresStore,
+        schema: &PgSchema,
+        ddl: &str,
+        crash_at: &'static str,
+    ) -> Self {
+        let app = Self {
+            pool: store.pool().clone(),
+            schema: schema.name.clone(),
+            bank: Bank::default(),
+            crash_at: Arc::new(Mutex::new(Some(crash_at))),
+        };
+        let client = store.pool().get().await.unwrap();
+        client.batch_execute(&app.sql(ddl)).await.unwrap();
+        app
+    }
+
     fn boundary(&self, name: &'static str) {
         let mut crash = self.crash_at.lock().unwrap();
         if *crash == Some(name) {
@@ -195,22 +214,15 @@ async fn crash_at_each_phase_boundary_resumes<St, Check, Checked>(
         "completed",
     ] {
         let (schema, store) = PgSchema::fresh().await;
-        let c = store.pool().get().await.unwrap();
-        c.batch_execute(&format!(
-            "CREATE TABLE \"{s}\".orders (key text PRIMARY KEY);
-             CREATE TABLE \"{s}\".ledger (key text PRIMARY KEY, charge text NOT NULL);
-             CREATE TABLE \"{s}\".receipts (key text PRIMARY KEY, charge text NOT NULL);",
-            s = schema.name
-        ))
-        .await
-        .unwrap();
-        drop(c);
-        let app = App {
-            pool: store.pool().clone(),
-            schema: schema.name.clone(),
-            bank: Bank::default(),
-            crash_at: Arc::new(Mutex::new(Some(boundary))),
-        };
+        let app = App::with_tables(
+            &store,
+            &schema,
+            "CREATE TABLE {s}.orders (key text PRIMARY KEY);
+             CREATE TABLE {s}.ledger (key text PRIMARY KEY, charge text NOT NULL);
+             CREATE TABLE {s}.receipts (key text PRIMARY KEY, charge text NOT NULL);",
+            boundary,
+        )
+        .await;
         let router = Router::new()
             .route("/checkout", post(checkout::<St>))
             .with_state(app.clone())
@@ -334,21 +346,14 @@ async fn typed_checkout<St: PgTransactional>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r09_r20_crash_then_other_payload_is_refused_and_same_resumes() {
     let (schema, store) = PgSchema::fresh().await;
-    let c = store.pool().get().await.unwrap();
-    c.batch_execute(&format!(
-        "CREATE TABLE \"{s}\".orders (id bigserial PRIMARY KEY, key text NOT NULL UNIQUE);
-         CREATE TABLE \"{s}\".ledger (order_id bigint PRIMARY KEY, charge text NOT NULL);",
-        s = schema.name
-    ))
-    .await
-    .unwrap();
-    drop(c);
-    let app = App {
-        pool: store.pool().clone(),
-        schema: schema.name.clone(),
-        bank: Bank::default(),
-        crash_at: Arc::new(Mutex::new(Some("ordered"))),
-    };
+    let app = App::with_tables(
+        &store,
+        &schema,
+        "CREATE TABLE {s}.orders (id bigserial PRIMARY KEY, key text NOT NULL UNIQUE);
+         CREATE TABLE {s}.ledger (order_id bigint PRIMARY KEY, charge text NOT NULL);",
+        "ordered",
+    )
+    .await;
     let router = Router::new()
         .route("/checkout", post(typed_checkout::<PostgresStore>))
         .with_state(app.clone())
