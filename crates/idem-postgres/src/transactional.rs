@@ -35,8 +35,8 @@
 //!
 //! ```no_run
 //! # use std::time::Duration;
-//! # use idem::record::Snapshot;
-//! # use idem::store::{Finish, Lease, Transactional};
+//! # use idem::core::record::Snapshot;
+//! # use idem::core::store::{Finish, Lease, Transactional};
 //! # use idem::postgres::PostgresStore;
 //! # async fn charge(store: PostgresStore, lease: Lease, snapshot: Snapshot)
 //! #     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

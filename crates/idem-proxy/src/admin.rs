@@ -37,12 +37,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use idem::clock::{Clock, Millis, SystemClock};
-use idem::problem::Problems;
-use idem::record::{NotRetained, Record, RecordId, SnapshotBody, State as RecordState};
-use idem::scope::Scope;
-use idem::store::{CorruptRecord, ListFilter, StateFilter};
-use idem::{IdempotencyKey, Problem, ProblemKind, Store};
+use idem::core::clock::{Clock, Millis, SystemClock};
+use idem::core::problem::Problems;
+use idem::core::record::{NotRetained, Record, RecordId, SnapshotBody, State as RecordState};
+use idem::core::scope::Scope;
+use idem::core::store::{CorruptRecord, ListFilter, StateFilter};
+use idem::{
+    Store,
+    core::{IdempotencyKey, Problem, ProblemKind},
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use idem::AnyStore;
-use idem::policy::{ConfigError, Policy};
-use idem::store::{KeyListError, SealingKeys};
+use idem::core::policy::{ConfigError, Policy};
+use idem::core::store::{KeyListError, SealingKeys};
 
 use crate::admin::AdminToken;
 use crate::forward::Upstream;

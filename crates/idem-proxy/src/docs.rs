@@ -7,9 +7,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use idem::ProblemKind;
-use idem::policy::{OnConcurrent, Policy};
-use idem::problem::Audience;
+use idem::core::ProblemKind;
+use idem::core::policy::{OnConcurrent, Policy};
+use idem::core::problem::Audience;
 
 use crate::routes::Route;
 

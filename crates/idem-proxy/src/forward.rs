@@ -13,9 +13,12 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
-use idem::headers::strip_hop_by_hop;
-use idem::problem::Problems;
-use idem::{Body, Problem, ProblemKind};
+use idem::core::headers::strip_hop_by_hop;
+use idem::core::problem::Problems;
+use idem::{
+    Body,
+    core::{Problem, ProblemKind},
+};
 
 use crate::pool::{ExchangeError, Pool};
 use crate::view::{self, Refusal};

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use http::{Method, StatusCode};
-use idem::ProblemKind;
-use idem::policy::{OnConcurrent, Policy, StoreFailure};
+use idem::core::ProblemKind;
+use idem::core::policy::{OnConcurrent, Policy, StoreFailure};
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::routes::Route;

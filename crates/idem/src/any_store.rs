@@ -198,8 +198,7 @@ impl AnyStore {
     /// ```
     /// # #[cfg(feature = "axum")] {
     /// use axum::{Router, routing::post};
-    /// use idem::store::SealingKeys;
-    /// use idem::{AnyStore, IdempotencyLayer};
+    /// use idem::{AnyStore, IdempotencyLayer, SealingKeys};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

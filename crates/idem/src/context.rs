@@ -49,7 +49,7 @@
 //! use axum::response::IntoResponse;
 //! use axum::{Router, routing::post};
 //! use idem::postgres::{PostgresStore, PostgresStoreConfig};
-//! use idem::store::Finish;
+//! use idem::context::Finish;
 //! use idem::{IdempotencyContext, IdempotencyLayer};
 //! use serde::{Deserialize, Serialize};
 //!
@@ -184,7 +184,10 @@ use idem_core::headers;
 use idem_core::key::IdempotencyKey;
 use idem_core::record::{Snapshot, SnapshotBody};
 use idem_core::scope::Scope;
-use idem_core::store::{Finish, Lease, RecoveryPoint, StoreError, Transactional};
+/// What [`IdempotencyHandle::complete_in`], [`advance_in`](IdempotencyHandle::advance_in)
+/// and [`advance`](IdempotencyHandle::advance) answer, and the untyped recovery point.
+pub use idem_core::store::{Finish, RecoveryPoint};
+use idem_core::store::{Lease, StoreError, Transactional};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

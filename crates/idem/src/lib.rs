@@ -12,8 +12,7 @@
 //! use axum::body::Body;
 //! use axum::http::Request;
 //! use axum::{Router, routing::post};
-//! use idem::store::MemoryStore;
-//! use idem::{IdempotencyContext, IdempotencyLayer};
+//! use idem::{IdempotencyContext, IdempotencyLayer, MemoryStore};
 //! use tower::ServiceExt; // `oneshot`, to call the router in this example
 //!
 //! async fn charge(ctx: IdempotencyContext) -> String {
@@ -62,8 +61,7 @@
 //! # #[cfg(feature = "axum")] {
 //! use std::time::Duration;
 //! use axum::{Router, routing::post};
-//! use idem::{IdempotencyContext, IdempotencyLayer};
-//! use idem::store::MemoryStore;
+//! use idem::{IdempotencyContext, IdempotencyLayer, MemoryStore};
 //!
 //! async fn create_order(ctx: IdempotencyContext) -> String {
 //!     match ctx.handle() {
@@ -73,7 +71,7 @@
 //!     }
 //! }
 //!
-//! # fn main() -> Result<(), idem::policy::ConfigError> {
+//! # fn main() -> Result<(), idem::ConfigError> {
 //! let layer = IdempotencyLayer::builder(MemoryStore::new())
 //!     .ttl(Duration::from_secs(3600))
 //!     .require_key(true)
@@ -87,7 +85,7 @@
 //! ([`IdempotencyHandle::complete_in`], [R21](crate::contract#r21)) and split
 //! multi-step work into atomic phases whose typed [`Progress`] survives a crash
 //! ([`IdempotencyHandle::progress`], [`IdempotencyHandle::advance`],
-//! [R20](crate::contract#r20)): the store's [`Transactional`](store::Transactional)
+//! [R20](crate::contract#r20)): the store's [`Transactional`](core::store::Transactional)
 //! capability, which `Sealed<PostgresStore>` and [`AnyStore`] keep, reached through the
 //! context naming the layer's store, `IdempotencyContext<St>`; see [`context`].
 //!
@@ -102,7 +100,7 @@
 //! - `axum`: [`IdempotencyContext`] as an axum extractor.
 //! - `full`: all of the above.
 //!
-//! The memory store, [`store::MemoryStore`], is always there.
+//! The memory store, [`MemoryStore`], is always there.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -114,14 +112,24 @@ pub mod contract {
 }
 pub mod layer;
 
+/// The engine and the store contract, from `idem-core`: for code that implements a
+/// [`Store`] or drives the [`Engine`] itself (as the `idem serve` proxy
+/// does), and for the policy's value types ([`policy`]). A service
+/// behind the layer needs none of it beyond what the crate root holds.
+pub mod core {
+    pub use idem_core::{
+        Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
+        headers, key, metrics, policy, problem, record, scope, store,
+    };
+}
+
 pub use any_store::{AnyStore, StoreUrlError};
 pub use body::{Body, BoxError};
 pub use context::{IdempotencyContext, IdempotencyHandle, Progress, ProgressError};
-pub use idem_core::{
-    Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
-    headers, key, metrics, policy, problem, record, scope, store,
-};
-pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, LayerTarget};
+pub use idem_core::Store;
+pub use idem_core::policy::ConfigError;
+pub use idem_core::store::{MemoryStore, Sealed, SealingKeys, StoreError};
+pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder};
 
 #[cfg(feature = "postgres")]
 pub use idem_postgres as postgres;
@@ -129,3 +137,13 @@ pub use idem_postgres as postgres;
 pub use idem_redb as redb;
 #[cfg(feature = "redis")]
 pub use idem_redis as redis;
+
+// The paths before the engine moved behind `core`, kept so that code written against
+// them still builds; documented once, under `core` and `layer`.
+#[doc(hidden)]
+pub use idem_core::{
+    Engine, IdempotencyKey, Policy, Problem, ProblemKind, clock, engine, fingerprint, headers, key,
+    metrics, policy, problem, record, scope, store,
+};
+#[doc(hidden)]
+pub use layer::LayerTarget;

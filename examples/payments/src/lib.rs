@@ -34,11 +34,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use idem::policy::ConfigError;
+use idem::context::Finish;
 use idem::postgres::PgTransactional;
 use idem::postgres::deadpool_postgres::{Pool, Transaction};
-use idem::store::{Finish, MemoryStore};
-use idem::{IdempotencyContext, IdempotencyHandle, IdempotencyLayer, Progress};
+use idem::{
+    ConfigError, IdempotencyContext, IdempotencyHandle, IdempotencyLayer, MemoryStore, Progress,
+};
 use serde::{Deserialize, Serialize};
 
 /// A phase boundary where [`Payments::crash_at`] can inject a crash.

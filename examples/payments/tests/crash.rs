@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use idem::postgres::{PgTransactional, PostgresStore, PostgresStoreConfig};
-use idem::store::{Sealed, SealingKeys};
+use idem::{Sealed, SealingKeys};
 use idem_testkit::Client;
 use idem_testkit::postgres::{Schema, url};
 use payments::{Bank, Boundary, Payments};

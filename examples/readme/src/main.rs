@@ -7,8 +7,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use idem::postgres::{PostgresStore, PostgresStoreConfig};
 use idem::redis::{RedisStore, RedisStoreConfig};
-use idem::store::Store;
-use idem::{IdempotencyContext, IdempotencyLayer};
+use idem::{IdempotencyContext, IdempotencyLayer, Store};
 use serde_json::{Value, json};
 
 /// `POST /charges`: a key is required.

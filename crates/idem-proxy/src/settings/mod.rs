@@ -53,7 +53,7 @@ use std::path::Path;
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches};
-use idem::policy::Policy;
+use idem::core::policy::Policy;
 
 use crate::config::{FlagError, ServeConfig};
 use crate::file::{ConfigFile, RouteRule};

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use idem::policy::StoreFailure;
-use idem::scope::ScopeSource;
-use idem::store::SealingKeys;
+use idem::core::policy::StoreFailure;
+use idem::core::scope::ScopeSource;
+use idem::core::store::SealingKeys;
 
 use super::parse::{
     parse_bool, parse_duration, parse_header_name, parse_header_names, parse_methods, parse_size,

@@ -76,7 +76,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use http::{HeaderName, Method};
-use idem::policy::{OnConcurrent, StoreFailure};
+use idem::core::policy::{OnConcurrent, StoreFailure};
 
 use crate::cli::{Cli, Command};
 

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use idem::policy::{OnConcurrent, Policy, PolicyBuilder};
-use idem::store::SealingKeys;
+use idem::core::policy::{OnConcurrent, Policy, PolicyBuilder};
+use idem::core::store::SealingKeys;
 
 use crate::admin::AdminToken;
 use crate::config::{FlagError, ProxyConfig, ServeConfig};

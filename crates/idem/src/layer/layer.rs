@@ -32,11 +32,10 @@ pub(crate) struct Shared<St: Store> {
 /// use std::time::Duration;
 /// use axum::http::Method;
 /// use axum::{Router, routing::post};
-/// use idem::IdempotencyLayer;
-/// use idem::policy::OnConcurrent;
-/// use idem::store::MemoryStore;
+/// use idem::core::policy::OnConcurrent;
+/// use idem::{IdempotencyLayer, MemoryStore};
 ///
-/// # fn main() -> Result<(), idem::policy::ConfigError> {
+/// # fn main() -> Result<(), idem::ConfigError> {
 /// let layer = IdempotencyLayer::builder(MemoryStore::new())
 ///     .ttl(Duration::from_secs(3600))
 ///     .lease(Duration::from_secs(10))
@@ -71,10 +70,9 @@ pub(crate) struct Shared<St: Store> {
 /// ```
 /// # #[cfg(feature = "axum")] {
 /// use axum::{Router, routing::post};
-/// use idem::IdempotencyLayer;
-/// use idem::store::MemoryStore;
+/// use idem::{IdempotencyLayer, MemoryStore};
 ///
-/// # fn main() -> Result<(), idem::policy::ConfigError> {
+/// # fn main() -> Result<(), idem::ConfigError> {
 /// let store = MemoryStore::new();
 /// let payments = Router::new()
 ///     .route("/payments", post(|| async { "paid" }))

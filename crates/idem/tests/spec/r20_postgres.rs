@@ -14,9 +14,9 @@ use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
 use http::StatusCode;
+use idem::core::store::Finish;
 use idem::postgres::deadpool_postgres::Pool;
 use idem::postgres::{PgTransactional, PostgresStore, RecoveryPoint};
-use idem::store::Finish;
 use idem::{IdempotencyContext, IdempotencyLayer, Progress};
 use idem_testkit::Client;
 
