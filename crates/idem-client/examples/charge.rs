@@ -54,7 +54,7 @@ async fn run(url: &str, timeout: Duration) -> Result<(), Box<dyn std::error::Err
                 r.attempt,
                 r.delay,
                 r.reason,
-                r.key.to_str().unwrap_or("?")
+                r.key_str()
             );
         })
         .build();

@@ -1,5 +1,6 @@
 //! The middleware: one key per logical request, reused by every retry of it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -57,6 +58,15 @@ pub struct Retry {
     pub retry_after: Option<Duration>,
     /// The idempotency key every attempt of this request carries.
     pub key: HeaderValue,
+}
+
+impl Retry {
+    /// The key as text, for logs and metrics. A key the middleware made is a UUIDv7 and
+    /// reads as is; a key the caller set with bytes that are not UTF-8 reads with
+    /// U+FFFD in their place (the request still carries the bytes unchanged).
+    pub fn key_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.key.as_bytes())
+    }
 }
 
 type RetryHook = Arc<dyn Fn(&Retry) + Send + Sync>;
@@ -363,6 +373,21 @@ mod tests {
         assert_ne!(a, b);
         let parsed = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
         assert_eq!(parsed.get_version_num(), 7);
+    }
+
+    #[test]
+    fn retry_key_reads_as_text() {
+        let retry = |key: HeaderValue| Retry {
+            attempt: 2,
+            reason: RetryReason::Timeout,
+            delay: Duration::ZERO,
+            retry_after: None,
+            key,
+        };
+        let made = new_key();
+        assert_eq!(retry(made.clone()).key_str(), made.to_str().unwrap());
+        let raw = HeaderValue::from_bytes(b"order-\xff").unwrap();
+        assert_eq!(retry(raw).key_str(), "order-\u{fffd}");
     }
 
     #[test]

@@ -11,6 +11,12 @@
 -- transaction ends, so no takeover can slip in between this check and the commit of
 -- the phase's local writes: a takeover's claim (claim.sql) queues on the row lock and
 -- then reads the progress this transaction committed.
+--
+-- Binding (R9, R20): a live point of another fingerprint is never overwritten. The
+-- claim statement refuses another payload while such a point lives, but a claim that
+-- took over a dead record may have read the point table before the dead owner's last
+-- phase committed; its own first phase then finds that point here, writes nothing and
+-- answers Superseded, so it rolls back and the first payload's progress stays whole.
 WITH now AS MATERIALIZED (
     SELECT clock_timestamp() AS t
 ),
@@ -32,4 +38,5 @@ ON CONFLICT (scope, key) DO UPDATE
         data        = excluded.data,
         updated_at  = excluded.updated_at,
         expires_at  = excluded.expires_at
+    WHERE p.fingerprint = excluded.fingerprint OR p.expires_at <= excluded.updated_at
 RETURNING 1

@@ -61,6 +61,18 @@
 -- then reads the newest version) sees `watched` and notifies. A record already marked
 -- by another waiter is not written again. A takeover keeps the mark: the waiters of the
 -- dead owner wait on the new one.
+--
+-- Progress binds the key (R9, R20). Once a phase of a multi-step handler committed a
+-- recovery point (advance.sql), the key belongs to that request's payload until the
+-- point expires, even while no record exists (released after a 5xx, swept after a
+-- crash): its phases' local writes are committed, and a run for another payload would
+-- orphan them and hand foreign services the same derived keys for another operation.
+-- So the `progress` CTE reads a live point of another fingerprint; if there is one and
+-- no live record, nothing is inserted and the answer is that point's fingerprint, which
+-- the caller reports as a mismatch. A point committed after this statement's snapshot
+-- can only come from an owner whose record this statement saw (a live one answers
+-- first; a dead one may be taken over here): advance.sql refuses to overwrite a live
+-- point of another fingerprint, so such a takeover's first phase rolls back instead.
 WITH now AS MATERIALIZED (
     SELECT clock_timestamp() AS t
 ),
@@ -70,6 +82,12 @@ existing AS MATERIALIZED (
     FROM {schema}.records r
     WHERE r.scope = $1::bytea AND r.key = $2::text AND r.ends_at > (SELECT t FROM now)
 ),
+progress AS MATERIALIZED (
+    SELECT p.fingerprint
+    FROM {schema}.recovery_points p
+    WHERE p.scope = $1::bytea AND p.key = $2::text AND p.fingerprint <> $3::bytea
+      AND p.expires_at > (SELECT t FROM now)
+),
 claimed AS (
     INSERT INTO {schema}.records AS r
         (scope, key, fingerprint, owner, state, created_at, ends_at, snapshot, taken_over)
@@ -77,7 +95,7 @@ claimed AS (
            (SELECT t FROM now),
            (SELECT t FROM now) + $5::int8 * interval '1 millisecond',
            NULL, false
-    WHERE NOT EXISTS (SELECT 1 FROM existing)
+    WHERE NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM progress)
     ON CONFLICT (scope, key) DO UPDATE
         SET fingerprint = excluded.fingerprint,
             owner       = excluded.owner,
@@ -116,3 +134,9 @@ FROM existing e
 -- A waiter whose mark found the record changed gets no row: it asks again.
 WHERE NOT ($6::bool AND e.state = 1 AND e.fingerprint = $3::bytea AND NOT e.watched
            AND NOT EXISTS (SELECT 1 FROM marked))
+UNION ALL
+-- No live record, but another payload's progress: answered as that payload's in-flight
+-- record, i.e. a mismatch for this caller (R9).
+SELECT false, false, 1::smallint, g.fingerprint, 1::int8, NULL::bytea
+FROM progress g
+WHERE NOT EXISTS (SELECT 1 FROM existing)

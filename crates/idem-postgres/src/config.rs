@@ -7,7 +7,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use idem_postgres::PostgresStoreConfig;
+/// use idem::postgres::PostgresStoreConfig;
 ///
 /// let config = PostgresStoreConfig {
 ///     schema: "billing_idem".into(),

@@ -2,20 +2,28 @@
 //! table, shared by any number of proxy instances or service replicas, so concurrent
 //! duplicates spread over them still run once (R18).
 //!
-//! ```no_run
-//! use idem_core::{Engine, Policy};
-//! use idem_postgres::{PostgresStore, PostgresStoreConfig};
+//! In a service, through the `idem` crate (feature `postgres`), as `idem::postgres`:
 //!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! // Creates the schema `idem` and its tables on first use (see `migrate`).
-//! let store = PostgresStore::connect(
-//!     "postgres://idem@db.internal:5432/app",
-//!     PostgresStoreConfig::default(),
-//! )
-//! .await?;
-//! let engine = Engine::new(store, Policy::default());
-//! # let _ = engine;
-//! # Ok(()) }
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use idem::IdempotencyLayer;
+//! use idem::postgres::{PostgresStore, PostgresStoreConfig};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Creates the schema `idem` and its tables on first use (see `migrate`).
+//!     let store = PostgresStore::connect(
+//!         "postgres://idem@db.internal:5432/app",
+//!         PostgresStoreConfig::default(),
+//!     )
+//!     .await?;
+//!     let app = Router::new()
+//!         .route("/orders", post(|| async { "created" }))
+//!         .layer(IdempotencyLayer::new(store));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # How it works

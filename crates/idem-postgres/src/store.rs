@@ -80,7 +80,10 @@ impl PostgresStore {
     /// # Errors
     ///
     /// [`StoreError::Backend`] wrapping a [`ConfigError`](crate::ConfigError) for an
-    /// unusable setting or URL; an error from [`migrate`](Self::migrate).
+    /// unusable setting or URL; an error from [`migrate`](Self::migrate), where a
+    /// database that cannot be reached is [`StoreError::Unavailable`] whose source, a
+    /// [`ConnectError`](idem_core::store::ConnectError), names the store and the
+    /// address (`host:port/database`).
     pub async fn connect(url: &str, config: PostgresStoreConfig) -> Result<Self, StoreError> {
         let schema = config
             .validate()
@@ -88,6 +91,7 @@ impl PostgresStore {
         let (mut pg, tls) =
             crate::tls::parse_url(url).map_err(|e| StoreError::backend(STORE, e))?;
         pg.connect_timeout(config.connect_timeout);
+        let address = address(&pg);
         // The server gives up on statements nobody waits for any more, and every
         // statement's reasoning (sql/*.sql) assumes READ COMMITTED, whatever the
         // server's default. Appended, so they override the same settings in the URL.
@@ -138,7 +142,10 @@ impl PostgresStore {
             }),
         };
         if config.migrate {
-            store.migrate().await?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| e.at_connect(STORE, address))?;
         }
         tokio::spawn(
             Listener {
@@ -286,6 +293,26 @@ fn epoch_ms(ms: i64) -> Result<u64, Corrupt> {
 
 fn snapshot(bytes: Option<&[u8]>) -> Result<Snapshot, Corrupt> {
     Snapshot::decode(bytes.ok_or(Corrupt("completed record without a snapshot"))?)
+}
+
+/// Where `pg` points, for errors: `host:port,…/database`, without credentials.
+fn address(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+                tokio_postgres::config::Host::Unix(dir) => {
+                    format!("{}/.s.PGSQL.{port}", dir.display())
+                }
+            }
+        })
+        .collect();
+    format!("{}/{}", hosts.join(","), pg.get_dbname().unwrap_or(""))
 }
 
 /// The answer to a claim from the row claim.sql returned: the same decision as

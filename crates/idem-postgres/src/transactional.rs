@@ -20,8 +20,12 @@
 //! ([`recovery_point`](Transactional::recovery_point)) and resumes there, so phases that
 //! committed are not repeated. Points live in their own table (migration 0002) until
 //! the record TTL counted from the last advance: a release, a takeover and the
-//! sweeper's removal of a dead in-flight record all leave them in place. A request with
-//! another payload under the same key (another fingerprint) never sees them (R9). On
+//! sweeper's removal of a dead in-flight record all leave them in place. While a point
+//! lives, it binds the key to the payload that made it: a claim with another
+//! fingerprint under that key is answered as a mismatch (R9, 422 from the layer) even
+//! when no record exists, so another payload never starts a second run beside the
+//! first one's committed phases, nor reuses its derived keys; the same payload resumes.
+//! On
 //! [`Finish::Done`] the record's row stays locked until the transaction ends, so no
 //! takeover can interleave with the phase.
 //!
@@ -31,9 +35,9 @@
 //!
 //! ```no_run
 //! # use std::time::Duration;
-//! # use idem_core::record::Snapshot;
-//! # use idem_core::store::{Finish, Lease, Transactional};
-//! # use idem_postgres::PostgresStore;
+//! # use idem::core::record::Snapshot;
+//! # use idem::core::store::{Finish, Lease, Transactional};
+//! # use idem::postgres::PostgresStore;
 //! # async fn charge(store: PostgresStore, lease: Lease, snapshot: Snapshot)
 //! #     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let mut client = store.pool().get().await?;

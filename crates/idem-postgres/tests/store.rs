@@ -590,9 +590,18 @@ async fn r15_unreachable_database_is_an_error() {
         },
     )
     .await;
-    assert!(
-        matches!(migrating, Err(StoreError::Unavailable(_))),
-        "{migrating:?}"
+    // At startup the error names the store and where it was looked for.
+    let Err(StoreError::Unavailable(source)) = migrating else {
+        panic!("expected Unavailable, got {migrating:?}");
+    };
+    let source = source
+        .downcast::<idem_core::store::ConnectError>()
+        .expect("a ConnectError");
+    assert_eq!(source.store, "postgres");
+    assert_eq!(source.address, format!("127.0.0.1:{port}/test"));
+    assert_eq!(
+        source.to_string(),
+        format!("cannot connect to the postgres store at 127.0.0.1:{port}/test")
     );
 }
 
@@ -902,19 +911,132 @@ async fn r20_advance_is_fenced_by_owner() {
     );
 }
 
-// R20, R9: a request with another payload under the same key never resumes the
-// first one's progress.
+// R9, R20: committed progress binds the key to its payload. After a release (a 5xx
+// once a phase committed) and after a crash (lease ended, record swept), a claim with
+// another fingerprint is a mismatch and writes nothing; the same payload resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn r20_other_fingerprint_does_not_resume() {
+async fn r09_r20_progress_binds_the_key_to_its_payload() {
     let schema = PgSchema::fresh();
     let store = with_app_table(&schema).await;
+    let c = client().await;
     let id = id("r20-fp");
-    let first = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    let first = acquire_for(&store, &id, 1, Duration::from_millis(300)).await;
     let point = RecoveryPoint::new("order_created");
     assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
+
+    // Released: no record, only the progress.
     assert_eq!(store.release(&first).await.unwrap(), Finish::Done);
+    assert_eq!(schema.count(&c, "records").await, 0);
+    assert_eq!(
+        store.claim(&claim_req(&id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
+    assert_eq!(
+        schema.count(&c, "records").await,
+        0,
+        "a mismatch writes nothing"
+    );
+
+    // Crashed: the same payload's retry owns the record, its lease ends, the sweeper
+    // removes it; another payload is still refused.
+    let retry = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
+    assert_eq!(point_of(&store, &retry).await, Some(point.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.purge_expired().await.unwrap();
+    assert_eq!(schema.count(&c, "records").await, 0);
+    assert_eq!(
+        store.claim(&claim_req(&id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
+
+    let resumed = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    assert_eq!(point_of(&store, &resumed).await, Some(point));
+    let recorded: Vec<u8> = c
+        .query_one(
+            &schema.sql("SELECT fingerprint FROM {s}.recovery_points"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, resumed.fingerprint.as_bytes());
+}
+
+// R9, R20: the binding ends with the progress: once the recovery point expired, the key
+// is free for another payload, which starts from the first phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r09_r20_expired_progress_frees_the_key() {
+    let schema = PgSchema::fresh();
+    let store = with_app_table(&schema).await;
+    let id = id("r20-fp-expiry");
+    let first = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    let mut c = store.pool().get().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    let point = RecoveryPoint::new("order_created");
+    let finish = store
+        .advance_in(&*tx, &first, &point, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(finish, Finish::Done);
+    tx.commit().await.unwrap();
+    drop(c);
+    assert_eq!(store.release(&first).await.unwrap(), Finish::Done);
+    assert_eq!(
+        store.claim(&claim_req(&id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let other = acquire_for(&store, &id, 2, Duration::from_secs(10)).await;
     assert_eq!(point_of(&store, &other).await, None);
+    let next = RecoveryPoint::new("order_created");
+    assert_eq!(advance(&schema, &store, &other, &next).await, Finish::Done);
+}
+
+// R9, R20, R11: a takeover that read no progress while the dead owner's last phase was
+// still committing (simulated by writing that point after the takeover) cannot
+// overwrite it: its own phase finds the live point of another payload, writes nothing
+// and rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r09_r20_advance_never_overwrites_another_payloads_progress() {
+    let schema = PgSchema::fresh();
+    let store = with_app_table(&schema).await;
+    let c = client().await;
+    let id = id("r20-fp-race");
+    let dead = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = acquire_for(&store, &id, 2, Duration::from_secs(10)).await;
+    assert!(other.taken_over);
+    c.execute(
+        &schema.sql(
+            "INSERT INTO {s}.recovery_points
+                 (scope, key, fingerprint, step, data, updated_at, expires_at)
+             VALUES ($1, $2, $3, 'order_created', NULL, now(), now() + interval '1 hour')",
+        ),
+        &[
+            &dead.id.scope().as_bytes().as_slice(),
+            &dead.id.key().as_str(),
+            &dead.fingerprint.as_bytes().as_slice(),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let late = RecoveryPoint::new("order_created");
+    assert_eq!(
+        advance(&schema, &store, &other, &late).await,
+        Finish::Superseded
+    );
+    assert_eq!(schema.count(&c, "app").await, 0, "the phase rolled back");
+    let step: String = c
+        .query_one(
+            &schema.sql("SELECT step FROM {s}.recovery_points WHERE fingerprint = $1"),
+            &[&dead.fingerprint.as_bytes().as_slice()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(step, "order_created");
 }
 
 /// The same contract on the store wrapped for encryption at rest.

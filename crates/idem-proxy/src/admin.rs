@@ -37,12 +37,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use idem::clock::{Clock, Millis, SystemClock};
-use idem::problem::Problems;
-use idem::record::{Record, RecordId, SnapshotBody, State as RecordState};
-use idem::scope::Scope;
-use idem::store::{CorruptRecord, ListFilter, StateFilter};
-use idem::{IdempotencyKey, Problem, ProblemKind, Store};
+use idem::core::clock::{Clock, Millis, SystemClock};
+use idem::core::problem::Problems;
+use idem::core::record::{Record, RecordId, SnapshotBody, State as RecordState};
+use idem::core::scope::Scope;
+use idem::core::store::{CorruptRecord, ListFilter, StateFilter};
+use idem::{
+    Store,
+    core::{IdempotencyKey, Problem, ProblemKind},
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
@@ -85,7 +88,7 @@ pub fn build_features() -> &'static str {
 
 /// Every metric with its help text: the engine's and the proxy's.
 pub fn all_metrics() -> Vec<(&'static str, &'static str)> {
-    let mut all = idem::metrics::ALL.to_vec();
+    let mut all = idem::core::metrics::ALL.to_vec();
     all.push((
         names::UPSTREAM_SECONDS,
         "Time from forwarding to the upstream's response head",
@@ -121,7 +124,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
             metrics::describe_gauge!(name, help);
         }
     }
-    idem::metrics::register();
+    idem::core::metrics::register();
     let _ = metrics::histogram!(names::UPSTREAM_SECONDS);
     for kind in names::UPSTREAM_FAILURE_KINDS {
         metrics::counter!(names::UPSTREAM_FAILURES, "kind" => kind).increment(0);
@@ -144,7 +147,7 @@ struct Admin<St> {
 
 /// The admin routes over `store`; the `/admin/` API is on when `token` is set. Its
 /// problem documents are rendered with `problems`, those of the proxy's policy
-/// ([`Policy::problems`](idem::Policy::problems)), so they carry the same `type` base
+/// ([`Policy::problems`](idem::core::Policy::problems)), so they carry the same `type` base
 /// and `Retry-After` as the proxy's own (R17).
 ///
 /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so audit lines
@@ -317,11 +320,11 @@ fn problem(problems: &Problems, p: &Problem) -> Response {
 
 /// The engine's store-failure problem (R15), `Retry-After` included, with the error
 /// itself in `detail`: an operator asked.
-fn store_failed(problems: &Problems, e: &idem::store::StoreError) -> Response {
+fn store_failed(problems: &Problems, e: &idem::core::store::StoreError) -> Response {
     tracing::warn!(error = %e, "admin: store failed");
     let p = Problem {
         detail: format!("the store failed: {e}"),
-        ..idem::engine::store_problem(e)
+        ..idem::core::engine::store_problem(e)
     };
     problem(problems, &p)
 }

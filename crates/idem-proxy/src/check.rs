@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use http::Method;
-use idem::policy::Policy;
+use idem::core::policy::Policy;
 
 use crate::routes;
 use crate::settings::{Effective, SETTINGS};

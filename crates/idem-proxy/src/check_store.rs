@@ -18,8 +18,8 @@ use std::fmt;
 
 use anyhow::Context as _;
 use clap::Args;
-use idem::record::State;
-use idem::store::{CorruptRecord, ListFilter, ListPage};
+use idem::core::record::State;
+use idem::core::store::{CorruptRecord, ListFilter, ListPage};
 use idem::{AnyStore, Store};
 
 /// Flags of `idem check-store`.

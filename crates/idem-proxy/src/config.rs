@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use idem::AnyStore;
-use idem::policy::{ConfigError, Policy};
-use idem::store::{KeyListError, SealingKeys};
+use idem::core::policy::{ConfigError, Policy};
+use idem::core::store::{KeyListError, SealingKeys};
 
 use crate::admin::AdminToken;
 use crate::forward::Upstream;
@@ -142,7 +142,7 @@ impl ServeConfig {
         Ok(match self.encryption.clone() {
             Some(keys) => OpenStore::Sealed {
                 kind: store.kind(),
-                store: idem::store::Sealed::new(store, keys),
+                store: idem::core::store::Sealed::new(store, keys),
             },
             None => OpenStore::Plain(store),
         })
@@ -159,7 +159,7 @@ pub enum OpenStore {
         /// The kind of store sealed ([`AnyStore::kind`]).
         kind: &'static str,
         /// The sealed store.
-        store: idem::store::Sealed<AnyStore>,
+        store: idem::core::store::Sealed<AnyStore>,
     },
 }
 

@@ -26,8 +26,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use idem::problem::Problems;
-use idem::{Body, BoxError, Problem, ProblemKind};
+use idem::core::problem::Problems;
+use idem::{
+    Body, BoxError,
+    core::{Problem, ProblemKind},
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

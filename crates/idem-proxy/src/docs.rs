@@ -7,9 +7,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use idem::ProblemKind;
-use idem::policy::{KeySource, OnConcurrent, Policy, Unscoped};
-use idem::problem::Audience;
+use idem::core::ProblemKind;
+use idem::core::policy::{KeySource, OnConcurrent, Policy, Unscoped};
+use idem::core::problem::Audience;
 
 use crate::routes::Route;
 
@@ -17,7 +17,7 @@ use crate::routes::Route;
 pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
     let header = policy.header().as_str();
     let header = display_header(header);
-    let default_base = idem::problem::TYPE_BASE.trim_end_matches('#');
+    let default_base = idem::core::problem::TYPE_BASE.trim_end_matches('#');
     let base = policy.problem_base().map_or(default_base, |b| &**b);
     let mut md = String::new();
     let w = &mut md;
@@ -263,7 +263,7 @@ mod tests {
         let md = markdown(&Policy::default(), &[route]);
         assert!(md.contains("On `/webhooks/*` it runs unprotected"), "{md}");
         let shared = Policy::builder()
-            .scope(idem::scope::ScopeSource::none())
+            .scope(idem::core::scope::ScopeSource::none())
             .build()
             .unwrap();
         let md = markdown(&shared, &[]);

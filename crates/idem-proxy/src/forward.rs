@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
-use idem::engine::MayHaveRun;
-use idem::headers::strip_hop_by_hop;
-use idem::problem::Problems;
-use idem::record::ReasonPhrase;
-use idem::{Body, Problem, ProblemKind};
+use idem::core::engine::MayHaveRun;
+use idem::core::headers::strip_hop_by_hop;
+use idem::core::problem::Problems;
+use idem::core::record::ReasonPhrase;
+use idem::{
+    Body,
+    core::{Problem, ProblemKind},
+};
 
 use crate::pool::{ExchangeError, Pool};
 use crate::view::{self, Refusal};
@@ -172,7 +175,7 @@ impl Forward {
     }
 
     /// Renders its own problems (502, 504) with `problems` (R17): those of the policy
-    /// whose engine sits in front of it ([`Policy::problems`](idem::Policy::problems)).
+    /// whose engine sits in front of it ([`Policy::problems`](idem::core::Policy::problems)).
     #[must_use]
     pub fn with_problems(mut self, problems: Problems) -> Self {
         Arc::make_mut(&mut self.inner).problems = problems;

@@ -7,7 +7,7 @@
 //! This library half exists so tests (and embedders) can run the proxy in-process:
 //!
 //! ```no_run
-//! use idem::store::MemoryStore;
+//! use idem::MemoryStore;
 //! use idem_proxy::config::ProxyConfig;
 //!
 //! # #[tokio::main] async fn main() -> anyhow::Result<()> {

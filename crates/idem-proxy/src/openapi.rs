@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use http::{Method, StatusCode};
-use idem::ProblemKind;
-use idem::policy::{AmbiguousFailure, OnConcurrent, Policy, StoreFailure, Unscoped};
+use idem::core::ProblemKind;
+use idem::core::policy::{AmbiguousFailure, OnConcurrent, Policy, StoreFailure, Unscoped};
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::routes::Route;
@@ -836,9 +836,9 @@ fn annotate(
                     resp.insert(text("content"), Value::Mapping(Mapping::new()));
                 }
                 if let Some(Value::Mapping(c)) = resp.get_mut("content")
-                    && !c.contains_key(idem::problem::CONTENT_TYPE)
+                    && !c.contains_key(idem::core::problem::CONTENT_TYPE)
                 {
-                    c.insert(text(idem::problem::CONTENT_TYPE), content);
+                    c.insert(text(idem::core::problem::CONTENT_TYPE), content);
                     used.problem = true;
                 }
                 if retry_after && add_header(resp, "Retry-After", RETRY_AFTER_HEADER) {
@@ -865,7 +865,7 @@ fn annotate(
                 }
                 resp.insert(
                     text("content"),
-                    obj([(idem::problem::CONTENT_TYPE, content)]),
+                    obj([(idem::core::problem::CONTENT_TYPE, content)]),
                 );
                 used.problem = true;
                 responses.insert(text(&code), Value::Mapping(resp));
@@ -884,7 +884,7 @@ fn is_ours(resp: &Mapping) -> bool {
     let ours = format!("#/components/schemas/{PROBLEM_SCHEMA}");
     content.len() == 1
         && content
-            .get(idem::problem::CONTENT_TYPE)
+            .get(idem::core::problem::CONTENT_TYPE)
             .and_then(|c| c.get("schema"))
             .and_then(|s| s.get("allOf"))
             .and_then(|a| a.get(0))
@@ -1325,7 +1325,7 @@ mod tests {
         let pass = Policy::builder().unscoped(Unscoped::Pass).build().unwrap();
         assert!(!has_unscoped(&pass));
         let shared = Policy::builder()
-            .scope(idem::scope::ScopeSource::none())
+            .scope(idem::core::scope::ScopeSource::none())
             .build()
             .unwrap();
         assert!(!has_unscoped(&shared));

@@ -35,8 +35,8 @@ use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
 use http_body_util::BodyExt as _;
+use idem::core::policy::Policy;
 use idem::layer::Idempotency;
-use idem::policy::Policy;
 use idem::{Body, Store};
 use tower::ServiceExt as _;
 use tower_service::Service;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use idem::problem::Problems;
+use idem::core::problem::Problems;
 use idem::{AnyStore, Store};
 use tokio::net::TcpListener;
 

@@ -15,8 +15,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use idem::problem::Problems;
-use idem::{Body, BoxError, IdempotencyLayer, Policy, Problem, ProblemKind, Store};
+use idem::core::problem::Problems;
+use idem::{
+    Body, BoxError, IdempotencyLayer, Store,
+    core::{Policy, Problem, ProblemKind},
+};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};

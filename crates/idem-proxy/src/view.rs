@@ -46,9 +46,12 @@ use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header, request};
-use idem::headers::strip_hop_by_hop;
-use idem::problem::Problems;
-use idem::{Body, Problem, ProblemKind};
+use idem::core::headers::strip_hop_by_hop;
+use idem::core::problem::Problems;
+use idem::{
+    Body,
+    core::{Problem, ProblemKind},
+};
 use tower::Layer;
 use tower::ServiceExt as _;
 use tower_service::Service;

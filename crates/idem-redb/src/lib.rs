@@ -6,6 +6,29 @@
 //! transactions. Records survive a restart (R16); expired ones are swept in the
 //! background (R14).
 //!
+//! In a service, through the `idem` crate (feature `redb`, on by default), as
+//! `idem::redb`:
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use idem::IdempotencyLayer;
+//! use idem::redb::{RedbStore, RedbStoreConfig};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let store = RedbStore::open("/var/lib/orders/idem", RedbStoreConfig::default())?;
+//!     let app = Router::new()
+//!         .route("/orders", post(|| async { "created" }))
+//!         .layer(IdempotencyLayer::new(store));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The [`Store`] contract, used directly (as a store's implementer or the engine
+//! does):
+//!
 //! ```
 //! use std::time::Duration;
 //!

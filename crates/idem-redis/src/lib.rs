@@ -2,27 +2,36 @@
 //! service replicas) pointed at one Redis behave as one, so concurrent duplicates spread
 //! over them still run the operation once (R18).
 //!
+//! In a service, through the `idem` crate (feature `redis`), as `idem::redis`:
+//!
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use idem_core::{Engine, Policy};
-//! use idem_redis::{RedisStore, RedisStoreConfig};
+//! use axum::{Router, routing::post};
+//! use idem::IdempotencyLayer;
+//! use idem::redis::{RedisStore, RedisStoreConfig};
 //!
-//! # async fn run() -> Result<(), idem_core::store::StoreError> {
-//! // One server …
-//! let store = RedisStore::connect("redis://127.0.0.1:6379/0", RedisStoreConfig::default()).await?;
-//! let engine = Engine::new(store, Policy::default());
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // One server …
+//!     let store = RedisStore::connect("redis://127.0.0.1:6379/0", RedisStoreConfig::default()).await?;
+//!     # let _ = store;
+//!     // … or a cluster, named by some of its nodes, with settings of its own.
+//!     let config = RedisStoreConfig {
+//!         prefix: "payments".into(),
+//!         command_timeout: Duration::from_millis(500),
+//!         ..RedisStoreConfig::default()
+//!     };
+//!     let seeds = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000";
+//!     let store = RedisStore::connect(seeds, config).await?;
 //!
-//! // … or a cluster, named by some of its nodes, with settings of its own.
-//! let config = RedisStoreConfig {
-//!     prefix: "payments".into(),
-//!     command_timeout: Duration::from_millis(500),
-//!     ..RedisStoreConfig::default()
-//! };
-//! let store = RedisStore::connect("redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000", config).await?;
-//! # let _ = (engine, store);
-//! # Ok(())
-//! # }
+//!     let app = Router::new()
+//!         .route("/payments", post(|| async { "paid" }))
+//!         .layer(IdempotencyLayer::new(store));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # URLs
@@ -286,8 +295,10 @@ impl RedisStore {
     /// called inside a tokio runtime.
     ///
     /// Fails with [`StoreError::Unavailable`] or [`StoreError::Timeout`] if Redis cannot
-    /// be reached within [`RedisStoreConfig::connect_timeout`], and with
-    /// [`StoreError::Backend`] for a URL or prefix it cannot use. Once connected, the
+    /// be reached within [`RedisStoreConfig::connect_timeout`] (the source of
+    /// `Unavailable`, a [`ConnectError`](idem_core::store::ConnectError), names the
+    /// store and the URL without its password), and with [`StoreError::Backend`] for a
+    /// URL or prefix it cannot use. Once connected, the
     /// store reconnects on its own.
     pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, StoreError> {
         let prefix = &config.prefix;
@@ -307,20 +318,22 @@ impl RedisStore {
             ));
         }
         let open = |url: &str| tls.client(url).map_err(|e| StoreError::backend("redis", e));
+        let unreachable = |e: StoreError| e.at_connect("redis", url::redact(url));
         let (conn, nodes) = match &target {
             Target::Standalone(url) => {
                 let client = open(url)?;
-                (
-                    Conn::standalone(client.clone(), &config).await?,
-                    vec![client],
-                )
+                let conn = Conn::standalone(client.clone(), &config)
+                    .await
+                    .map_err(unreachable)?;
+                (conn, vec![client])
             }
             Target::Cluster(urls) => {
                 let clients = urls
                     .iter()
                     .map(|u| open(u))
                     .collect::<Result<Vec<_>, _>>()?;
-                (Conn::cluster(urls, &config).await?, clients)
+                let conn = Conn::cluster(urls, &config).await.map_err(unreachable)?;
+                (conn, clients)
             }
         };
 

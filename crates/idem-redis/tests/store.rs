@@ -756,13 +756,18 @@ mod outage {
         )
         .await
         .expect("connect answers in bounded time");
-        assert!(
-            matches!(
-                result,
-                Err(StoreError::Unavailable(_) | StoreError::Timeout)
-            ),
-            "{result:?}"
-        );
+        match result {
+            // A refused connection names the store and its address.
+            Err(StoreError::Unavailable(source)) => {
+                let source = source
+                    .downcast::<idem_core::store::ConnectError>()
+                    .expect("a ConnectError");
+                assert_eq!(source.store, "redis");
+                assert_eq!(source.address, format!("redis://127.0.0.1:{port}/0"));
+            }
+            Err(StoreError::Timeout) => {}
+            other => panic!("expected Unavailable or Timeout, got {other:?}"),
+        }
     }
 
     // R15, cluster: while a node is down the records on its slots fail in bounded time,

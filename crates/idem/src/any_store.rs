@@ -196,14 +196,20 @@ impl AnyStore {
     /// [`Sealed`]). Hand the result to the layer in place of the store.
     ///
     /// ```
-    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-    /// use idem::store::SealingKeys;
+    /// # #[cfg(feature = "axum")] {
+    /// use axum::{Router, routing::post};
+    /// use idem::{AnyStore, IdempotencyLayer, SealingKeys};
     ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let keys = SealingKeys::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")?;
-    /// let store = idem::AnyStore::from_url("memory").await?.sealed(keys);
-    /// let layer = idem::IdempotencyLayer::builder(store).build()?;
-    /// # drop(layer);
+    /// let store = AnyStore::from_url("memory").await?.sealed(keys);
+    /// let app: Router = Router::new()
+    ///     .route("/payments", post(|| async { "paid" }))
+    ///     .layer(IdempotencyLayer::builder(store).require_key(true).build()?);
+    /// # let _ = app;
     /// # Ok(()) }
+    /// # main().unwrap(); }
     /// ```
     #[must_use]
     pub fn sealed(self, keys: SealingKeys) -> Sealed<Self> {
@@ -422,9 +428,9 @@ impl Store for AnyStore {
     }
 }
 
-/// The PostgreSQL arm's transactional writes (R20, R21), so a handler behind a layer
-/// over an `AnyStore` (or a `Sealed<AnyStore>`) reaches them; any other arm answers
-/// [`StoreError::Unsupported`].
+/// The PostgreSQL arm's transactional writes ([R20](crate::contract#r20),
+/// [R21](crate::contract#r21)), so a handler behind a layer over an `AnyStore` (or a
+/// `Sealed<AnyStore>`) reaches them; any other arm answers [`StoreError::Unsupported`].
 #[cfg(feature = "postgres")]
 impl<C> Transactional<C> for AnyStore
 where

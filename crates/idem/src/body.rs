@@ -46,7 +46,7 @@ impl Body {
     }
 
     /// `prefix`, then the rest of `body`: for a response read partly before it turned
-    /// out too large to store (R13).
+    /// out too large to store ([R13](crate::contract#r13)).
     pub(crate) fn prefixed<B>(prefix: Bytes, body: B) -> Self
     where
         B: HttpBody<Data = Bytes> + Send + 'static,

@@ -1,6 +1,6 @@
 //! A checkout service built on `idem` as a library: axum + PostgreSQL.
 //!
-//! `POST /checkout` with an `Idempotency-Key` runs four atomic phases (SPEC R20):
+//! `POST /checkout` with an `Idempotency-Key` runs four atomic phases (R20):
 //! create the order → charge at the bank (a separate service that itself honours
 //! `Idempotency-Key`, called with a key derived from the request's) → write the ledger
 //! entry → write the receipt and complete the idempotency record in the same
@@ -8,6 +8,12 @@
 //! point, so a retry after a crash resumes where the crashed attempt stopped, and
 //! nothing happens twice. [`Payments::crash_at`] injects a crash at a phase boundary
 //! for the crash tests.
+//!
+//! What the phases produce (the order id, the bank's charge id) travels in a typed
+//! [`Progress`], stored as JSON with each recovery point. The bank is called between
+//! transactions, holding no pooled connection; the phase's short transaction then
+//! records its answer. While the checkout's progress exists, its key is bound to the
+//! request's body: a retry with another body is refused (R9, 422), even after a crash.
 //!
 //! The layer runs over any store that writes in the service's PostgreSQL transactions
 //! ([`PgTransactional`]): the `PostgresStore` itself, or `Sealed<PostgresStore>` for
@@ -19,20 +25,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::{self, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::Bytes;
-use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use idem::policy::ConfigError;
-use idem::postgres::deadpool_postgres::Pool;
-use idem::postgres::{PgTransactional, RecoveryPoint};
-use idem::store::{Finish, MemoryStore};
-use idem::{IdempotencyContext, IdempotencyHandle, IdempotencyLayer};
+use idem::context::Finish;
+use idem::postgres::PgTransactional;
+use idem::postgres::deadpool_postgres::{Pool, Transaction};
+use idem::{
+    ConfigError, IdempotencyContext, IdempotencyHandle, IdempotencyLayer, MemoryStore, Progress,
+};
+use serde::{Deserialize, Serialize};
 
 /// A phase boundary where [`Payments::crash_at`] can inject a crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,9 +172,9 @@ impl Payments {
         let client = self.pool.get().await?;
         client
             .batch_execute(&self.sql(
-                "CREATE TABLE IF NOT EXISTS {s}.orders (key text PRIMARY KEY);
-                 CREATE TABLE IF NOT EXISTS {s}.ledger (key text PRIMARY KEY, charge text NOT NULL);
-                 CREATE TABLE IF NOT EXISTS {s}.receipts (key text PRIMARY KEY, charge text NOT NULL);",
+                "CREATE TABLE IF NOT EXISTS {s}.orders (id bigserial PRIMARY KEY, key text NOT NULL UNIQUE);
+                 CREATE TABLE IF NOT EXISTS {s}.ledger (order_id bigint PRIMARY KEY, charge text NOT NULL);
+                 CREATE TABLE IF NOT EXISTS {s}.receipts (order_id bigint PRIMARY KEY, charge text NOT NULL);",
             ))
             .await?;
         Ok(())
@@ -202,67 +210,98 @@ impl Payments {
     }
 }
 
-/// The checkout: one atomic phase per arm, in order.
+/// What the phases of one checkout keep (R20): phase 1's order id and phase 2's charge
+/// id reach the later phases, and a retry after a crash, through the recovery point.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkout {
+    order_id: Option<i64>,
+    charge: Option<String>,
+}
+
+/// Ends a phase: its writes in `tx` commit together with the recovery point `step` and
+/// everything `progress` holds.
+async fn commit_phase<St: PgTransactional>(
+    handle: &IdempotencyHandle<St>,
+    tx: Transaction<'_>,
+    progress: &mut Progress<Checkout>,
+    step: &str,
+) -> Result<(), Failure> {
+    if handle.advance(&*tx, progress, step).await? != Finish::Done {
+        // This request no longer owns the key (R11): the transaction rolls back on drop.
+        return Err(Failure("the key was taken over".into()));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The checkout: one atomic phase per arm, in order. Each phase takes a pooled
+/// connection for its own short transaction only; the bank is called with none held.
 async fn checkout<St: PgTransactional>(
     State(app): State<Payments>,
     ctx: IdempotencyContext<St>,
 ) -> Result<Response, Failure> {
+    // `None` only for a request that runs unprotected (R15 fail-open); the route
+    // requires a key (R3).
     let handle: &IdempotencyHandle<St> = ctx.handle().ok_or(Failure("no key".into()))?;
     let key = handle.key().as_str().to_owned();
-    let mut client = app.pool.get().await?;
-    let mut point = handle.recovery_point(&**client).await?;
+    // deadpool's `Object` derefs to its `ClientWrapper`, which derefs to the
+    // `tokio_postgres::Client` the store reads on: `&**client`.
+    let mut progress: Progress<Checkout> = handle.progress(&**app.pool.get().await?).await?;
     loop {
-        let data = point
-            .as_ref()
-            .and_then(|p| p.data.clone())
-            .map(String::from_utf8)
-            .transpose()?;
-        let tx = client.transaction().await?;
-        let (next, boundary) = match point.as_ref().map(|p| p.step.as_str()) {
+        match progress.step() {
             // 1. The order.
             None => {
-                tx.execute(
-                    &app.sql("INSERT INTO {s}.orders (key) VALUES ($1)"),
-                    &[&key],
-                )
-                .await?;
-                (RecoveryPoint::new("order_created"), Boundary::OrderCreated)
+                let mut client = app.pool.get().await?;
+                let tx = client.transaction().await?;
+                let row = tx
+                    .query_one(
+                        &app.sql("INSERT INTO {s}.orders (key) VALUES ($1) RETURNING id"),
+                        &[&key],
+                    )
+                    .await?;
+                progress.data.order_id = Some(row.try_get(0)?);
+                commit_phase(handle, tx, &mut progress, "order_created").await?;
+                app.boundary(Boundary::OrderCreated);
             }
-            // 2. The charge, at the bank, under a key derived from the request's.
+            // 2. The charge, at the bank, under a key derived from the request's: the
+            //    call is made outside any transaction, then recorded in a short one.
             Some("order_created") => {
                 let charge = app.charge(&handle.derived_key("charge")).await?;
                 app.boundary(Boundary::ChargedNotRecorded);
-                (
-                    RecoveryPoint::with_data("charged", charge),
-                    Boundary::Charged,
-                )
+                progress.data.charge = Some(charge);
+                let mut client = app.pool.get().await?;
+                let tx = client.transaction().await?;
+                commit_phase(handle, tx, &mut progress, "charged").await?;
+                app.boundary(Boundary::Charged);
             }
-            // 3. The ledger entry.
+            // 3. The ledger entry for phase 1's order and phase 2's charge.
             Some("charged") => {
-                let charge = data.unwrap_or_default();
+                let (order, charge) = ids(&progress.data)?;
+                let mut client = app.pool.get().await?;
+                let tx = client.transaction().await?;
                 tx.execute(
-                    &app.sql("INSERT INTO {s}.ledger (key, charge) VALUES ($1, $2)"),
-                    &[&key, &charge],
+                    &app.sql("INSERT INTO {s}.ledger (order_id, charge) VALUES ($1, $2)"),
+                    &[&order, &charge],
                 )
                 .await?;
-                (
-                    RecoveryPoint::with_data("ledgered", charge),
-                    Boundary::Ledgered,
-                )
+                commit_phase(handle, tx, &mut progress, "ledgered").await?;
+                app.boundary(Boundary::Ledgered);
             }
-            // 4. The receipt, and the idempotency record in the same transaction.
+            // 4. The receipt, and the idempotency record in the same transaction (R21).
             Some("ledgered") => {
-                let charge = data.unwrap_or_default();
+                let (order, charge) = ids(&progress.data)?;
+                let mut client = app.pool.get().await?;
+                let tx = client.transaction().await?;
                 tx.execute(
-                    &app.sql("INSERT INTO {s}.receipts (key, charge) VALUES ($1, $2)"),
-                    &[&key, &charge],
+                    &app.sql("INSERT INTO {s}.receipts (order_id, charge) VALUES ($1, $2)"),
+                    &[&order, &charge],
                 )
                 .await?;
                 let response = http::Response::builder()
                     .status(StatusCode::CREATED)
                     .header("content-type", "application/json")
                     .body(Bytes::from(format!(
-                        "{{\"receipt\":\"{key}\",\"charge\":\"{charge}\"}}"
+                        "{{\"receipt\":\"{key}\",\"order\":{order},\"charge\":\"{charge}\"}}"
                     )))?;
                 if handle.complete_in(&*tx, &response).await? != Finish::Done {
                     return Err(Failure("the key was taken over".into()));
@@ -272,12 +311,14 @@ async fn checkout<St: PgTransactional>(
                 return Ok(response.map(Body::from));
             }
             Some(other) => return Err(Failure(format!("unknown step {other}"))),
-        };
-        if handle.advance_in(&*tx, &next).await? != Finish::Done {
-            return Err(Failure("the key was taken over".into()));
         }
-        tx.commit().await?;
-        app.boundary(boundary);
-        point = Some(next);
+    }
+}
+
+/// The order and charge ids the first two phases kept.
+fn ids(data: &Checkout) -> Result<(i64, &str), Failure> {
+    match (data.order_id, data.charge.as_deref()) {
+        (Some(order), Some(charge)) => Ok((order, charge)),
+        _ => Err(Failure(format!("progress without its ids: {data:?}"))),
     }
 }

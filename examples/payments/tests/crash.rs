@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use axum::Router;
-use http::StatusCode;
+use axum::http::StatusCode;
 use idem::postgres::{PgTransactional, PostgresStore, PostgresStoreConfig};
-use idem::store::{Sealed, SealingKeys};
+use idem::{Sealed, SealingKeys};
 use idem_testkit::Client;
 use idem_testkit::postgres::{Schema, url};
 use payments::{Bank, Boundary, Payments};
@@ -103,7 +103,10 @@ async fn checkout_runs_once<L: Layered>() {
     let (schema, store, bank, _payments, client) = world::<L>().await;
     let first = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
     assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
-    assert_eq!(first.body, "{\"receipt\":\"cart-1\",\"charge\":\"ch_1\"}");
+    assert_eq!(
+        first.body,
+        "{\"receipt\":\"cart-1\",\"order\":1,\"charge\":\"ch_1\"}"
+    );
     let again = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
     assert!(again.replayed());
     assert_eq!(again.body, first.body);
@@ -146,13 +149,70 @@ async fn crash_at_each_boundary_then_retry<L: Layered>() {
         };
         assert_eq!(ok.status, StatusCode::CREATED, "{boundary:?}: {ok:?}");
         assert_eq!(
-            ok.body, "{\"receipt\":\"cart-1\",\"charge\":\"ch_1\"}",
+            ok.body, "{\"receipt\":\"cart-1\",\"order\":1,\"charge\":\"ch_1\"}",
             "{boundary:?}"
         );
         let replay = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
         assert!(replay.replayed(), "{boundary:?}");
         assert_eq!(replay.status, ok.status, "{boundary:?}");
         assert_eq!(replay.body, ok.body, "{boundary:?}");
+        assert_once(&store, &schema, &bank, &format!("{boundary:?}")).await;
+    }
+}
+
+// R9, R20: a crash between phases, then a retry with another body under the same key:
+// refused with 422 while the first body's progress exists, even once the crashed
+// attempt's record is gone; the same body then resumes and completes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r09_r20_crash_then_other_payload_is_refused_same_resumes() {
+    crash_then_other_payload_is_refused::<Plain>().await;
+}
+
+// The same over a sealed store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r09_r20_crash_then_other_payload_is_refused_same_resumes_sealed() {
+    crash_then_other_payload_is_refused::<Encrypted>().await;
+}
+
+async fn crash_then_other_payload_is_refused<L: Layered>() {
+    for boundary in [Boundary::OrderCreated, Boundary::Charged] {
+        let (schema, store, bank, payments, client) = world::<L>().await;
+        payments.crash_at(boundary);
+        let crashed = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
+        assert_eq!(crashed.status, StatusCode::INTERNAL_SERVER_ERROR);
+
+        // Wait until the crashed attempt's record is released: only its progress is
+        // left to bind the key.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count(&store, schema.name(), "records").await != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "{boundary:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let other = client.post("/checkout", "cart-1", "{\"amount\":999}").await;
+        assert_eq!(
+            other.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{boundary:?}: {other:?}"
+        );
+        assert_eq!(count(&store, schema.name(), "orders").await, 1);
+
+        let resumed = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
+        assert_eq!(
+            resumed.status,
+            StatusCode::CREATED,
+            "{boundary:?}: {resumed:?}"
+        );
+        assert_eq!(
+            resumed.body, "{\"receipt\":\"cart-1\",\"order\":1,\"charge\":\"ch_1\"}",
+            "{boundary:?}"
+        );
+        // Completed: the other body is still a mismatch (R9), the same one replays (R8).
+        let other = client.post("/checkout", "cart-1", "{\"amount\":999}").await;
+        assert_eq!(
+            other.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{boundary:?}"
+        );
         assert_once(&store, &schema, &bank, &format!("{boundary:?}")).await;
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use idem::store::MemoryStore;
+use idem::core::store::MemoryStore;
 use idem_client::{Backoff, IdempotencyMiddleware, Retry};
 use idem_proxy::config::ProxyConfig;
 use idem_proxy::server::Running;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use idem::store::{MemoryStore, MemoryStoreConfig};
+use idem::core::store::{MemoryStore, MemoryStoreConfig};
 use idem_client::{Backoff, IdempotencyMiddleware, RetryReason};
 use reqwest::{Method, StatusCode};
 use reqwest_middleware::ClientBuilder;

@@ -316,6 +316,36 @@ impl StoreError {
             source: source.into(),
         }
     }
+
+    /// This error as a store's connect answers it: an [`Unavailable`](Self::Unavailable)
+    /// gets a [`ConnectError`] naming `store` and `address` as its source, so a service
+    /// that cannot start says which store it could not reach, and where; any other
+    /// error is returned as it is.
+    #[must_use]
+    pub fn at_connect(self, store: &'static str, address: impl Into<String>) -> Self {
+        match self {
+            Self::Unavailable(source) => Self::Unavailable(Box::new(ConnectError {
+                store,
+                address: address.into(),
+                source,
+            })),
+            other => other,
+        }
+    }
+}
+
+/// A store that could not be reached when it was opened: the source of the
+/// [`StoreError::Unavailable`] its connect answers (see [`StoreError::at_connect`]).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to the {store} store at {address}")]
+pub struct ConnectError {
+    /// Which store, e.g. `"postgres"`.
+    pub store: &'static str,
+    /// Where it was looked for, without credentials, e.g. `127.0.0.1:5432`.
+    pub address: String,
+    /// Why it could not be reached.
+    #[source]
+    pub source: BoxError,
 }
 
 /// A place to keep idempotency records. See the module docs for the contract.

@@ -133,7 +133,7 @@ impl Checker {
             "--timeout must be longer than zero"
         );
         let ep = Endpoint::new(&args.url, method, base, args.timeout, args.budget)?;
-        let run = idem::record::OwnerToken::random().to_hex()[..12].to_owned();
+        let run = idem::core::record::OwnerToken::random().to_hex()[..12].to_owned();
         Ok(Self {
             ep,
             key_header,

@@ -73,7 +73,10 @@ impl Answer {
     pub fn is_problem(&self) -> bool {
         self.header(CONTENT_TYPE.as_str())
             .and_then(|ct| ct.split(';').next())
-            .is_some_and(|ct| ct.trim().eq_ignore_ascii_case(idem::problem::CONTENT_TYPE))
+            .is_some_and(|ct| {
+                ct.trim()
+                    .eq_ignore_ascii_case(idem::core::problem::CONTENT_TYPE)
+            })
     }
 
     /// `201`, or `201 "Made"` when the reason phrase is not the canonical one.

@@ -10,8 +10,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use idem::record::RecordId;
-use idem::store::StateFilter;
+use idem::core::record::RecordId;
+use idem::core::store::StateFilter;
 use serde_json::Value;
 
 use super::query::ListQuery;

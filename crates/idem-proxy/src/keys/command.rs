@@ -5,10 +5,10 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use anyhow::Context as _;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use idem::IdempotencyKey;
-use idem::record::RecordId;
-use idem::scope::{Scope, ScopeSource};
-use idem::store::StateFilter;
+use idem::core::IdempotencyKey;
+use idem::core::record::RecordId;
+use idem::core::scope::{Scope, ScopeSource};
+use idem::core::store::StateFilter;
 use serde_json::{Value, json};
 
 use super::admin_api::AdminApi;

@@ -1,9 +1,9 @@
 //! `idem keys --store URL`: the records read and deleted in the store itself.
 
 use anyhow::Context as _;
-use idem::clock::{Clock, Millis, SystemClock};
-use idem::record::{RecordId, State};
-use idem::store::ListFilter;
+use idem::core::clock::{Clock, Millis, SystemClock};
+use idem::core::record::{RecordId, State};
+use idem::core::store::ListFilter;
 use idem::{AnyStore, Store};
 use serde_json::{Value, json};
 

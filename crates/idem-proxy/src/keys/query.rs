@@ -3,9 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use idem::record::RecordId;
-use idem::scope::Scope;
-use idem::store::StateFilter;
+use idem::core::record::RecordId;
+use idem::core::scope::Scope;
+use idem::core::store::StateFilter;
 
 /// The record asked for does not exist: exit code 1.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! is the name with `-` for `_`), environment variable, help text, value parser,
 //! whether a `[[route]]` rule may set it, and how its value is set on and read back from
 //! [`Values`]. Defaults are not in the table: they are whatever [`Values::default`]
-//! holds, i.e. [`Policy::default()`](idem::policy::Policy) for the engine and
+//! holds, i.e. [`Policy::default()`](idem::core::policy::Policy) for the engine and
 //! [`ProxyConfig::new`](crate::config::ProxyConfig::new) for the proxy. Everything else
 //! is derived from the table:
 //!
@@ -20,7 +20,7 @@
 //!
 //! # Adding a setting
 //!
-//! 1. Give it a home: a [`PolicyBuilder`](idem::policy::PolicyBuilder) method, a field
+//! 1. Give it a home: a [`PolicyBuilder`](idem::core::policy::PolicyBuilder) method, a field
 //!    of [`ProxyConfig`](crate::config::ProxyConfig) with its default in
 //!    `ProxyConfig::new`, or a field of [`Values`] with its default in
 //!    `Values::default` (and its use in [`Values::finish`]).
@@ -53,7 +53,7 @@ use std::path::Path;
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches};
-use idem::policy::Policy;
+use idem::core::policy::Policy;
 
 use crate::config::{FlagError, ServeConfig};
 use crate::file::{ConfigFile, RouteRule};

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
-use idem::policy::StatusSet;
+use idem::core::policy::StatusSet;
 
 /// Parses `500ms`, `2s`, `5m`, `24h`, `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

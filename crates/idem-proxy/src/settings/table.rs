@@ -3,9 +3,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use idem::policy::{AmbiguousFailure, KeySource, StoreFailure, Unscoped};
-use idem::scope::ScopeSource;
-use idem::store::SealingKeys;
+use idem::core::policy::{AmbiguousFailure, KeySource, StoreFailure, Unscoped};
+use idem::core::scope::ScopeSource;
+use idem::core::store::SealingKeys;
 
 use super::parse::{
     parse_bool, parse_duration, parse_header_name, parse_header_names, parse_methods, parse_size,
@@ -808,7 +808,11 @@ pub static SETTINGS: &[&dyn Setting] = &[
         set: |v, b| v.edit_policy(|p| p.problem_base(b)),
         get: |v| {
             Some(v.peek().problem_base().map_or_else(
-                || idem::problem::TYPE_BASE.trim_end_matches('#').to_owned(),
+                || {
+                    idem::core::problem::TYPE_BASE
+                        .trim_end_matches('#')
+                        .to_owned()
+                },
                 ToString::to_string,
             ))
         },

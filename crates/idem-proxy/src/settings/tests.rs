@@ -4,7 +4,10 @@ use super::*;
 fn defaults_are_valid() {
     let values = Values::default();
     let policy = values.policy().unwrap();
-    assert_eq!(policy.on_concurrent(), idem::policy::OnConcurrent::Conflict);
+    assert_eq!(
+        policy.on_concurrent(),
+        idem::core::policy::OnConcurrent::Conflict
+    );
     assert!(matches!(
         values.finish(policy, Vec::new()),
         Err(FlagError::MissingUpstream)
@@ -76,7 +79,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use http::{HeaderName, Method};
-use idem::policy::{OnConcurrent, StoreFailure};
+use idem::core::policy::{OnConcurrent, StoreFailure};
 
 use crate::cli::{Cli, Command};
 
@@ -328,8 +331,11 @@ fn r04_the_scope_secret_keys_every_policy() {
     assert!(c.proxy.policy.scope().is_keyed());
     let route = c.proxy.routes[0].policy.as_ref().unwrap();
     assert!(route.scope().is_keyed());
-    assert_eq!(route.unscoped(), idem::policy::Unscoped::Pass);
-    assert_eq!(c.proxy.policy.unscoped(), idem::policy::Unscoped::Refuse);
+    assert_eq!(route.unscoped(), idem::core::policy::Unscoped::Pass);
+    assert_eq!(
+        c.proxy.policy.unscoped(),
+        idem::core::policy::Unscoped::Refuse
+    );
     let unkeyed = serve_config(&[]).unwrap();
     assert!(!unkeyed.proxy.policy.scope().is_keyed());
 }

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use idem::policy::{OnConcurrent, Policy, PolicyBuilder};
-use idem::scope::ScopeSecret;
-use idem::store::SealingKeys;
+use idem::core::policy::{OnConcurrent, Policy, PolicyBuilder};
+use idem::core::scope::ScopeSecret;
+use idem::core::store::SealingKeys;
 
 use crate::admin::AdminToken;
 use crate::config::{FlagError, ListenerTls, ProxyConfig, ServeConfig};
@@ -189,7 +189,7 @@ impl Values {
             .on_concurrent(on_concurrent)
             .build()
             .map_err(|source| {
-                let idem::policy::ConfigError::Invalid { name, .. } = &source else {
+                let idem::core::policy::ConfigError::Invalid { name, .. } = &source else {
                     return FlagError::Policy {
                         at: String::new(),
                         source,

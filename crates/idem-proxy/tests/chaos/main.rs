@@ -71,7 +71,7 @@ impl Rng {
 fn seed() -> u64 {
     match std::env::var("IDEM_CHAOS_SEED") {
         Ok(s) => s.parse().expect("IDEM_CHAOS_SEED must be a number"),
-        Err(_) => idem::record::OwnerToken::random().get() as u64,
+        Err(_) => idem::core::record::OwnerToken::random().get() as u64,
     }
 }
 

@@ -138,7 +138,7 @@ async fn r10_every_check_passes_on_the_file_store_in_wait_mode() {
 async fn r08_every_check_passes_on_redis() {
     let store = format!(
         "redis://127.0.0.1:6379/0?prefix=check-{}",
-        idem::record::OwnerToken::random().to_hex()
+        idem::core::record::OwnerToken::random().to_hex()
     );
     passes_through_idem(&store, &[]).await;
 }

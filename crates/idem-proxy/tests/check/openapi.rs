@@ -94,10 +94,10 @@ fn types(response: &Value) -> Vec<String> {
 /// The `type` URIs of the problem kinds with `status`, in table order; `missing-key`
 /// only where a key is required.
 fn uris_of(status: u16, key_required: bool) -> Vec<String> {
-    idem::ProblemKind::ALL
+    idem::core::ProblemKind::ALL
         .iter()
         .filter(|k| k.status() == status)
-        .filter(|k| key_required || **k != idem::ProblemKind::MissingKey)
+        .filter(|k| key_required || **k != idem::core::ProblemKind::MissingKey)
         .map(|k| k.type_uri())
         .collect()
 }
@@ -196,7 +196,7 @@ fn standalone_covers_each_rule(dir: &Path, config: &str) -> PathBuf {
             .as_sequence()
             .unwrap()
             .len(),
-        idem::ProblemKind::ALL.len()
+        idem::core::ProblemKind::ALL.len()
     );
 
     // Every rule, then the server-wide settings.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use idem::ProblemKind;
+use idem::core::ProblemKind;
 use idem_testkit::{Client, CountingUpstream};
 
 use crate::common::{BIN, Proc, serve};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idem::ProblemKind;
-use idem::store::MemoryStore;
+use idem::core::ProblemKind;
+use idem::core::store::MemoryStore;
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{Client, Front};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use idem::ProblemKind;
-use idem::clock::ManualClock;
-use idem::policy::{OnConcurrent, Policy};
-use idem::scope::ScopeSource;
-use idem::store::{MemoryStore, MemoryStoreConfig, Store};
+use idem::core::ProblemKind;
+use idem::core::clock::ManualClock;
+use idem::core::policy::{OnConcurrent, Policy};
+use idem::core::scope::ScopeSource;
+use idem::core::store::{MemoryStore, MemoryStoreConfig, Store};
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{Client, CountingUpstream, Front, Resp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -7,8 +7,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
-use idem::ProblemKind;
-use idem::scope::{ScopeSecret, ScopeSource};
+use idem::core::ProblemKind;
+use idem::core::scope::{ScopeSecret, ScopeSource};
 use idem_testkit::{Client, CountingUpstream, Resp};
 
 use super::common::{BIN, free_addr, serve};

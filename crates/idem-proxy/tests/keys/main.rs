@@ -12,13 +12,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use idem::IdempotencyKey;
+use idem::core::IdempotencyKey;
+use idem::core::record::{OwnerToken, RecordId};
+use idem::core::scope::{Scope, ScopeSource};
+use idem::core::store::testkit::{claim_req, snapshot};
+use idem::core::store::{Claim, Finish, Store};
 use idem::postgres::{PostgresStore, PostgresStoreConfig};
-use idem::record::{OwnerToken, RecordId};
 use idem::redis::{RedisStore, RedisStoreConfig};
-use idem::scope::{Scope, ScopeSource};
-use idem::store::testkit::{claim_req, snapshot};
-use idem::store::{Claim, Finish, Store};
 use idem_testkit::{Client, CountingUpstream, Resp};
 use serde_json::Value;
 

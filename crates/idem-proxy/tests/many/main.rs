@@ -12,11 +12,11 @@ mod processes;
 
 use std::time::Duration;
 
-use idem::policy::Policy;
+use idem::core::policy::Policy;
+use idem::core::record::OwnerToken;
+use idem::core::store::testkit::RealTimeFixture;
 use idem::postgres::{PostgresStore, PostgresStoreConfig};
-use idem::record::OwnerToken;
 use idem::redis::{RedisStore, RedisStoreConfig};
-use idem::store::testkit::RealTimeFixture;
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::postgres::Schema;
 use idem_testkit::{CountingUpstream, Front, Target};

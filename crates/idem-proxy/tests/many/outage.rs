@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use idem::{AnyStore, ProblemKind};
+use idem::AnyStore;
+use idem::core::ProblemKind;
 use idem_testkit::{Client, CountingUpstream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -56,7 +57,7 @@ async fn front(store_url: &str, upstream: &CountingUpstream) -> idem_proxy::Runn
         format!("http://{}", upstream.addr()).parse().unwrap(),
     );
     // Short store timeouts come from the URL; keep the lease short too.
-    config.policy = idem::Policy::builder()
+    config.policy = idem::core::Policy::builder()
         .lease(Duration::from_secs(2))
         .build()
         .unwrap();

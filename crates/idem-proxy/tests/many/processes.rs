@@ -17,7 +17,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new() -> Self {
-        Self(idem::record::OwnerToken::random().get() as u64 | 1)
+        Self(idem::core::record::OwnerToken::random().get() as u64 | 1)
     }
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;

@@ -128,7 +128,7 @@ async fn the_first_scrape_lists_every_series() {
         assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
         assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
     }
-    for outcome in idem::metrics::Outcome::ALL {
+    for outcome in idem::core::metrics::Outcome::ALL {
         let o = outcome.as_str();
         let series: Vec<&Sample> = m
             .iter()

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::Method;
-use idem::ProblemKind;
+use idem::core::ProblemKind;
 use idem_testkit::{Client, CountingUpstream};
 
 use crate::common::{BIN, serve};
@@ -488,7 +488,7 @@ fn r17_docs_anchor_every_problem_type() {
     assert_eq!(code, 0, "{err}");
     let client_kinds = ProblemKind::ALL
         .iter()
-        .filter(|k| k.audience() == idem::problem::Audience::Client);
+        .filter(|k| k.audience() == idem::core::problem::Audience::Client);
     for kind in client_kinds {
         let slug = kind.slug();
         assert!(

@@ -2,7 +2,7 @@
 //! `idem` binary.
 
 use http::Method;
-use idem::ProblemKind;
+use idem::core::ProblemKind;
 use idem_testkit::{Client, CountingUpstream, Resp};
 
 use crate::common::serve;

@@ -14,10 +14,10 @@ mod serve;
 mod store_tls;
 mod tls;
 
-use idem::policy::Policy;
+use idem::core::policy::Policy;
+use idem::core::store::Store;
+use idem::core::store::testkit::ManualFixture;
 use idem::redb::RedbStore;
-use idem::store::Store;
-use idem::store::testkit::ManualFixture;
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{CountingUpstream, Front, Start};
 
@@ -63,7 +63,7 @@ pub fn redb_fixture() -> ManualFixture<RedbStore> {
 mod memory {
     idem_testkit::spec_tests!(idem_testkit::On::new(
         super::Proxy,
-        idem::store::testkit::ManualFixture::memory
+        idem::core::store::testkit::ManualFixture::memory
     ));
 }
 

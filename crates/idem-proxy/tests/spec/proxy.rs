@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use idem::ProblemKind;
-use idem::policy::{Policy, StoreFailure};
-use idem::store::{MemoryStore, MemoryStoreConfig};
+use idem::core::ProblemKind;
+use idem::core::policy::{Policy, StoreFailure};
+use idem::core::store::{MemoryStore, MemoryStoreConfig};
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{Client, CountingUpstream};
 
 use idem::Store;
-use idem::store::testkit::Fixture;
+use idem::core::store::testkit::Fixture;
 
 use crate::{redb_fixture, start_proxy, start_with};
 

@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use idem::IdempotencyKey;
-use idem::record::{OwnerToken, RecordId};
+use idem::core::IdempotencyKey;
+use idem::core::record::{OwnerToken, RecordId};
+use idem::core::scope::Scope;
+use idem::core::store::SealingKeys;
 use idem::redis::redis_key;
-use idem::scope::Scope;
-use idem::store::SealingKeys;
 use idem_testkit::{Client, CountingUpstream};
 
 use crate::common::{serve, serve_command};

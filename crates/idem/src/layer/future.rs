@@ -14,7 +14,7 @@ pub(crate) enum Step<E> {
     /// Answered (replayed, refused, passed through …).
     Done(Result<Response<Body>, E>),
     /// It owns its record: this runs the exchange and records its result. It must run to
-    /// the end even when the client goes away (R6).
+    /// the end even when the client goes away ([R6](crate::contract#r6)).
     Execute(BoxFuture<Result<Response<Body>, E>>),
 }
 
@@ -29,7 +29,7 @@ enum Phase<E> {
 /// The exchange of a request that owns its record runs inside this future, on the
 /// connection's own task; only if the future is dropped before it finished (the client
 /// went away) is the rest of the exchange handed to a task of its own, which completes
-/// or releases the record (R6). So the common path spawns nothing.
+/// or releases the record ([R6](crate::contract#r6)). So the common path spawns nothing.
 pub struct ResponseFuture<E: Send + 'static> {
     phase: Phase<E>,
 }

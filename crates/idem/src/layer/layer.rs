@@ -28,13 +28,14 @@ pub(crate) struct Shared<St: Store> {
 /// [`ConfigError`]: idem_core::policy::ConfigError
 ///
 /// ```
+/// # #[cfg(feature = "axum")] {
 /// use std::time::Duration;
-/// use http::Method;
-/// use idem::IdempotencyLayer;
-/// use idem::policy::OnConcurrent;
-/// use idem::store::MemoryStore;
+/// use axum::http::Method;
+/// use axum::{Router, routing::post};
+/// use idem::core::policy::OnConcurrent;
+/// use idem::{IdempotencyLayer, MemoryStore};
 ///
-/// # fn main() -> Result<(), idem::policy::ConfigError> {
+/// # fn main() -> Result<(), idem::ConfigError> {
 /// let layer = IdempotencyLayer::builder(MemoryStore::new())
 ///     .ttl(Duration::from_secs(3600))
 ///     .lease(Duration::from_secs(10))
@@ -46,7 +47,13 @@ pub(crate) struct Shared<St: Store> {
 ///
 /// // Out-of-range values are an error, not a panic.
 /// assert!(IdempotencyLayer::builder(MemoryStore::new()).ttl(Duration::ZERO).build().is_err());
+///
+/// let app: Router = Router::new()
+///     .route("/payments", post(|| async { "paid" }))
+///     .layer(layer);
+/// # let _ = app;
 /// # Ok(()) }
+/// # main().unwrap(); }
 /// ```
 ///
 /// A [`Policy`] made elsewhere (e.g. read from a configuration file) is one more
@@ -63,10 +70,9 @@ pub(crate) struct Shared<St: Store> {
 /// ```
 /// # #[cfg(feature = "axum")] {
 /// use axum::{Router, routing::post};
-/// use idem::IdempotencyLayer;
-/// use idem::store::MemoryStore;
+/// use idem::{IdempotencyLayer, MemoryStore};
 ///
-/// # fn main() -> Result<(), idem::policy::ConfigError> {
+/// # fn main() -> Result<(), idem::ConfigError> {
 /// let store = MemoryStore::new();
 /// let payments = Router::new()
 ///     .route("/payments", post(|| async { "paid" }))
@@ -120,8 +126,8 @@ impl<St: Store> IdempotencyLayer<St> {
     }
 
     /// The tracker of the tasks that run protected requests to the end even when their
-    /// client went away (R6). On shutdown, `close()` it and `wait()` so every started
-    /// operation records its result.
+    /// client went away ([R6](crate::contract#r6)). On shutdown, `close()` it and
+    /// `wait()` so every started operation records its result.
     pub fn tasks(&self) -> &TaskTracker {
         &self.shared.tracker
     }

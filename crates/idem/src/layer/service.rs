@@ -24,8 +24,9 @@ use crate::context::{IdempotencyContext, IdempotencyHandle};
 /// The middleware made by [`IdempotencyLayer`](super::IdempotencyLayer).
 ///
 /// A client that disconnects cannot cancel a protected request once it owns its record:
-/// the exchange moves to a task of its own, finishes and its result is recorded (R6).
-/// Hence the inner service must be `Clone + Send + 'static`.
+/// the exchange moves to a task of its own, finishes and its result is recorded
+/// ([R6](crate::contract#r6)). Hence the inner service must be `Clone + Send +
+/// 'static`.
 pub struct Idempotency<S, St: Store> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared<St>>,
@@ -111,7 +112,7 @@ fn answered(answer: Answer, decision: &mut Decision) -> Response<Body> {
 }
 
 /// Renders a problem of the layer's own (a failure while executing) under the
-/// policy's `type` base (R17), as the engine renders its answers.
+/// policy's `type` base ([R17](crate::contract#r17)), as the engine renders its answers.
 fn problem(policy: &Policy, p: &Problem) -> Response<Body> {
     policy.problems().render(p).map(Body::full)
 }
@@ -284,7 +285,8 @@ fn from_snapshot(snapshot: Snapshot) -> Response<Body> {
 }
 
 /// Calls the inner service as the record's owner, then completes or releases the record
-/// before the response leaves (R7, R12, R13, R19).
+/// before the response leaves ([R7](crate::contract#r7), [R12](crate::contract#r12),
+/// [R13](crate::contract#r13), [R19](crate::contract#r19)).
 async fn execute<S, St, ResB>(
     shared: &Shared<St>,
     mut inner: S,

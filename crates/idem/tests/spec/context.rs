@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::routing::post;
 use http::{Method, StatusCode};
-use idem::store::MemoryStore;
+use idem::core::store::MemoryStore;
 use idem::{IdempotencyContext, IdempotencyLayer};
 use idem_testkit::Client;
 

@@ -8,10 +8,10 @@ use axum::Router;
 use axum::routing::post;
 use http::{Method, StatusCode};
 use idem::IdempotencyLayer;
-use idem::fingerprint::FingerprintMode;
-use idem::policy::OnConcurrent;
-use idem::record::{Record, RecordId, Snapshot};
-use idem::store::{
+use idem::core::fingerprint::FingerprintMode;
+use idem::core::policy::OnConcurrent;
+use idem::core::record::{Record, RecordId, Snapshot};
+use idem::core::store::{
     Claim, ClaimRequest, Finish, Lease, ListFilter, ListPage, MemoryStore, Store, StoreError, Watch,
 };
 use idem_testkit::Client;

@@ -7,8 +7,8 @@ mod layer;
 
 use axum::Router;
 use idem::IdempotencyLayer;
-use idem::policy::Policy;
-use idem::store::Store;
+use idem::core::policy::Policy;
+use idem::core::store::Store;
 use idem_testkit::{CountingUpstream, Front, Start};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -60,7 +60,7 @@ impl Start for App {
 mod memory {
     idem_testkit::spec_tests!(idem_testkit::On::new(
         super::App,
-        idem::store::testkit::ManualFixture::memory
+        idem::core::store::testkit::ManualFixture::memory
     ));
 }
 

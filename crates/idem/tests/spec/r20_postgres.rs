@@ -14,10 +14,10 @@ use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
 use http::StatusCode;
+use idem::core::store::Finish;
 use idem::postgres::deadpool_postgres::Pool;
 use idem::postgres::{PgTransactional, PostgresStore, RecoveryPoint};
-use idem::store::Finish;
-use idem::{IdempotencyContext, IdempotencyLayer};
+use idem::{IdempotencyContext, IdempotencyLayer, Progress};
 use idem_testkit::Client;
 
 use super::r21_postgres::{PgSchema, bytea_hex, sealed};
@@ -50,6 +50,25 @@ struct App {
 }
 
 impl App {
+    /// The app over `store`'s pool, after creating its tables (`ddl`, with `{s}` for
+    /// the schema); its next request crashes at `crash_at`.
+    async fn with_tables(
+        store: &PostgresStore,
+        schema: &PgSchema,
+        ddl: &str,
+        crash_at: &'static str,
+    ) -> Self {
+        let app = Self {
+            pool: store.pool().clone(),
+            schema: schema.name.clone(),
+            bank: Bank::default(),
+            crash_at: Arc::new(Mutex::new(Some(crash_at))),
+        };
+        let client = store.pool().get().await.unwrap();
+        client.batch_execute(&app.sql(ddl)).await.unwrap();
+        app
+    }
+
     fn boundary(&self, name: &'static str) {
         let mut crash = self.crash_at.lock().unwrap();
         if *crash == Some(name) {
@@ -195,22 +214,15 @@ async fn crash_at_each_phase_boundary_resumes<St, Check, Checked>(
         "completed",
     ] {
         let (schema, store) = PgSchema::fresh().await;
-        let c = store.pool().get().await.unwrap();
-        c.batch_execute(&format!(
-            "CREATE TABLE \"{s}\".orders (key text PRIMARY KEY);
-             CREATE TABLE \"{s}\".ledger (key text PRIMARY KEY, charge text NOT NULL);
-             CREATE TABLE \"{s}\".receipts (key text PRIMARY KEY, charge text NOT NULL);",
-            s = schema.name
-        ))
-        .await
-        .unwrap();
-        drop(c);
-        let app = App {
-            pool: store.pool().clone(),
-            schema: schema.name.clone(),
-            bank: Bank::default(),
-            crash_at: Arc::new(Mutex::new(Some(boundary))),
-        };
+        let app = App::with_tables(
+            &store,
+            &schema,
+            "CREATE TABLE {s}.orders (key text PRIMARY KEY);
+             CREATE TABLE {s}.ledger (key text PRIMARY KEY, charge text NOT NULL);
+             CREATE TABLE {s}.receipts (key text PRIMARY KEY, charge text NOT NULL);",
+            boundary,
+        )
+        .await;
         let router = Router::new()
             .route("/checkout", post(checkout::<St>))
             .with_state(app.clone())
@@ -263,4 +275,115 @@ async fn crash_at_each_phase_boundary_resumes<St, Check, Checked>(
         drop(front);
         check(schema, store).await;
     }
+}
+
+/// What the typed checkout's phases keep (R20).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Kept {
+    order_id: Option<i64>,
+    charge: Option<String>,
+}
+
+/// A two-phase checkout on the typed progress: the order (phase 1, keeps its id), then
+/// the bank call between transactions and the ledger entry with the completion (R21),
+/// which reads phase 1's order id from the progress.
+async fn typed_checkout<St: PgTransactional>(
+    State(app): State<App>,
+    ctx: IdempotencyContext<St>,
+) -> Response {
+    let handle = ctx.handle().expect("protected");
+    let mut progress: Progress<Kept> = handle
+        .progress(&**app.pool.get().await.unwrap())
+        .await
+        .unwrap();
+    loop {
+        match progress.step() {
+            None => {
+                let mut client = app.pool.get().await.unwrap();
+                let tx = client.transaction().await.unwrap();
+                let row = tx
+                    .query_one(
+                        &app.sql("INSERT INTO {s}.orders (key) VALUES ($1) RETURNING id"),
+                        &[&handle.key().as_str()],
+                    )
+                    .await
+                    .unwrap();
+                progress.data.order_id = Some(row.get(0));
+                let finish = handle.advance(&*tx, &mut progress, "ordered").await;
+                assert_eq!(finish.unwrap(), Finish::Done);
+                tx.commit().await.unwrap();
+                app.boundary("ordered");
+            }
+            Some("ordered") => {
+                let charge = app.bank.charge(&handle.derived_key("charge"));
+                let order = progress.data.order_id.expect("phase 1's order id");
+                let mut client = app.pool.get().await.unwrap();
+                let tx = client.transaction().await.unwrap();
+                tx.execute(
+                    &app.sql("INSERT INTO {s}.ledger (order_id, charge) VALUES ($1, $2)"),
+                    &[&order, &charge],
+                )
+                .await
+                .unwrap();
+                let response = http::Response::builder()
+                    .status(StatusCode::CREATED)
+                    .body(Bytes::from(format!("order {order}, {charge}")))
+                    .unwrap();
+                let finish = handle.complete_in(&*tx, &response).await.unwrap();
+                assert_eq!(finish, Finish::Done);
+                tx.commit().await.unwrap();
+                return response.map(Body::from);
+            }
+            Some(other) => unreachable!("unknown step {other}"),
+        }
+    }
+}
+
+// R9, R20 through the layer: a crash after phase 1, then the same key with another
+// body is refused (422) while the first body's progress exists, also once the crashed
+// attempt's record is gone; the same body then resumes at phase 2 with phase 1's order
+// id from the typed progress, and nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r09_r20_crash_then_other_payload_is_refused_and_same_resumes() {
+    let (schema, store) = PgSchema::fresh().await;
+    let app = App::with_tables(
+        &store,
+        &schema,
+        "CREATE TABLE {s}.orders (id bigserial PRIMARY KEY, key text NOT NULL UNIQUE);
+         CREATE TABLE {s}.ledger (order_id bigint PRIMARY KEY, charge text NOT NULL);",
+        "ordered",
+    )
+    .await;
+    let router = Router::new()
+        .route("/checkout", post(typed_checkout::<PostgresStore>))
+        .with_state(app.clone())
+        .layer(IdempotencyLayer::new(store.clone()));
+    let front = serve(router).await;
+    let client = Client::new(front.addr);
+
+    let crashed = client.post("/checkout", "cart-9", "{\"amount\":100}").await;
+    assert_eq!(crashed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while schema.count(&store, "records").await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let other = client.post("/checkout", "cart-9", "{\"amount\":999}").await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY, "{other:?}");
+    assert_eq!(
+        schema.count(&store, "records").await,
+        0,
+        "refused, not claimed"
+    );
+
+    let resumed = client.post("/checkout", "cart-9", "{\"amount\":100}").await;
+    assert_eq!(resumed.status, StatusCode::CREATED, "{resumed:?}");
+    assert_eq!(resumed.body, "order 1, ch_0");
+    let replay = client.post("/checkout", "cart-9", "{\"amount\":100}").await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, resumed.body);
+    assert_eq!(count(&store, &schema.name, "orders").await, 1);
+    assert_eq!(count(&store, &schema.name, "ledger").await, 1);
+    assert_eq!(app.bank.charges.lock().unwrap().len(), 1);
 }

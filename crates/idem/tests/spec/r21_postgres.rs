@@ -13,11 +13,11 @@ use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
 use http::StatusCode;
+use idem::core::record::RecordId;
+use idem::core::store::testkit::{claim_req, sealing_keys, snapshot};
+use idem::core::store::{Claim, Finish, Sealed, Store, StoreError, Transactional};
 use idem::postgres::deadpool_postgres::Pool;
 use idem::postgres::{PgTransactional, PostgresStore, PostgresStoreConfig};
-use idem::record::RecordId;
-use idem::store::testkit::{claim_req, sealing_keys, snapshot};
-use idem::store::{Claim, Finish, Sealed, Store, StoreError, Transactional};
 use idem::{AnyStore, IdempotencyContext, IdempotencyLayer};
 use idem_testkit::Client;
 
@@ -173,7 +173,7 @@ fn app<St: PgTransactional>(
 fn record_id(key: &str) -> RecordId {
     RecordId::new(
         idem_testkit::client::credential_scope(),
-        idem::IdempotencyKey::new(key).unwrap(),
+        idem::core::IdempotencyKey::new(key).unwrap(),
     )
 }
 
@@ -207,7 +207,7 @@ async fn completion_commits_with_business_write<St: PgTransactional>(
     };
     assert!(matches!(
         record.state,
-        idem::record::State::Completed { .. }
+        idem::core::record::State::Completed { .. }
     ));
 }
 
@@ -321,6 +321,6 @@ async fn r21_any_store_without_postgres_is_unsupported() {
     }
     assert!(matches!(
         memory.lookup(&id).await.unwrap().map(|r| r.state),
-        Some(idem::record::State::InFlight { .. })
+        Some(idem::core::record::State::InFlight { .. })
     ));
 }
