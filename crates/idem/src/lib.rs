@@ -96,7 +96,7 @@ pub use any_store::{AnyStore, StoreUrlError};
 pub use body::{Body, BoxError};
 pub use context::{IdempotencyContext, IdempotencyHandle};
 pub use idem_core::{
-    Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
+    Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, cors, engine, fingerprint,
     headers, key, metrics, policy, problem, record, scope, store,
 };
 pub use layer::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, LayerTarget};

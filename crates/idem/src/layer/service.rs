@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::{Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::engine::{Answer, Begin, Completion, Disposition, Inspect, Ticket};
@@ -100,20 +100,31 @@ fn provide<St: Store>(extensions: &mut http::Extensions, ctx: IdempotencyContext
     extensions.insert(ctx);
 }
 
-/// Sends an answer of the engine as it is, noting it in the decision log.
-fn answered(answer: Answer, decision: &mut Decision) -> Response<Body> {
+/// Sends an answer of the engine (a problem or a replay), with the CORS headers that
+/// let a browser at `origin` read it, noting it in the decision log.
+fn answered(
+    policy: &Policy,
+    origin: Option<&HeaderValue>,
+    answer: Answer,
+    decision: &mut Decision,
+) -> Response<Body> {
     decision.store = answer.decided.store_time;
     decision.log(
         answer.decided.outcome,
         Some(answer.response.status().as_u16()),
     );
-    answer.response.map(Body::full)
+    let mut resp = answer.response;
+    policy.cors_origins().apply(origin, resp.headers_mut());
+    resp.map(Body::full)
 }
 
 /// Renders a problem of the layer's own (a failure while executing) under the
-/// policy's `type` base (R17), as the engine renders its answers.
-fn problem(policy: &Policy, p: &Problem) -> Response<Body> {
-    policy.problems().render(p).map(Body::full)
+/// policy's `type` base and shape (R17), as the engine renders its answers, readable by
+/// a browser at `origin`.
+fn problem(policy: &Policy, origin: Option<&HeaderValue>, p: &Problem) -> Response<Body> {
+    let mut resp = policy.problems().render(p);
+    policy.cors_origins().apply(origin, resp.headers_mut());
+    resp.map(Body::full)
 }
 
 async fn handle<S, St, ReqB, ResB>(
@@ -133,6 +144,9 @@ where
 {
     let engine = &shared.engine;
     let (mut parts, body) = req.into_parts();
+    let policy = engine.policy();
+    let origin = parts.headers.get(header::ORIGIN).cloned();
+    let origin = origin.as_ref();
     let pending = match engine.inspect(&parts) {
         Inspect::Pass => {
             provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
@@ -143,7 +157,7 @@ where
         }
         Inspect::Reject(answer) => {
             let mut decision = Decision::start(&parts.method, &parts.uri);
-            return Step::Done(Ok(answered(answer, &mut decision)));
+            return Step::Done(Ok(answered(policy, origin, answer, &mut decision)));
         }
         Inspect::Protect(pending) => pending,
     };
@@ -159,22 +173,37 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Step::Done(Ok(answered(engine.too_large(&pending), &mut decision)));
+        return Step::Done(Ok(answered(
+            policy,
+            origin,
+            engine.too_large(&pending),
+            &mut decision,
+        )));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Step::Done(Ok(answered(engine.too_large(&pending), &mut decision)));
+            return Step::Done(Ok(answered(
+                policy,
+                origin,
+                engine.too_large(&pending),
+                &mut decision,
+            )));
         }
         Err(e) => {
             tracing::debug!(error = %e, "request body unreadable");
-            return Step::Done(Ok(answered(engine.unreadable_body(), &mut decision)));
+            return Step::Done(Ok(answered(
+                policy,
+                origin,
+                engine.unreadable_body(),
+                &mut decision,
+            )));
         }
     };
 
     let id = pending.id().clone();
     match engine.begin(pending, &parts, &bytes).await {
-        Begin::Respond(answer) => Step::Done(Ok(answered(answer, &mut decision))),
+        Begin::Respond(answer) => Step::Done(Ok(answered(policy, origin, answer, &mut decision))),
         Begin::Unprotected(decided) => {
             decision.store = decided.store_time;
             provide::<St>(
@@ -197,7 +226,6 @@ where
         Begin::Execute(ticket) => {
             let decided = ticket.decided();
             decision.store = decided.store_time;
-            let policy = engine.policy();
             let handle = IdempotencyHandle::new(
                 ticket.lease().clone(),
                 policy.ttl(),
@@ -217,9 +245,11 @@ where
             // Counted by the tracker until it ends, inline or (client gone) on a task of
             // its own, so a graceful shutdown waits for it.
             let running = shared.tracker.token();
+            let origin = origin.cloned();
             Step::Execute(Box::pin(async move {
                 let _running = running;
-                let run = execute(&shared, inner, req, ticket, &handle, &mut decision);
+                let origin = origin.as_ref();
+                let run = execute(&shared, inner, req, ticket, &handle, origin, &mut decision);
                 let result = match AssertUnwindSafe(run).catch_unwind().await {
                     Ok(result) => result,
                     Err(_) => {
@@ -230,6 +260,7 @@ where
                         decision.record = Some("released");
                         Ok(problem(
                             shared.engine.policy(),
+                            origin,
                             &Problem::new(
                                 ProblemKind::Internal,
                                 "the service failed while handling the request; it may be retried with the same key",
@@ -265,6 +296,7 @@ async fn execute<S, St, ResB>(
     req: Request<Body>,
     ticket: Ticket<St>,
     handle: &IdempotencyHandle<St>,
+    origin: Option<&HeaderValue>,
     decision: &mut Decision,
 ) -> Result<Response<Body>, S::Error>
 where
@@ -358,6 +390,7 @@ where
                         release(engine, ticket, decision).await;
                         return Ok(problem(
                             engine.policy(),
+                            origin,
                             &Problem::new(
                                 ProblemKind::UpstreamUnavailable,
                                 "the upstream's response broke off; the request may be retried with the same key",
