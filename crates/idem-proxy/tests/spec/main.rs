@@ -1,5 +1,7 @@
 //! SPEC.md over HTTP against `idem serve`, in-process, on each single-machine store.
 
+mod browser;
+mod clients;
 #[path = "../common/mod.rs"]
 mod common;
 mod config_file;
