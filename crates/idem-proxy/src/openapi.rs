@@ -1135,6 +1135,7 @@ fn problem_schema(p: &Policy) -> Value {
                 text("title"),
                 text("status"),
                 text("detail"),
+                text("code"),
             ]),
         ),
         (
@@ -1160,6 +1161,19 @@ fn problem_schema(p: &Policy) -> Value {
                     ]),
                 ),
                 ("detail", obj([("type", text("string"))])),
+                (
+                    "code",
+                    obj([
+                        ("type", text("string")),
+                        ("description", text("The fragment of `type` alone.")),
+                        (
+                            "enum",
+                            Value::Sequence(
+                                ProblemKind::ALL.iter().map(|k| text(k.slug())).collect(),
+                            ),
+                        ),
+                    ]),
+                ),
                 (
                     "idempotency_key",
                     obj([
