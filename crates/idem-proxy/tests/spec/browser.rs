@@ -166,12 +166,11 @@ async fn a_browser_reads_replays_and_problems_under_cors() {
     let report = tokio::time::timeout(Duration::from_secs(60), reports.recv()).await;
     let _ = browser.kill();
     let out = browser.wait_with_output().unwrap();
-    let report = match report {
-        Ok(Some(r)) => r,
-        _ => panic!(
+    let Ok(Some(report)) = report else {
+        panic!(
             "the page reported nothing; Chromium said:\n{}",
             String::from_utf8_lossy(&out.stderr)
-        ),
+        )
     };
     let r: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert!(r.get("error").is_none(), "the page failed: {r}");
