@@ -23,23 +23,25 @@ const STRIPE_SHAPE: &str = r#"{
     }
 }"#;
 
-/// Sends `POST /charges?delay_ms=…` with `key` in the background, and waits until the
-/// upstream has started it (its executions reach `executions`).
-async fn start_slow(
+/// Sends a 2-second `POST /charges` with `key` in the background, waits until the
+/// upstream has started it (its executions reach `executions`), then sends it again:
+/// answers the duplicate's 409 and, once done, the first request's answer.
+async fn duplicate_in_flight(
     client: &Client,
     upstream: &CountingUpstream,
     key: &'static str,
     executions: u64,
-) -> tokio::task::JoinHandle<Resp> {
+) -> (Resp, Resp) {
+    const SLOW: &str = "/charges?delay_ms=2000";
     let c = client.clone();
-    let first = tokio::spawn(async move {
-        c.post("/charges?delay_ms=2000", key, "{\"amount\":5}")
-            .await
-    });
+    let first = tokio::spawn(async move { c.post(SLOW, key, "{\"amount\":5}").await });
     while upstream.executions() < executions {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    first
+    let duplicate = client.post(SLOW, key, "{\"amount\":5}").await;
+    assert_eq!(duplicate.status, 409, "{duplicate:?}");
+    assert_eq!(upstream.executions(), executions);
+    (duplicate, first.await.unwrap())
 }
 
 /// `Retry-After` as a number of seconds.
@@ -69,11 +71,7 @@ async fn r17_problem_templates_shape_answers_of_the_binary() {
     .await;
     let client = Client::new(proc.addr);
 
-    let first = start_slow(&client, &upstream, "shape-1", 1).await;
-    let conflict = client
-        .post("/charges?delay_ms=2000", "shape-1", "{\"amount\":5}")
-        .await;
-    assert_eq!(conflict.status, 409);
+    let (conflict, first) = duplicate_in_flight(&client, &upstream, "shape-1", 1).await;
     assert_eq!(
         conflict.header("content-type"),
         Some("application/json; charset=utf-8")
@@ -91,7 +89,7 @@ async fn r17_problem_templates_shape_answers_of_the_binary() {
     );
     assert_eq!(error["retry_after"], retry_after(&conflict));
     assert!(error["doc_url"].as_str().unwrap().ends_with("#in-flight"));
-    assert_eq!(first.await.unwrap().status, 201);
+    assert_eq!(first.status, 201);
 
     let mismatch = client.post("/charges", "shape-1", "{\"amount\":6}").await;
     assert_eq!(mismatch.status, 422);
@@ -178,24 +176,16 @@ async fn r10_retry_after_is_a_short_honest_hint() {
     let client = Client::new(proc.addr);
 
     // Nothing finished yet: the shortest hint.
-    let first = start_slow(&client, &upstream, "hint-1", 1).await;
-    let conflict = client
-        .post("/charges?delay_ms=2000", "hint-1", "{\"amount\":5}")
-        .await;
-    assert_eq!(conflict.status, 409);
-    let early = retry_after(&conflict);
+    let (early, first) = duplicate_in_flight(&client, &upstream, "hint-1", 1).await;
+    assert_eq!(early.json()["code"], "in-flight");
+    let early = retry_after(&early);
     assert!((1..=3).contains(&early), "Retry-After {early}");
-    assert_eq!(conflict.json()["code"], "in-flight");
-    assert_eq!(first.await.unwrap().status, 201);
+    assert_eq!(first.status, 201);
 
     // A 2-second request finished: the hint is at least its 2 seconds.
-    let second = start_slow(&client, &upstream, "hint-2", 2).await;
-    let conflict = client
-        .post("/charges?delay_ms=2000", "hint-2", "{\"amount\":5}")
-        .await;
-    assert_eq!(conflict.status, 409);
-    let learned = retry_after(&conflict);
+    let (learned, second) = duplicate_in_flight(&client, &upstream, "hint-2", 2).await;
+    let learned = retry_after(&learned);
     assert!((2..=3).contains(&learned), "Retry-After {learned}");
-    assert_eq!(second.await.unwrap().status, 201);
+    assert_eq!(second.status, 201);
     assert_eq!(upstream.executions(), 2);
 }
