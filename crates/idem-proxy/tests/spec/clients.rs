@@ -60,6 +60,7 @@ async fn r17_problem_templates_shape_answers_of_the_binary() {
     let file = dir.path().join("errors.json");
     std::fs::write(&file, STRIPE_SHAPE).unwrap();
     let up = format!("http://{}", upstream.addr());
+    let admin = crate::common::free_addr().to_string();
     let proc = serve(&[
         "--upstream",
         &up,
@@ -67,6 +68,10 @@ async fn r17_problem_templates_shape_answers_of_the_binary() {
         "memory",
         "--problem-template-file",
         file.to_str().unwrap(),
+        "--admin-listen",
+        &admin,
+        "--admin-token",
+        "admin-token-0123456789",
     ])
     .await;
     let client = Client::new(proc.addr);
@@ -105,6 +110,19 @@ async fn r17_problem_templates_shape_answers_of_the_binary() {
     );
     assert!(mismatch.json()["error"]["message"].is_string());
     assert_eq!(upstream.executions(), 1);
+
+    // The admin API answers in the same shape.
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin = Client::new(admin)
+        .anonymous()
+        .send(http::Method::GET, "/admin/keys", &[], b"")
+        .await;
+    assert_eq!(admin.status, 401);
+    assert_eq!(admin.json()["error"]["code"], "admin-unauthorized");
+    assert_eq!(admin.json()["error"]["status"], 401);
 }
 
 // R17: a template that names an unknown value, or is not JSON, is refused at startup
