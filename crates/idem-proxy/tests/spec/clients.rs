@@ -113,7 +113,11 @@ async fn r17_problem_templates_shape_answers_of_the_binary() {
 
     // The admin API answers in the same shape.
     let admin: std::net::SocketAddr = admin.parse().unwrap();
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
+    for tries in 0.. {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() {
+            break;
+        }
+        assert!(tries < 1500, "no admin listener on {admin}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let admin = Client::new(admin)
