@@ -21,6 +21,7 @@
 //! `renewal`), so a request costs no task and no timer of its own.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fingerprint::Fingerprint;
@@ -31,6 +32,7 @@ use crate::policy::{AmbiguousFailure, KeySource, OnConcurrent, Policy, StoreFail
 use crate::problem::{Problem, ProblemKind};
 use crate::record::{NotRetained, OwnerToken, Record, RecordId, Snapshot, SnapshotBody};
 use crate::renewal::{Registration, Renewals};
+use crate::retry_hint::HoldTime;
 use crate::store::{Claim, ClaimRequest, Finish, Lease, Store, StoreError};
 use bytes::Bytes;
 use http::{HeaderValue, Response, request, response};
@@ -56,6 +58,8 @@ pub struct Engine<St> {
     store: St,
     policy: Policy,
     renewals: Renewals<St>,
+    /// How long claims were recently held: the 409's `Retry-After` hint (R10).
+    held: Arc<HoldTime>,
 }
 
 /// What to do with a request, judged from its head.
@@ -155,6 +159,9 @@ pub struct Ticket<St: Store> {
     store: St,
     renewal: Option<Registration<St>>,
     decided: Decided,
+    /// When it was claimed, and where its hold time counts (R10).
+    claimed: tokio::time::Instant,
+    held: Arc<HoldTime>,
 }
 
 impl<St: Store> Ticket<St> {
@@ -191,6 +198,7 @@ impl<St: Store> Ticket<St> {
 impl<St: Store> Drop for Ticket<St> {
     fn drop(&mut self) {
         self.renewal = None;
+        self.held.record(self.claimed.elapsed());
         // Every ticket counted in by `Engine::ticket` is counted out here, once.
         metrics::in_flight(-1.0);
         if let Some(lease) = self.lease.take() {
@@ -221,6 +229,7 @@ impl<St: Store> Engine<St> {
             store,
             policy,
             renewals,
+            held: Arc::default(),
         }
     }
 
@@ -444,14 +453,14 @@ impl<St: Store> Engine<St> {
         }
     }
 
-    fn conflict(&self, id: &RecordId, retry_after: Duration, store_time: Duration) -> Answer {
+    fn conflict(&self, id: &RecordId, lease_left: Duration, store_time: Duration) -> Answer {
         let problem = Problem::new(
             ProblemKind::InFlight,
             "a request with this idempotency key is still being processed; \
              retry later with the same key to receive its response",
         )
         .with_key(id.key())
-        .with_retry_after(retry_after);
+        .with_retry_after(self.held.hint(lease_left, self.policy.retry_after_max));
         self.refuse(&problem, Outcome::Conflict, store_time)
     }
 
@@ -535,6 +544,8 @@ impl<St: Store> Engine<St> {
             lease: Some(lease),
             store: self.store.clone(),
             decided,
+            claimed: tokio::time::Instant::now(),
+            held: Arc::clone(&self.held),
         }
     }
 

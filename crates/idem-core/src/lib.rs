@@ -49,6 +49,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod clock;
+pub mod cors;
 pub mod engine;
 pub mod fingerprint;
 pub mod headers;
@@ -58,6 +59,7 @@ pub mod policy;
 pub mod problem;
 pub mod record;
 mod renewal;
+mod retry_hint;
 pub mod scope;
 pub mod store;
 

@@ -11,10 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, Method, StatusCode};
 
+use crate::cors::CorsOrigins;
 use crate::fingerprint::FingerprintMode;
 use crate::headers;
 use crate::key::DEFAULT_MAX_KEY_LEN;
-use crate::problem::Problems;
+use crate::problem::{ProblemTemplates, Problems};
 use crate::record::{NotRetained, ReasonPhrase, Snapshot, SnapshotBody};
 use crate::scope::ScopeSource;
 
@@ -296,6 +297,8 @@ pub struct Policy {
     pub(crate) streaming_types: Vec<String>,
     pub(crate) completion_attempts: u32,
     pub(crate) problems: Problems,
+    pub(crate) retry_after_max: Duration,
+    pub(crate) cors_origins: CorsOrigins,
 }
 
 impl Default for Policy {
@@ -329,6 +332,8 @@ impl Default for Policy {
             streaming_types: vec!["text/event-stream".to_owned()],
             completion_attempts: 3,
             problems: Problems::default(),
+            retry_after_max: Duration::from_secs(10),
+            cors_origins: CorsOrigins::default(),
         }
     }
 }
@@ -448,6 +453,14 @@ impl Policy {
     /// How problems are rendered: under [`problem_base`](Self::problem_base) (R17).
     pub fn problems(&self) -> &Problems {
         &self.problems
+    }
+    /// The longest `Retry-After` a duplicate in progress is told (R10).
+    pub fn retry_after_max(&self) -> Duration {
+        self.retry_after_max
+    }
+    /// The browser origins that may read idem's own answers and replays (CORS).
+    pub fn cors_origins(&self) -> &CorsOrigins {
+        &self.cors_origins
     }
     /// How many times a failing completion write is tried (R7).
     pub fn completion_attempts(&self) -> u32 {
@@ -667,7 +680,26 @@ impl<T> PolicyBuilder<T> {
     pub fn problem_base(mut self, base: impl Into<String>) -> Self {
         let base = base.into();
         let base = base.strip_suffix('#').unwrap_or(&base);
-        self.policy.problems = Problems::under(Some(base.into()));
+        self.policy.problems = std::mem::take(&mut self.policy.problems).under(Some(base.into()));
+        self
+    }
+    /// Answers idem's own errors in the API's own shape (R17; default: RFC 9457
+    /// documents): a template per problem kind, see [`ProblemTemplates`].
+    pub fn problem_templates(mut self, templates: ProblemTemplates) -> Self {
+        self.policy.problems = std::mem::take(&mut self.policy.problems).shaped(templates);
+        self
+    }
+    /// The longest `Retry-After` a duplicate in progress is told (R10; default 10 s, at
+    /// least 1 s). The hint is how long this route's requests recently held their key,
+    /// at least 1 s and never more than the owner's remaining lease or this.
+    pub fn retry_after_max(mut self, d: Duration) -> Self {
+        self.policy.retry_after_max = d;
+        self
+    }
+    /// The browser origins that may read idem's own answers and replays (CORS; default
+    /// none). See [`CorsOrigins`].
+    pub fn cors_origins(mut self, origins: CorsOrigins) -> Self {
+        self.policy.cors_origins = origins;
         self
     }
     /// How many times a failing completion write is tried (R7; default 3, at least 1).
@@ -716,6 +748,9 @@ impl<T> PolicyBuilder<T> {
                 "mismatch_status",
                 "must be 422 or 400 (409 means in progress, R10)",
             ));
+        }
+        if p.retry_after_max < Duration::from_secs(1) {
+            return Err(invalid("retry_after_max", "must be at least 1s"));
         }
         if p.completion_attempts == 0 {
             return Err(invalid("completion_attempts", "must be at least 1"));

@@ -5,13 +5,19 @@
 //! `detail`. A [`Problem`] becomes a response only through [`Problems::render`], which
 //! puts every `type` under one deployment's base, so the engine's, the layer's and the
 //! proxy's own answers cannot disagree on it.
+//!
+//! An operator may give these answers the protected API's own error shape instead of
+//! RFC 9457's ([`ProblemTemplates`]): a JSON template per kind, whose string values
+//! `"{detail}"`, `"{status}"`… are replaced by the typed values of each problem.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::Value;
 
 /// The base of every problem `type` URI; the fragment names a section of
 /// `docs/problems.md`, which explains the error to client developers.
@@ -430,12 +436,27 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Problems {
     base: Option<Arc<str>>,
+    templates: Option<Arc<ProblemTemplates>>,
 }
 
 impl Problems {
-    /// Problems under `base` (without a trailing `#`), checked by the policy builder.
-    pub(crate) fn under(base: Option<Arc<str>>) -> Self {
-        Self { base }
+    /// These problems under `base` (without a trailing `#`), checked by the policy
+    /// builder.
+    pub(crate) fn under(self, base: Option<Arc<str>>) -> Self {
+        Self { base, ..self }
+    }
+
+    /// These problems in the shapes of `templates`.
+    pub(crate) fn shaped(self, templates: ProblemTemplates) -> Self {
+        Self {
+            templates: Some(Arc::new(templates)),
+            ..self
+        }
+    }
+
+    /// The operator's templates, when set.
+    pub fn templates(&self) -> Option<&ProblemTemplates> {
+        self.templates.as_deref()
     }
 
     /// The base when not [`TYPE_BASE`].
@@ -458,6 +479,7 @@ impl Problems {
             "title": problem.kind.title(),
             "status": problem.status.as_u16(),
             "detail": problem.detail,
+            "code": problem.kind.slug(),
         });
         if let Some(key) = &problem.key {
             doc["idempotency_key"] = key.as_str().into();
@@ -468,19 +490,259 @@ impl Problems {
         doc
     }
 
-    /// The full HTTP response for `problem`: its status, the document, `no-store`, and
-    /// `Retry-After` when it has one.
+    /// The body and content type `problem` is answered with: the operator's template
+    /// for its kind when there is one, else the RFC 9457 [`document`](Self::document).
+    pub fn body(&self, problem: &Problem) -> (HeaderValue, Value) {
+        match self.templates.as_deref().and_then(|t| t.get(problem.kind)) {
+            Some(template) => (
+                template.content_type.clone(),
+                template.fill(&self.values(problem)),
+            ),
+            None => (
+                HeaderValue::from_static(CONTENT_TYPE),
+                self.document(problem),
+            ),
+        }
+    }
+
+    /// The values a template can name, for `problem`.
+    fn values(&self, problem: &Problem) -> Values {
+        Values {
+            status: problem.status.as_u16().into(),
+            type_uri: self.type_uri(problem.kind).into(),
+            code: problem.kind.slug().into(),
+            title: problem.kind.title().into(),
+            detail: problem.detail.as_str().into(),
+            key: problem.key.as_deref().map_or(Value::Null, Value::from),
+            retry_after: problem.retry_after.map_or(Value::Null, Value::from),
+            original_status: problem.original_status.map_or(Value::Null, Value::from),
+        }
+    }
+
+    /// The full HTTP response for `problem`: its status, its [`body`](Self::body),
+    /// `no-store`, and `Retry-After` when it has one.
     pub fn render(&self, problem: &Problem) -> Response<Bytes> {
-        let body = Bytes::from(self.document(problem).to_string());
-        let mut resp = Response::new(body);
+        let (content_type, body) = self.body(problem);
+        let mut resp = Response::new(Bytes::from(body.to_string()));
         *resp.status_mut() = problem.status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        h.insert(header::CONTENT_TYPE, content_type);
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(secs) = problem.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+/// The names a template's string values may be, each standing for one value of the
+/// problem: `"{status}"` is replaced by the status as a number, `"{detail}"` by the
+/// detail as a string, and so on. An absent value (no key echoed, no `Retry-After`)
+/// becomes `null`.
+pub const TEMPLATE_VALUES: &[&str] = &[
+    "status",
+    "type",
+    "code",
+    "title",
+    "detail",
+    "key",
+    "retry_after",
+    "original_status",
+];
+
+/// The values of one problem, by template name.
+struct Values {
+    status: Value,
+    type_uri: Value,
+    code: Value,
+    title: Value,
+    detail: Value,
+    key: Value,
+    retry_after: Value,
+    original_status: Value,
+}
+
+impl Values {
+    fn get(&self, name: &str) -> Option<&Value> {
+        Some(match name {
+            "status" => &self.status,
+            "type" => &self.type_uri,
+            "code" => &self.code,
+            "title" => &self.title,
+            "detail" => &self.detail,
+            "key" => &self.key,
+            "retry_after" => &self.retry_after,
+            "original_status" => &self.original_status,
+            _ => return None,
+        })
+    }
+}
+
+/// The name in a placeholder string, `{name}`: braces around a lower-case word.
+fn placeholder(s: &str) -> Option<&str> {
+    let name = s.strip_prefix('{')?.strip_suffix('}')?;
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')).then_some(name)
+}
+
+/// One answer shape: a content type and a JSON body template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProblemTemplate {
+    content_type: HeaderValue,
+    body: Value,
+}
+
+impl ProblemTemplate {
+    /// The content type answers of this shape are sent with.
+    pub fn content_type(&self) -> &HeaderValue {
+        &self.content_type
+    }
+
+    /// The body with every placeholder replaced by its value. Values go in as JSON
+    /// values, never as text, so the result is valid JSON whatever they contain.
+    fn fill(&self, values: &Values) -> Value {
+        fn walk(v: &Value, values: &Values) -> Value {
+            match v {
+                Value::String(s) => placeholder(s)
+                    .and_then(|name| values.get(name))
+                    .cloned()
+                    .unwrap_or_else(|| v.clone()),
+                Value::Array(items) => items.iter().map(|i| walk(i, values)).collect(),
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .map(|(k, i)| (k.clone(), walk(i, values)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
+        walk(&self.body, values)
+    }
+}
+
+/// A template file that cannot be used, in one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(String);
+
+/// The shapes an operator gives idem's answers, instead of RFC 9457 documents (R17):
+/// a template per problem kind (by slug) and one for every other kind (`"*"`).
+///
+/// Written as JSON: each entry has a `body`, any JSON value in which a string exactly
+/// equal to `"{name}"` (one of [`TEMPLATE_VALUES`]) is replaced by that value, typed,
+/// and an optional `content_type` (default `application/json`).
+///
+/// ```
+/// use idem_core::problem::{Problem, ProblemKind, ProblemTemplates};
+/// use idem_core::Policy;
+///
+/// let templates = ProblemTemplates::parse(r#"{
+///     "*": {"body": {"error": {"type": "idempotency_error", "code": "{code}",
+///                              "message": "{detail}", "status": "{status}"}}}
+/// }"#).unwrap();
+/// let policy = Policy::builder().problem_templates(templates).build().unwrap();
+/// let resp = policy.problems().render(&Problem::new(ProblemKind::InFlight, "busy \"now\""));
+/// assert_eq!(resp.status(), 409);
+/// assert_eq!(resp.headers()["content-type"], "application/json");
+/// let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+/// assert_eq!(body["error"]["message"], "busy \"now\"");
+/// assert_eq!(body["error"]["status"], 409);
+///
+/// // A name that is not a value is refused.
+/// assert!(ProblemTemplates::parse(r#"{"*": {"body": "{message}"}}"#).is_err());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProblemTemplates {
+    kinds: HashMap<ProblemKind, ProblemTemplate>,
+    fallback: Option<ProblemTemplate>,
+}
+
+impl ProblemTemplates {
+    /// Reads and checks templates written as JSON: every key a problem slug or `"*"`,
+    /// every entry a `body` and an optional `content_type`, every placeholder a known
+    /// value.
+    ///
+    /// # Errors
+    ///
+    /// [`TemplateError`] saying, in one line, what is wrong and where.
+    pub fn parse(json: &str) -> Result<Self, TemplateError> {
+        let fail = |m: String| Err(TemplateError(m));
+        let doc: Value = match serde_json::from_str(json) {
+            Ok(v) => v,
+            Err(e) => return fail(format!("not valid JSON: {e}")),
+        };
+        let Value::Object(entries) = doc else {
+            return fail("expected a JSON object of problem slugs (or \"*\") to templates".into());
+        };
+        let mut out = Self::default();
+        for (slug, entry) in entries {
+            let kind = if slug == "*" {
+                None
+            } else {
+                match ProblemKind::ALL.iter().find(|k| k.slug() == slug) {
+                    Some(k) => Some(*k),
+                    None => return fail(format!("`{slug}` is not a problem slug or \"*\"")),
+                }
+            };
+            let template = Self::entry(&slug, entry)?;
+            match kind {
+                Some(k) => {
+                    out.kinds.insert(k, template);
+                }
+                None => out.fallback = Some(template),
+            }
+        }
+        Ok(out)
+    }
+
+    fn entry(slug: &str, entry: Value) -> Result<ProblemTemplate, TemplateError> {
+        let fail = |m: String| Err(TemplateError(format!("`{slug}`: {m}")));
+        let Value::Object(mut fields) = entry else {
+            return fail("expected an object with `body` and `content_type`".into());
+        };
+        if let Some(other) = fields.keys().find(|k| *k != "body" && *k != "content_type") {
+            return fail(format!(
+                "unknown member `{other}` (expected `body` and `content_type`)"
+            ));
+        }
+        let content_type = match fields.remove("content_type") {
+            None => HeaderValue::from_static("application/json"),
+            Some(Value::String(ct)) => match HeaderValue::from_str(&ct) {
+                Ok(v) if ct.contains('/') && ct.is_ascii() => v,
+                _ => return fail(format!("`content_type` `{ct}` is not a media type")),
+            },
+            Some(_) => return fail("`content_type` must be a string".into()),
+        };
+        let Some(body) = fields.remove("body") else {
+            return fail("missing `body`".into());
+        };
+        if let Some(name) = unknown_value(&body) {
+            return fail(format!(
+                "`{{{name}}}` names no value (known: {})",
+                TEMPLATE_VALUES
+                    .iter()
+                    .map(|v| format!("{{{v}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(ProblemTemplate { content_type, body })
+    }
+
+    /// The template for `kind`: its own, else the one for every kind.
+    pub fn get(&self, kind: ProblemKind) -> Option<&ProblemTemplate> {
+        self.kinds.get(&kind).or(self.fallback.as_ref())
+    }
+}
+
+/// The first placeholder in `v` that names no value.
+fn unknown_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => {
+            placeholder(s).and_then(|n| (!TEMPLATE_VALUES.contains(&n)).then(|| n.to_owned()))
+        }
+        Value::Array(items) => items.iter().find_map(unknown_value),
+        Value::Object(map) => map.values().find_map(unknown_value),
+        _ => None,
     }
 }
 
@@ -532,5 +794,83 @@ mod tests {
             ProblemKind::InFlight.type_uri_at(TYPE_BASE),
             ProblemKind::InFlight.type_uri()
         );
+    }
+
+    // R17: every default document names its kind in `code`, as API error envelopes do.
+    #[test]
+    fn r17_documents_carry_their_code() {
+        for kind in ProblemKind::ALL {
+            let doc = Problems::default().document(&Problem::new(*kind, "d"));
+            assert_eq!(doc["code"], kind.slug());
+        }
+    }
+
+    // R17: a template gets typed values, escaped as JSON whatever they contain.
+    #[test]
+    fn r17_templates_fill_typed_values() {
+        let t = ProblemTemplates::parse(
+            r#"{
+                "*": {"content_type": "application/vnd.api+json",
+                      "body": {"errors": [{"code": "{code}", "status": "{status}",
+                                           "detail": "{detail}", "key": "{key}",
+                                           "wait": "{retry_after}", "was": "{original_status}",
+                                           "type": "{type}", "title": "{title}",
+                                           "literal": "{detail} and more", "n": 7}]}},
+                "payload-mismatch": {"body": {"error": {"message": "{detail}"}}}
+            }"#,
+        )
+        .unwrap();
+        let problems = Problems::default().shaped(t);
+        let nasty = "quote \" backslash \\ newline \n brace {detail} \u{0}";
+        let p = Problem::new(ProblemKind::InFlight, nasty)
+            .with_key("k\"1")
+            .with_retry_after(Duration::from_secs(3));
+        let resp = problems.render(&p);
+        assert_eq!(resp.status(), 409);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/vnd.api+json"
+        );
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+        let doc: Value = serde_json::from_slice(resp.body()).unwrap();
+        let e = &doc["errors"][0];
+        assert_eq!(e["code"], "in-flight");
+        assert_eq!(e["status"], 409);
+        assert_eq!(e["detail"], nasty);
+        assert_eq!(e["key"], "k\"1");
+        assert_eq!(e["wait"], 3);
+        assert_eq!(e["was"], Value::Null);
+        assert_eq!(e["type"], ProblemKind::InFlight.type_uri());
+        assert_eq!(e["title"], ProblemKind::InFlight.title());
+        assert_eq!(e["literal"], "{detail} and more");
+        assert_eq!(e["n"], 7);
+        // A kind's own template wins over `*`.
+        let resp = problems.render(&Problem::new(ProblemKind::PayloadMismatch, "used"));
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let doc: Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(doc, serde_json::json!({"error": {"message": "used"}}));
+    }
+
+    // R17: operator input is checked, each mistake named in one line.
+    #[test]
+    fn r17_bad_templates_are_refused() {
+        for (bad, says) in [
+            ("{", "not valid JSON"),
+            ("[]", "JSON object"),
+            (r#"{"in-flite": {"body": 1}}"#, "`in-flite`"),
+            (r#"{"*": 1}"#, "expected an object"),
+            (r#"{"*": {}}"#, "missing `body`"),
+            (r#"{"*": {"body": 1, "headers": {}}}"#, "`headers`"),
+            (
+                r#"{"*": {"body": 1, "content_type": "json"}}"#,
+                "media type",
+            ),
+            (r#"{"*": {"body": 1, "content_type": 5}}"#, "string"),
+            (r#"{"*": {"body": {"a": ["{message}"]}}}"#, "`{message}`"),
+        ] {
+            let err = ProblemTemplates::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }

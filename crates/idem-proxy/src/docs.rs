@@ -7,9 +7,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use idem::core::ProblemKind;
 use idem::core::policy::{KeySource, OnConcurrent, Policy, Unscoped};
 use idem::core::problem::Audience;
+use idem::core::{Problem, ProblemKind};
 
 use crate::routes::Route;
 
@@ -90,13 +90,23 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
     );
 
     let _ = writeln!(w, "## Status codes idem may answer\n");
-    let _ = writeln!(
-        w,
-        "Besides your API's own responses, these come from the idempotency layer, as \
-         `application/problem+json` (RFC 9457). Branch on `type`, which is \
-         `{base}#` followed by the fragment below (this page's sections); `detail` is \
-         prose for humans.\n"
-    );
+    if policy.problems().templates().is_some() {
+        let _ = writeln!(
+            w,
+            "Besides your API's own responses, these come from the idempotency layer, in \
+             this API's error shape (each section below shows an example). Branch on the \
+             code, which is the fragment below (this page's sections); the message is \
+             prose for humans.\n"
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "Besides your API's own responses, these come from the idempotency layer, as \
+             `application/problem+json` (RFC 9457). Branch on `type`, which is \
+             `{base}#` followed by the fragment below (this page's sections), or on `code`, \
+             the fragment alone; `detail` is prose for humans.\n"
+        );
+    }
     let _ = writeln!(w, "| status | `type` | what to do |");
     let _ = writeln!(w, "|---|---|---|");
     for kind in client_kinds() {
@@ -120,8 +130,33 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
             kind.title(),
             kind.explanation()
         );
+        let _ = writeln!(w, "{}", example(policy, kind));
     }
     md
+}
+
+/// An example answer of `kind` as this deployment sends it: its content type and body.
+fn example(policy: &Policy, kind: ProblemKind) -> String {
+    let mut problem = Problem::new(kind, "A sentence about this request, for humans.");
+    problem.status = http::StatusCode::from_u16(status_of(policy, kind)).unwrap_or(problem.status);
+    if !matches!(
+        kind,
+        ProblemKind::InvalidKey | ProblemKind::MissingKey | ProblemKind::UnscopedRequest
+    ) {
+        problem.key = Some("4f0c9a1e-5b7d-4e2a-9c3f-8d6b1a2e7f90".to_owned());
+    }
+    if matches!(kind, ProblemKind::InFlight | ProblemKind::StoreUnavailable) {
+        problem.retry_after = Some(1);
+    }
+    if kind == ProblemKind::NotRetained {
+        problem.original_status = Some(201);
+    }
+    let (content_type, body) = policy.problems().body(&problem);
+    let body = serde_json::to_string_pretty(&body).unwrap_or_default();
+    format!(
+        "For example (`Content-Type: {}`):\n\n```json\n{body}\n```\n",
+        content_type.to_str().unwrap_or("application/json")
+    )
 }
 
 /// How keys are kept apart (R4): by which headers, and what a keyed request without
@@ -294,5 +329,35 @@ mod tests {
             let slug = kind.slug();
             assert!(page.contains(&format!("\n## {slug}\n")), "{slug}");
         }
+    }
+
+    // R17: the page shows each answer in the shape this deployment sends.
+    #[test]
+    fn r17_the_page_shows_the_configured_shape() {
+        let md = markdown(&Policy::default(), &[]);
+        assert!(
+            md.contains("`Content-Type: application/problem+json`"),
+            "{md}"
+        );
+        assert!(md.contains("\"code\": \"in-flight\""), "{md}");
+        let templates = idem::core::problem::ProblemTemplates::parse(
+            r#"{"*": {"body": {"error": {"code": "{code}", "message": "{detail}"}}},
+                "in-flight": {"content_type": "application/vnd.example+json",
+                              "body": {"error": {"code": "{code}", "retry_in": "{retry_after}"}}}}"#,
+        )
+        .unwrap();
+        let policy = Policy::builder()
+            .problem_templates(templates)
+            .build()
+            .unwrap();
+        let md = markdown(&policy, &[]);
+        assert!(md.contains("in this API's error shape"), "{md}");
+        assert!(
+            md.contains("`Content-Type: application/vnd.example+json`"),
+            "{md}"
+        );
+        assert!(md.contains("\"retry_in\": 1"), "{md}");
+        assert!(md.contains("\"code\": \"payload-mismatch\""), "{md}");
+        assert!(!md.contains("application/problem+json`)"), "{md}");
     }
 }

@@ -1136,6 +1136,7 @@ fn problem_schema(p: &Policy) -> Value {
                 text("title"),
                 text("status"),
                 text("detail"),
+                text("code"),
             ]),
         ),
         (
@@ -1161,6 +1162,19 @@ fn problem_schema(p: &Policy) -> Value {
                     ]),
                 ),
                 ("detail", obj([("type", text("string"))])),
+                (
+                    "code",
+                    obj([
+                        ("type", text("string")),
+                        ("description", text("The fragment of `type` alone.")),
+                        (
+                            "enum",
+                            Value::Sequence(
+                                ProblemKind::ALL.iter().map(|k| text(k.slug())).collect(),
+                            ),
+                        ),
+                    ]),
+                ),
                 (
                     "idempotency_key",
                     obj([

@@ -120,8 +120,8 @@ pub mod layer;
 /// behind the layer needs none of it beyond what the crate root holds.
 pub mod core {
     pub use idem_core::{
-        Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, engine, fingerprint,
-        headers, key, metrics, policy, problem, record, scope, store,
+        Engine, IdempotencyKey, Policy, Problem, ProblemKind, Store, clock, cors, engine,
+        fingerprint, headers, key, metrics, policy, problem, record, scope, store,
     };
 }
 

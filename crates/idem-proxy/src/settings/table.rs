@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use idem::core::cors::CorsOrigins;
 use idem::core::policy::{AmbiguousFailure, KeySource, StoreFailure, Unscoped};
 use idem::core::scope::ScopeSource;
 use idem::core::store::SealingKeys;
@@ -369,6 +370,22 @@ pub static SETTINGS: &[&dyn Setting] = &[
         parse: ConcurrentMode::parse,
         set: |v, m| v.on_concurrent = m,
         get: |v| Some(v.on_concurrent.as_str().to_owned()),
+    },
+    &Def {
+        info: Info {
+            name: "retry_after_max",
+            env: "IDEM_RETRY_AFTER_MAX",
+            value_name: "D",
+            help: "the longest `Retry-After` of a 409 `in-flight`: the hint is how long the \
+                   route's requests recently held their key (at least 1s, at most the \
+                   owner's remaining lease and this) (R10)",
+            example: "3s",
+            route: true,
+            ..Info::BASE
+        },
+        parse: parse_duration,
+        set: |v, d| v.edit_policy(|b| b.retry_after_max(d)),
+        get: |v| Some(show_duration(v.peek().retry_after_max())),
     },
     &Def {
         info: Info {
@@ -815,6 +832,44 @@ pub static SETTINGS: &[&dyn Setting] = &[
                 },
                 ToString::to_string,
             ))
+        },
+    },
+    &Def {
+        info: Info {
+            name: "problem_template_file",
+            env: "IDEM_PROBLEM_TEMPLATE_FILE",
+            value_name: "PATH",
+            help: "answer idem's errors in the API's own shape: a JSON file mapping problem \
+                   slugs (or `\"*\"`) to `{\"content_type\": …, \"body\": …}`, where \
+                   string values `\"{detail}\"`, `\"{status}\"`… become the problem's \
+                   values; see [Errors in your API's shape](#errors-in-your-apis-shape) (R17)",
+            example: "/etc/idem/errors.json",
+            ..Info::BASE
+        },
+        parse: parse_path,
+        set: |v, p| v.problem_template_file = Some(p),
+        get: |v| path(v.problem_template_file.as_ref()),
+    },
+    &Def {
+        info: Info {
+            name: "cors_origins",
+            env: "IDEM_CORS_ORIGINS",
+            value_name: "LIST",
+            help: "browser origins (`https://app.example.com`, or `*`) allowed to read \
+                   idem's own answers and replays: the origin is echoed in \
+                   `Access-Control-Allow-Origin` and `Idempotent-Replayed`, `Retry-After` \
+                   are exposed; preflights stay with the API. See [Browsers](#browsers)",
+            unset: "none",
+            example: "https://app.example.com",
+            route: true,
+            kind: Kind::List,
+            ..Info::BASE
+        },
+        parse: |s| s.parse::<CorsOrigins>(),
+        set: |v, c| v.edit_policy(|b| b.cors_origins(c)),
+        get: |v| {
+            let c = v.peek().cors_origins();
+            (!c.is_empty()).then(|| c.to_string())
         },
     },
 ];

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use idem::core::policy::{OnConcurrent, Policy, PolicyBuilder};
+use idem::core::problem::ProblemTemplates;
 use idem::core::scope::ScopeSecret;
 use idem::core::store::SealingKeys;
 
@@ -116,6 +117,8 @@ pub struct Values {
     pub tls_cert: Option<PathBuf>,
     /// `tls_key`.
     pub tls_key: Option<PathBuf>,
+    /// `problem_template_file`, read by [`policy`](Self::policy).
+    pub problem_template_file: Option<PathBuf>,
     /// Where each value that is not the default came from, by setting name.
     pub origins: BTreeMap<&'static str, Origin>,
 }
@@ -154,6 +157,7 @@ impl Default for Values {
             scope_secret_file: None,
             tls_cert: None,
             tls_key: None,
+            problem_template_file: None,
             origins: BTreeMap::new(),
         }
     }
@@ -184,23 +188,38 @@ impl Values {
                 timeout: self.wait_timeout,
             },
         };
-        self.policy
-            .clone()
-            .on_concurrent(on_concurrent)
-            .build()
-            .map_err(|source| {
-                let idem::core::policy::ConfigError::Invalid { name, .. } = &source else {
-                    return FlagError::Policy {
-                        at: String::new(),
-                        source,
-                    };
+        let mut builder = self.policy.clone().on_concurrent(on_concurrent);
+        if let Some(path) = &self.problem_template_file {
+            builder = builder.problem_templates(self.templates(path)?);
+        }
+        builder.build().map_err(|source| {
+            let idem::core::policy::ConfigError::Invalid { name, .. } = &source else {
+                return FlagError::Policy {
+                    at: String::new(),
+                    source,
                 };
-                let at = match self.origin(name) {
-                    Origin::File(at) | Origin::Route(at) => format!("{at}: "),
-                    _ => String::new(),
-                };
-                FlagError::Policy { at, source }
-            })
+            };
+            let at = match self.origin(name) {
+                Origin::File(at) | Origin::Route(at) => format!("{at}: "),
+                _ => String::new(),
+            };
+            FlagError::Policy { at, source }
+        })
+    }
+
+    /// The problem templates in `path` (R17), checked; the error names the file and
+    /// where its path was set.
+    fn templates(&self, path: &std::path::Path) -> Result<ProblemTemplates, FlagError> {
+        let place = match self.origin("problem_template_file") {
+            Origin::File(at) | Origin::Route(at) => format!("{at}: `problem_template_file`"),
+            Origin::Env => "IDEM_PROBLEM_TEMPLATE_FILE".to_owned(),
+            _ => "--problem-template-file".to_owned(),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            FlagError::Value(format!("{place}: cannot read `{}`: {e}", path.display()))
+        })?;
+        ProblemTemplates::parse(&text)
+            .map_err(|e| FlagError::Value(format!("{place}: `{}`: {e}", path.display())))
     }
 
     /// The `idem serve` settings, checked together: `policy` is [`Self::policy`]'s,

@@ -588,9 +588,12 @@ fn every_setting_reaches_its_field_from_flag_env_file_and_route() {
     std::fs::write(&token_file, "fedcba9876543210-token\n").unwrap();
     let scope_secret = dir.path().join("scope-secret");
     std::fs::write(&scope_secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let templates = dir.path().join("errors.json");
+    std::fs::write(&templates, r#"{"*": {"body": {"error": "{detail}"}}}"#).unwrap();
     let example = |s: &dyn Setting| -> String {
         match s.info().name {
             "encryption_key_file" => key_file.display().to_string(),
+            "problem_template_file" => templates.display().to_string(),
             "admin_token_file" => token_file.display().to_string(),
             "scope_secret_file" => scope_secret.display().to_string(),
             _ => s.info().example.to_owned(),

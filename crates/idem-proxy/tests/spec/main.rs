@@ -1,6 +1,8 @@
 //! SPEC.md over HTTP against `idem serve`, in-process, on each single-machine store.
 
 mod at_most_once;
+mod browser;
+mod clients;
 #[path = "../common/mod.rs"]
 mod common;
 mod config_file;

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::engine::{Answer, Begin, Completion, Disposition, Inspect, Ticket};
@@ -101,20 +101,31 @@ fn provide<St: Store>(extensions: &mut http::Extensions, ctx: IdempotencyContext
     extensions.insert(ctx);
 }
 
-/// Sends an answer of the engine as it is, noting it in the decision log.
-fn answered(answer: Answer, decision: &mut Decision) -> Response<Body> {
+/// Sends an answer of the engine (a problem or a replay), with the CORS headers that
+/// let a browser at `origin` read it, noting it in the decision log.
+fn answered(
+    policy: &Policy,
+    origin: Option<&HeaderValue>,
+    answer: Answer,
+    decision: &mut Decision,
+) -> Response<Body> {
     decision.store = answer.decided.store_time;
     decision.log(
         answer.decided.outcome,
         Some(answer.response.status().as_u16()),
     );
-    answer.response.map(Body::full)
+    let mut resp = answer.response;
+    policy.cors_origins().apply(origin, resp.headers_mut());
+    resp.map(Body::full)
 }
 
 /// Renders a problem of the layer's own (a failure while executing) under the
-/// policy's `type` base ([R17](crate::contract#r17)), as the engine renders its answers.
-fn problem(policy: &Policy, p: &Problem) -> Response<Body> {
-    policy.problems().render(p).map(Body::full)
+/// policy's `type` base and shape ([R17](crate::contract#r17)), as the engine renders its answers, readable by
+/// a browser at `origin`.
+fn problem(policy: &Policy, origin: Option<&HeaderValue>, p: &Problem) -> Response<Body> {
+    let mut resp = policy.problems().render(p);
+    policy.cors_origins().apply(origin, resp.headers_mut());
+    resp.map(Body::full)
 }
 
 async fn handle<S, St, ReqB, ResB>(
@@ -134,6 +145,9 @@ where
 {
     let engine = &shared.engine;
     let (mut parts, body) = req.into_parts();
+    let policy = engine.policy();
+    let origin = parts.headers.get(header::ORIGIN).cloned();
+    let origin = origin.as_ref();
     // The key is known from the head (`Ok`), or (R23) only once the body is read.
     let keyed = match engine.inspect(&parts) {
         Inspect::Pass => {
@@ -145,7 +159,7 @@ where
         }
         Inspect::Reject(answer) => {
             let mut decision = Decision::start(&parts.method, &parts.uri);
-            return Step::Done(Ok(answered(answer, &mut decision)));
+            return Step::Done(Ok(answered(policy, origin, answer, &mut decision)));
         }
         Inspect::Protect(pending) => Ok(pending),
         Inspect::ProtectByBody(unkeyed) => Err(unkeyed),
@@ -165,16 +179,31 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Step::Done(Ok(answered(engine.too_large(key), &mut decision)));
+        return Step::Done(Ok(answered(
+            policy,
+            origin,
+            engine.too_large(key),
+            &mut decision,
+        )));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Step::Done(Ok(answered(engine.too_large(key), &mut decision)));
+            return Step::Done(Ok(answered(
+                policy,
+                origin,
+                engine.too_large(key),
+                &mut decision,
+            )));
         }
         Err(e) => {
             tracing::debug!(error = %e, "request body unreadable");
-            return Step::Done(Ok(answered(engine.unreadable_body(), &mut decision)));
+            return Step::Done(Ok(answered(
+                policy,
+                origin,
+                engine.unreadable_body(),
+                &mut decision,
+            )));
         }
     };
     let pending = match keyed {
@@ -184,7 +213,9 @@ where
                 decision.identify(pending.id(), engine.policy().scope());
                 pending
             }
-            Inspect::Reject(answer) => return Step::Done(Ok(answered(answer, &mut decision))),
+            Inspect::Reject(answer) => {
+                return Step::Done(Ok(answered(policy, origin, answer, &mut decision)));
+            }
             // No key in the body: forward what was read, unprotected (R3).
             Inspect::Pass | Inspect::ProtectByBody(_) => {
                 provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
@@ -198,7 +229,7 @@ where
 
     let id = pending.id().clone();
     match engine.begin(pending, &parts, &bytes).await {
-        Begin::Respond(answer) => Step::Done(Ok(answered(answer, &mut decision))),
+        Begin::Respond(answer) => Step::Done(Ok(answered(policy, origin, answer, &mut decision))),
         Begin::Unprotected(decided) => {
             decision.store = decided.store_time;
             provide::<St>(
@@ -221,7 +252,6 @@ where
         Begin::Execute(ticket) => {
             let decided = ticket.decided();
             decision.store = decided.store_time;
-            let policy = engine.policy();
             let handle = IdempotencyHandle::new(
                 ticket.lease().clone(),
                 policy.ttl(),
@@ -241,9 +271,11 @@ where
             // Counted by the tracker until it ends, inline or (client gone) on a task of
             // its own, so a graceful shutdown waits for it.
             let running = shared.tracker.token();
+            let origin = origin.cloned();
             Step::Execute(Box::pin(async move {
                 let _running = running;
-                let run = execute(&shared, inner, req, ticket, &handle, &mut decision);
+                let origin = origin.as_ref();
+                let run = execute(&shared, inner, req, ticket, &handle, origin, &mut decision);
                 let result = match AssertUnwindSafe(run).catch_unwind().await {
                     Ok(result) => result,
                     Err(_) => {
@@ -254,6 +286,7 @@ where
                         decision.record = Some("released");
                         Ok(problem(
                             shared.engine.policy(),
+                            origin,
                             &Problem::new(
                                 ProblemKind::Internal,
                                 "the service failed while handling the request; it may be retried with the same key",
@@ -293,6 +326,7 @@ async fn execute<S, St, ResB>(
     req: Request<Body>,
     ticket: Ticket<St>,
     handle: &IdempotencyHandle<St>,
+    origin: Option<&HeaderValue>,
     decision: &mut Decision,
 ) -> Result<Response<Body>, S::Error>
 where
@@ -348,7 +382,7 @@ where
     let (head, body) = resp.into_parts();
     let mut body = Body::new(body);
     match engine.disposition(&head) {
-        Disposition::Hold => Ok(hold(engine, ticket, head.status, decision).await),
+        Disposition::Hold => Ok(hold(engine, ticket, head.status, origin, decision).await),
         Disposition::Release => {
             release(engine, ticket, decision).await;
             Ok(Response::from_parts(head, body))
@@ -392,13 +426,19 @@ where
                         tracing::warn!(error = %e, "upstream response body failed");
                         if engine.holds_ambiguous() {
                             // The upstream answered, so it ran: at most once (R22).
-                            return Ok(
-                                hold(engine, ticket, StatusCode::BAD_GATEWAY, decision).await
-                            );
+                            return Ok(hold(
+                                engine,
+                                ticket,
+                                StatusCode::BAD_GATEWAY,
+                                origin,
+                                decision,
+                            )
+                            .await);
                         }
                         release(engine, ticket, decision).await;
                         return Ok(problem(
                             engine.policy(),
+                            origin,
                             &Problem::new(
                                 ProblemKind::UpstreamUnavailable,
                                 "the upstream's response broke off; the request may be retried with the same key",
@@ -472,12 +512,17 @@ async fn hold<St: Store>(
     engine: &idem_core::Engine<St>,
     ticket: Ticket<St>,
     status: StatusCode,
+    origin: Option<&HeaderValue>,
     decision: &mut Decision,
 ) -> Response<Body> {
     let started = tokio::time::Instant::now();
-    let (completion, resp) = engine.hold(ticket, status).await;
+    let (completion, mut resp) = engine.hold(ticket, status).await;
     decision.store += started.elapsed();
     decision.record = Some(recorded(completion, "held"));
+    engine
+        .policy()
+        .cors_origins()
+        .apply(origin, resp.headers_mut());
     resp.map(Body::full)
 }
 

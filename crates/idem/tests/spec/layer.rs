@@ -210,3 +210,71 @@ impl Store for SlowRelease {
         self.0.purge_expired().await
     }
 }
+
+// R17 and CORS through the library: the layer builder takes the proxy's settings, so a
+// Rust service answers in its own error shape, readable by the browser origins it allows.
+#[tokio::test]
+async fn r17_the_layer_answers_in_the_configured_shape_with_cors() {
+    use idem::core::cors::CorsOrigins;
+    use idem::core::problem::ProblemTemplates;
+
+    let upstream = idem_testkit::CountingUpstream::spawn().await;
+    let templates = ProblemTemplates::parse(
+        r#"{"*": {"content_type": "application/json",
+                  "body": {"error": {"code": "{code}", "message": "{detail}",
+                                     "status": "{status}"}}}}"#,
+    )
+    .unwrap();
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .problem_templates(templates)
+        .cors_origins("https://app.example.com".parse::<CorsOrigins>().unwrap())
+        .build()
+        .unwrap();
+    let front = serve(upstream.router().layer(layer)).await;
+    let client = Client::new(front.addr);
+    let from = |origin: &'static str, body: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .send(
+                    Method::POST,
+                    "/charges",
+                    &[("idempotency-key", "lib-1"), ("origin", origin)],
+                    body.as_bytes(),
+                )
+                .await
+        }
+    };
+
+    let first = from("https://app.example.com", "{\"amount\":1}").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // The API's own response is left as the API made it.
+    assert_eq!(first.header("access-control-allow-origin"), None);
+
+    let replay = from("https://app.example.com", "{\"amount\":1}").await;
+    assert!(replay.replayed());
+    assert_eq!(
+        replay.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        replay.header("access-control-expose-headers"),
+        Some("Idempotent-Replayed, Retry-After")
+    );
+
+    let mismatch = from("https://app.example.com", "{\"amount\":2}").await;
+    assert_eq!(mismatch.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(mismatch.header("content-type"), Some("application/json"));
+    assert_eq!(mismatch.header("vary"), Some("Origin"));
+    let error = &mismatch.json()["error"];
+    assert_eq!(error["code"], "payload-mismatch");
+    assert_eq!(error["status"], 422);
+    assert!(error["message"].is_string());
+
+    // Another origin is not allowed to read it.
+    let other = from("https://evil.example", "{\"amount\":2}").await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    assert_eq!(other.header("vary"), Some("Origin"));
+    assert_eq!(upstream.executions(), 1);
+}
