@@ -56,7 +56,7 @@ const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The engine: a store and a policy.
 pub struct Engine<St> {
     store: St,
-    policy: Policy,
+    policy: Arc<Policy>,
     renewals: Renewals<St>,
     /// How long claims were recently held: the 409's `Retry-After` hint (R10).
     held: Arc<HoldTime>,
@@ -227,7 +227,7 @@ impl<St: Store> Engine<St> {
         let renewals = Renewals::new(store.clone(), policy.lease, policy.renew_every());
         Self {
             store,
-            policy,
+            policy: Arc::new(policy),
             renewals,
             held: Arc::default(),
         }
@@ -236,6 +236,11 @@ impl<St: Store> Engine<St> {
     /// The policy.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The policy, shared: for what outlives one call, such as a handler's handle.
+    pub fn shared_policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy)
     }
 
     /// The store.
@@ -572,7 +577,9 @@ impl<St: Store> Engine<St> {
         body: Result<Bytes, NotRetained>,
     ) -> Completion {
         let lease = ticket.take();
-        let snapshot = self.policy.snapshot(head, body);
+        let snapshot = self
+            .policy
+            .snapshot(head.status, &head.headers, &head.extensions, body);
         let mut backoff = Duration::from_millis(10);
         for attempt in 1..=self.policy.completion_attempts {
             let (result, _) = timed(

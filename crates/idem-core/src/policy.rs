@@ -473,10 +473,12 @@ impl Policy {
     /// would reach every other caller.
     pub fn snapshot(
         &self,
-        head: &http::response::Parts,
+        status: StatusCode,
+        response_headers: &http::HeaderMap,
+        extensions: &http::Extensions,
         body: Result<Bytes, NotRetained>,
     ) -> Snapshot {
-        let mut headers = headers::storable(&head.headers, &self.deny_headers);
+        let mut headers = headers::storable(response_headers, &self.deny_headers);
         let body = if self.scope.is_shared()
             && !self.store_set_cookie
             && headers.contains_key(http::header::SET_COOKIE)
@@ -487,8 +489,8 @@ impl Policy {
             body
         };
         Snapshot {
-            status: head.status,
-            reason: head.extensions.get::<ReasonPhrase>().cloned(),
+            status,
+            reason: extensions.get::<ReasonPhrase>().cloned(),
             headers,
             body: match body {
                 Ok(b) => SnapshotBody::Full(b),

@@ -179,10 +179,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, Response};
-use idem_core::headers;
+use http::Response;
 use idem_core::key::IdempotencyKey;
-use idem_core::record::{Snapshot, SnapshotBody};
+use idem_core::policy::Policy;
+use idem_core::record::Snapshot;
 use idem_core::scope::Scope;
 /// What [`IdempotencyHandle::complete_in`], [`advance_in`](IdempotencyHandle::advance_in)
 /// and [`advance`](IdempotencyHandle::advance) answer, and the untyped recovery point.
@@ -253,18 +253,16 @@ pub struct IdempotencyHandle<St = ()> {
 
 struct HandleInner {
     lease: Lease,
-    ttl: Duration,
-    deny: Vec<HeaderName>,
+    policy: Arc<Policy>,
     completed: Mutex<Option<Snapshot>>,
 }
 
 impl<St> IdempotencyHandle<St> {
-    pub(crate) fn new(lease: Lease, ttl: Duration, deny: Vec<HeaderName>, store: St) -> Self {
+    pub(crate) fn new(lease: Lease, policy: Arc<Policy>, store: St) -> Self {
         Self {
             inner: Arc::new(HandleInner {
                 lease,
-                ttl,
-                deny,
+                policy,
                 completed: Mutex::new(None),
             }),
             store,
@@ -291,7 +289,7 @@ impl<St> IdempotencyHandle<St> {
 
     /// How long the completed record lives ([R14](crate::contract#r14)).
     pub fn ttl(&self) -> Duration {
-        self.inner.ttl
+        self.inner.policy.ttl()
     }
 
     /// The layer's store (`()` in a context that names none), e.g. a `PostgresStore`
@@ -309,14 +307,15 @@ impl<St> IdempotencyHandle<St> {
     }
 
     /// The snapshot the layer would store for `response`: its status, its storable
-    /// headers ([R19](crate::contract#r19)) and its body.
+    /// headers ([R19](crate::contract#r19)) and its body, or no body when it may not be
+    /// replayed to other callers ([R4](crate::contract#r4)).
     pub fn snapshot(&self, response: &Response<Bytes>) -> Snapshot {
-        Snapshot {
-            status: response.status(),
-            reason: None,
-            headers: headers::storable(response.headers(), &self.inner.deny),
-            body: SnapshotBody::Full(response.body().clone()),
-        }
+        self.inner.policy.snapshot(
+            response.status(),
+            response.headers(),
+            response.extensions(),
+            Ok(response.body().clone()),
+        )
     }
 
     /// Records that the handler completed the record itself with `snapshot` (e.g. by a
@@ -364,7 +363,7 @@ impl<St> IdempotencyHandle<St> {
         let snapshot = self.snapshot(response);
         let finish = self
             .store
-            .complete_in(client, &self.inner.lease, &snapshot, self.inner.ttl)
+            .complete_in(client, &self.inner.lease, &snapshot, self.ttl())
             .await?;
         if finish == Finish::Done {
             self.mark_completed(snapshot);
@@ -405,7 +404,7 @@ impl<St> IdempotencyHandle<St> {
         St: Transactional<C>,
     {
         self.store
-            .advance_in(client, &self.inner.lease, point, self.inner.ttl)
+            .advance_in(client, &self.inner.lease, point, self.ttl())
             .await
     }
 }
@@ -539,7 +538,7 @@ impl<St> fmt::Debug for IdempotencyHandle<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyHandle")
             .field("lease", &self.inner.lease)
-            .field("ttl", &self.inner.ttl)
+            .field("ttl", &self.ttl())
             .finish_non_exhaustive()
     }
 }

@@ -254,8 +254,7 @@ where
             decision.store = decided.store_time;
             let handle = IdempotencyHandle::new(
                 ticket.lease().clone(),
-                policy.ttl(),
-                policy.deny_headers().to_vec(),
+                engine.shared_policy(),
                 engine.store().clone(),
             );
             provide(
@@ -364,6 +363,11 @@ where
                 ..
             })) => {
                 ticket.disown();
+                // A body kept from replays (a cookie under a shared scope, R4) still
+                // reaches the one client it was made for.
+                if let SnapshotBody::NotRetained(_) = stored.body {
+                    return Ok(resp.map(Body::new));
+                }
                 return Ok(from_snapshot(stored));
             }
             Ok(_) => {
@@ -375,6 +379,9 @@ where
                 // transaction did not commit, as after a crash (R11).
                 tracing::warn!(error = %e, "could not check a transactional completion");
                 ticket.disown();
+                if let SnapshotBody::NotRetained(_) = snapshot.body {
+                    return Ok(resp.map(Body::new));
+                }
                 return Ok(from_snapshot(snapshot));
             }
         }
