@@ -7,6 +7,7 @@ pub mod client;
 pub mod pg_cluster;
 pub mod pki;
 pub mod postgres;
+pub mod process;
 pub mod redb;
 pub mod spec;
 pub mod upstream;
