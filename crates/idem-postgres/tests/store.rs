@@ -9,8 +9,10 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use idem_core::record::{OwnerToken, State};
-use idem_core::store::testkit::{claim_req, id, snapshot};
+use idem_core::record::{OwnerToken, RecordId, State};
+use idem_core::store::testkit::{
+    self, NotificationProbe, RealTimeFixture, acquired, claim_req, id, snapshot, wait_on,
+};
 use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError, Transactional};
 use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
 use tokio_postgres::NoTls;
@@ -129,26 +131,6 @@ async fn client() -> tokio_postgres::Client {
     client
 }
 
-async fn acquire(store: &PostgresStore, id: &idem_core::record::RecordId) -> Lease {
-    match store.claim(&claim_req(id, 1)).await.unwrap() {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
-
-/// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
-/// record's completion or release notifies every instance.
-async fn wait_on(store: &PostgresStore, id: &idem_core::record::RecordId) {
-    let req = idem_core::store::ClaimRequest {
-        waiting: true,
-        ..claim_req(id, 1)
-    };
-    match store.claim(&req).await.unwrap() {
-        Claim::InFlight { .. } => {}
-        other => panic!("expected InFlight, got {other:?}"),
-    }
-}
-
 /// Polls `check` every 50 ms until it holds or `within` passes.
 async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
@@ -248,7 +230,7 @@ async fn concurrent_migrations_of_a_fresh_schema_all_succeed() {
     assert_eq!(schema.count(&c, "records").await, 0);
     // And the result works from every store.
     let id = id("migrated");
-    let _lease = acquire(&stores[0], &id).await;
+    let _lease = acquired(&stores[0], &id).await;
     assert!(matches!(
         stores[3].claim(&claim_req(&id, 1)).await.unwrap(),
         Claim::InFlight { .. }
@@ -283,7 +265,7 @@ async fn up_to_date_schema_needs_no_ddl_privileges() {
         .unwrap();
     assert_eq!(store.migrate().await.unwrap(), 0);
     let id = id("limited");
-    let lease = acquire(&store, &id).await;
+    let lease = acquired(&store, &id).await;
     assert_eq!(
         store
             .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
@@ -345,7 +327,7 @@ async fn r14_sweeper_deletes_expired_rows() {
     insert_rows(&schema, &c, 100, 5).await;
     // Records completed through the store expire and go too.
     for i in 0..10 {
-        let lease = acquire(&store, &id(&format!("sweep{i}"))).await;
+        let lease = acquired(&store, &id(&format!("sweep{i}"))).await;
         let done = store
             .complete(&lease, &snapshot(b"x"), Duration::from_millis(100))
             .await
@@ -353,7 +335,7 @@ async fn r14_sweeper_deletes_expired_rows() {
         assert_eq!(done, Finish::Done);
     }
     let live = id("sweep-live");
-    let _live = acquire(&store, &live).await;
+    let _live = acquired(&store, &live).await;
     // 116 rows were written; the sweeper (every 200 ms) may already be at work, so only
     // the end state is asserted: the 6 live rows stay, the 110 expired ones go.
     assert!(
@@ -412,38 +394,10 @@ async fn r10_watch_wakes_across_instances() {
     let schema = PgSchema::fresh();
     let a = schema.store().await;
     let b = schema.store().await;
+    // Watches are taken once the listener is subscribed, so only a real notification
+    // wakes them.
     assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
-    for complete in [true, false] {
-        let id = id("cross");
-        let lease = acquire(&b, &id).await;
-        // Taken once the listener is subscribed, so only a real notification wakes it.
-        let mut watch = a.watch(&id);
-        wait_on(&a, &id).await;
-        let finisher = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if complete {
-                    b.complete(&lease, &snapshot(b"done"), Duration::from_secs(60))
-                        .await
-                        .unwrap()
-                } else {
-                    b.release(&lease).await.unwrap()
-                }
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(5), watch.changed())
-            .await
-            .expect("the watch on the other instance woke");
-        // The notification is sent at commit: what woke the watch is visible now.
-        let seen = a.lookup(&id).await.unwrap();
-        if complete {
-            assert!(matches!(seen.unwrap().state, State::Completed { .. }));
-        } else {
-            assert_eq!(seen, None);
-        }
-        assert_eq!(finisher.await.unwrap(), Finish::Done);
-    }
+    testkit::r10_watch_wakes_across_instances(&a, &b).await;
 }
 
 // R10: after the listener's connection is killed it reconnects, wakes every waiter
@@ -459,7 +413,7 @@ async fn r10_listener_reconnects_and_wakes_waiters() {
     let b = schema.store().await;
     assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
     let id = id("reconnect");
-    let lease = acquire(&b, &id).await;
+    let lease = acquired(&b, &id).await;
     let mut watch = a.watch(&id);
     let c = client().await;
     // The pool shares the application name; terminate every such backend.
@@ -607,7 +561,7 @@ async fn r15_slow_statement_times_out() {
         })
         .await;
     let id = id("locked");
-    let lease = acquire(&store, &id).await;
+    let lease = acquired(&store, &id).await;
     let mut c = client().await;
     let tx = c.transaction().await.unwrap();
     // A lock that blocks reads too: a claim on a live record only reads (claim.sql).
@@ -631,7 +585,7 @@ async fn r16_corrupt_records_are_never_replayed() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
     let id = id("corrupt");
-    let lease = acquire(&store, &id).await;
+    let lease = acquired(&store, &id).await;
     let _ = store
         .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
         .await
@@ -656,7 +610,7 @@ async fn r16_corrupt_records_are_never_replayed() {
     );
     // Listing reports it instead of failing (R16), and goes on with the others.
     let other = crate::id("listed");
-    let lease = acquire(&store, &other).await;
+    let lease = acquired(&store, &other).await;
     let page = store.list(&ListFilter::default()).await.unwrap();
     assert_eq!(page.corrupt.len(), 1, "{page:?}");
     assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
@@ -676,7 +630,7 @@ async fn r21_complete_in_the_callers_transaction() {
         .await
         .unwrap();
     let id = id("tx");
-    let lease = acquire(&store, &id).await;
+    let lease = acquired(&store, &id).await;
     let ttl = Duration::from_secs(60);
     let insert = schema.sql("INSERT INTO {s}.charges (amount) VALUES (100)");
 
@@ -972,16 +926,65 @@ mod sealed {
     }
 }
 
-/// The next notification the listening connection received.
-async fn next_notification(
-    messages: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-) -> String {
-    tokio::time::timeout(Duration::from_secs(5), messages.recv())
-        .await
-        .expect("a notification within 5 s")
-        .expect("the listening connection is open")
-        .payload()
-        .to_owned()
+/// A connection of the test's own that listens on a store's channel.
+struct Probe {
+    listener: tokio_postgres::Client,
+    channel: String,
+    messages: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+}
+
+impl Probe {
+    /// Listens on the channel of the store in `schema` (config.rs: the schema's name,
+    /// then `.records`).
+    async fn listen(schema: &PgSchema) -> Self {
+        let channel = format!("{}.records", schema.name);
+        let (listener, mut connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        let _ = tx.send(n);
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+        });
+        listener
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .unwrap();
+        Self {
+            listener,
+            channel,
+            messages,
+        }
+    }
+}
+
+impl NotificationProbe for Probe {
+    async fn send_marker(&mut self, marker: &str) {
+        self.listener
+            .execute("SELECT pg_notify($1, $2)", &[&self.channel, &marker])
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Vec<u8> {
+        tokio::time::timeout(Duration::from_secs(5), self.messages.recv())
+            .await
+            .expect("a notification within 5 s")
+            .expect("the listening connection is open")
+            .payload()
+            .as_bytes()
+            .to_vec()
+    }
+
+    /// The store notifies with the record's id in hex.
+    fn record_of(payload: &[u8]) -> Option<RecordId> {
+        RecordId::from_hex(std::str::from_utf8(payload).ok()?)
+    }
 }
 
 // R10: a completion or release that nobody waits for sends no notification (NOTIFY
@@ -991,83 +994,9 @@ async fn next_notification(
 async fn r10_only_awaited_records_notify() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
-    // The store's channel (config.rs): the schema's name, then `.records`.
-    let channel = format!("{}.records", schema.name);
-    // A connection of our own that listens on the store's channel.
-    let (listener, mut connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
-    let (tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    let _ = tx.send(n);
-                }
-                Some(Ok(_)) => {}
-                _ => break,
-            }
-        }
-    });
-    listener
-        .batch_execute(&format!("LISTEN \"{channel}\""))
-        .await
-        .unwrap();
-    let marker = |text: &'static str| {
-        let listener = &listener;
-        let channel = channel.clone();
-        async move {
-            listener
-                .execute("SELECT pg_notify($1, $2)", &[&channel, &text])
-                .await
-                .unwrap();
-        }
-    };
-    // Nobody waits: the completion and the release send nothing, so the marker sent
-    // after them is the first notification to arrive (notifications are delivered in
-    // commit order).
-    let done = id("unwatched-done");
-    let lease = acquire(&store, &done).await;
-    assert!(matches!(
-        store.claim(&claim_req(&done, 1)).await.unwrap(),
-        Claim::InFlight { .. }
-    ));
-    assert_eq!(
-        store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
-    let gone = id("unwatched-released");
-    let lease = acquire(&store, &gone).await;
-    assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
-    marker("marker-1").await;
-    assert_eq!(next_notification(&mut messages).await, "marker-1");
-
-    // A waiting duplicate marks the record: its completion notifies, then its release.
-    for complete in [true, false] {
-        let watched = id(if complete {
-            "watched-done"
-        } else {
-            "watched-released"
-        });
-        let lease = acquire(&store, &watched).await;
-        wait_on(&store, &watched).await;
-        if complete {
-            assert_eq!(
-                store
-                    .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-                    .await
-                    .unwrap(),
-                Finish::Done
-            );
-        } else {
-            assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
-        }
-        marker("marker-2").await;
-        let first = next_notification(&mut messages).await;
-        assert_ne!(first, "marker-2", "the awaited record sent no notification");
-        assert_eq!(next_notification(&mut messages).await, "marker-2");
-    }
+    let mut probe = Probe::listen(&schema).await;
+    let fixture = RealTimeFixture::new(store, Duration::from_secs(10), ());
+    testkit::r10_only_awaited_records_notify(&fixture, &mut probe).await;
 }
 
 // R8, R9, R10: a claim that changes nothing (a replay, a mismatch, a duplicate in
@@ -1077,7 +1006,7 @@ async fn r08_claims_that_change_nothing_write_nothing() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
     let done = id("replayed");
-    let lease = acquire(&store, &done).await;
+    let lease = acquired(&store, &done).await;
     assert_eq!(
         store
             .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
@@ -1086,7 +1015,7 @@ async fn r08_claims_that_change_nothing_write_nothing() {
         Finish::Done
     );
     let flying = id("flying");
-    let _lease = acquire(&store, &flying).await;
+    let _lease = acquired(&store, &flying).await;
     let c = client().await;
     // Other sessions of this cluster may write meanwhile; a few tries find a quiet
     // window in which only our claims run.

@@ -805,6 +805,142 @@ pub async fn sealed_list_shows_digests<F: Fixture>(fx: &F) {
     assert!(ids_of(&in_flight).contains(&keys.store_id(&flying)));
 }
 
+/// A networked store's cross-instance notifications as a test sees them: a connection
+/// of the test's own on the channel the store notifies on.
+///
+/// [`r10_only_awaited_records_notify`] runs over it: stores whose instances tell each
+/// other about finished records (PostgreSQL's `NOTIFY`, Redis's `PUBLISH`) implement it.
+pub trait NotificationProbe: Send {
+    /// Sends `marker` on the store's channel, as the store would send a notification.
+    fn send_marker(&mut self, marker: &str) -> impl Future<Output = ()> + Send;
+    /// The payload of the next message on the channel, in the order they were sent;
+    /// panics if none arrives within a few seconds.
+    fn next(&mut self) -> impl Future<Output = Vec<u8>> + Send;
+    /// The record a store's notification payload names, if it names one.
+    fn record_of(payload: &[u8]) -> Option<RecordId>;
+}
+
+/// Claims `id` on `store` with [`claim_req`] (fingerprint 1, a 10 s lease); panics
+/// unless the claim acquires it.
+pub async fn acquired<St: Store>(store: &St, id: &RecordId) -> Lease {
+    match store.claim(&claim_req(id, 1)).await.unwrap() {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
+/// record's completion or release notifies every instance.
+pub async fn wait_on<St: Store>(store: &St, id: &RecordId) {
+    let req = ClaimRequest {
+        waiting: true,
+        ..claim_req(id, 1)
+    };
+    match store.claim(&req).await.unwrap() {
+        Claim::InFlight { .. } => {}
+        other => panic!("expected InFlight, got {other:?}"),
+    }
+}
+
+/// R10: a completion or release that nobody waits for sends no notification (a
+/// notification costs every instance a wake-up, and PostgreSQL serialises every
+/// committing transaction that sends one); one that a waiting duplicate asked about does.
+///
+/// The marker `probe` sends after the store's writes arrives after anything they sent
+/// (one channel, delivered in order), so "the marker comes first" means "nothing sent".
+pub async fn r10_only_awaited_records_notify<F: Fixture, P: NotificationProbe>(
+    fx: &F,
+    probe: &mut P,
+) {
+    let store = fx.store();
+    let ttl = Duration::from_secs(60);
+    // Nobody waits (a duplicate that does not wait leaves no mark): the completion and
+    // the release send nothing.
+    let done = id("unwatched-done");
+    let lease = admin_record(fx, &done, None).await;
+    assert!(matches!(
+        store.claim(&req(fx, &done, 1)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    assert_eq!(
+        store.complete(&lease, &snapshot(b"ok"), ttl).await.unwrap(),
+        Finish::Done
+    );
+    let gone = id("unwatched-released");
+    let lease = admin_record(fx, &gone, None).await;
+    assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
+    probe.send_marker("marker-1").await;
+    assert_eq!(
+        String::from_utf8_lossy(&probe.next().await),
+        "marker-1",
+        "a record nobody waited for notified"
+    );
+    // A waiting duplicate marks the record: its completion notifies, then its release.
+    for complete in [true, false] {
+        let watched = id(if complete {
+            "watched-done"
+        } else {
+            "watched-released"
+        });
+        let lease = admin_record(fx, &watched, None).await;
+        wait_on(store, &watched).await;
+        let finish = if complete {
+            store.complete(&lease, &snapshot(b"ok"), ttl).await
+        } else {
+            store.release(&lease).await
+        };
+        assert_eq!(finish.unwrap(), Finish::Done);
+        probe.send_marker("marker-2").await;
+        let first = probe.next().await;
+        let first_text = String::from_utf8_lossy(&first);
+        assert_ne!(
+            first_text, "marker-2",
+            "the awaited record sent no notification"
+        );
+        assert_eq!(P::record_of(&first), Some(watched), "{first_text}");
+        assert_eq!(String::from_utf8_lossy(&probe.next().await), "marker-2");
+    }
+}
+
+/// R10, R18: a watch on one instance (`waiter`) wakes when another instance of the same
+/// store (`finisher`) completes or releases the record a waiting duplicate asked about,
+/// and what woke it is visible through the waiter at once.
+pub async fn r10_watch_wakes_across_instances<St: Store>(waiter: &St, finisher: &St) {
+    for complete in [true, false, true, false] {
+        let id = id("cross-watch");
+        let lease = acquired(finisher, &id).await;
+        let mut watch = waiter.watch(&id);
+        wait_on(waiter, &id).await;
+        let task = {
+            let finisher = finisher.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if complete {
+                    finisher
+                        .complete(&lease, &snapshot(b"done"), Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                } else {
+                    finisher.release(&lease).await.unwrap()
+                }
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the watch on the other instance woke");
+        let seen = waiter.lookup(&id).await.unwrap();
+        if complete {
+            assert!(
+                matches!(seen, Some(ref r) if matches!(r.state, State::Completed { .. })),
+                "{seen:?}"
+            );
+        } else {
+            assert_eq!(seen, None);
+        }
+        assert_eq!(task.await.unwrap(), Finish::Done);
+    }
+}
+
 /// Stamps the whole contract suite as named tests for one store.
 ///
 /// `$make` is an expression evaluating to a future of a [`Fixture`] (an `async` block),
