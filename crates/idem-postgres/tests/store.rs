@@ -13,7 +13,7 @@ use idem_core::record::{OwnerToken, RecordId, State};
 use idem_core::store::testkit::{
     self, NotificationProbe, RealTimeFixture, acquired, claim_req, id, snapshot, wait_on,
 };
-use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError, Transactional};
+use idem_core::store::{Claim, Finish, Lease, Store, StoreError, Transactional};
 use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
 use tokio_postgres::NoTls;
 
@@ -584,38 +584,16 @@ async fn r15_slow_statement_times_out() {
 async fn r16_corrupt_records_are_never_replayed() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
-    let id = id("corrupt");
-    let lease = acquired(&store, &id).await;
-    let _ = store
-        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+    testkit::r16_damaged_record_is_never_replayed(&store, async |_| {
+        let c = client().await;
+        c.execute(
+            &schema.sql("UPDATE {s}.records SET snapshot = '\\x0900'::bytea"),
+            &[],
+        )
         .await
         .unwrap();
-    let c = client().await;
-    c.execute(
-        &schema.sql("UPDATE {s}.records SET snapshot = '\\x0900'::bytea"),
-        &[],
-    )
-    .await
-    .unwrap();
-    let answer = store.claim(&claim_req(&id, 1)).await;
-    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
-    assert!(matches!(
-        store.lookup(&id).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    // A mismatch needs no snapshot, and says so.
-    assert_eq!(
-        store.claim(&claim_req(&id, 2)).await.unwrap(),
-        Claim::Mismatch
-    );
-    // Listing reports it instead of failing (R16), and goes on with the others.
-    let other = crate::id("listed");
-    let lease = acquired(&store, &other).await;
-    let page = store.list(&ListFilter::default()).await.unwrap();
-    assert_eq!(page.corrupt.len(), 1, "{page:?}");
-    assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
-    assert_eq!(page.records.len(), 1);
-    assert_eq!(page.records[0].0, lease.id);
+    })
+    .await;
 }
 
 // R21: the record completes with the caller's transaction, or not at all.
@@ -724,12 +702,7 @@ async fn pooled_connections_carry_the_store_settings() {
 }
 
 /// Claims `id` with fingerprint `n` and a lease of `lease`.
-async fn acquire_for(
-    store: &PostgresStore,
-    id: &idem_core::record::RecordId,
-    n: u8,
-    lease: Duration,
-) -> Lease {
+async fn acquire_for(store: &PostgresStore, id: &RecordId, n: u8, lease: Duration) -> Lease {
     let mut req = claim_req(id, n);
     req.lease = lease;
     match store.claim(&req).await.unwrap() {
@@ -770,78 +743,98 @@ async fn point_of(store: &PostgresStore, lease: &Lease) -> Option<RecoveryPoint>
     store.recovery_point(&**c, lease).await.unwrap()
 }
 
-async fn with_app_table(schema: &PgSchema) -> PostgresStore {
-    let store = schema.store().await;
-    client()
-        .await
-        .batch_execute(&schema.sql("CREATE TABLE {s}.app (step text NOT NULL)"))
-        .await
-        .unwrap();
-    store
+/// A store in a fresh schema with an application table `app`, and its first phase:
+/// `key` claimed with `lease` and advanced to `point`.
+struct FirstPhase {
+    schema: PgSchema,
+    store: PostgresStore,
+    id: RecordId,
+    lease: Lease,
+    point: RecoveryPoint,
+}
+
+impl FirstPhase {
+    async fn run(key: &str, lease: Duration, point: RecoveryPoint) -> Self {
+        let schema = PgSchema::fresh();
+        let store = schema.store().await;
+        client()
+            .await
+            .batch_execute(&schema.sql("CREATE TABLE {s}.app (step text NOT NULL)"))
+            .await
+            .unwrap();
+        let id = id(key);
+        let lease = acquire_for(&store, &id, 1, lease).await;
+        assert_eq!(point_of(&store, &lease).await, None);
+        assert_eq!(advance(&schema, &store, &lease, &point).await, Finish::Done);
+        Self {
+            schema,
+            store,
+            id,
+            lease,
+            point,
+        }
+    }
+
+    /// Claims the record again with fingerprint `n` (and a 10 s lease).
+    async fn retry(&self, n: u8) -> Lease {
+        acquire_for(&self.store, &self.id, n, Duration::from_secs(10)).await
+    }
 }
 
 // R20: a recovery point commits with the phase's writes and outlives a crash: the
 // lease ends, the sweeper deletes the dead record, a retry claims afresh and resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r20_recovery_point_survives_lease_end_and_sweep() {
-    let schema = PgSchema::fresh();
-    let store = with_app_table(&schema).await;
-    let id = id("r20-sweep");
-    let first = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
-    assert_eq!(point_of(&store, &first).await, None);
     let point = RecoveryPoint::with_data("order_created", b"{\"order\":7}".to_vec());
-    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
-
+    let first = FirstPhase::run("r20-sweep", Duration::from_millis(100), point).await;
     // The owner "crashes": its lease ends and the sweeper removes the record.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store.purge_expired().await.unwrap();
+    first.store.purge_expired().await.unwrap();
     let c = client().await;
-    assert_eq!(schema.count(&c, "records").await, 0);
+    assert_eq!(first.schema.count(&c, "records").await, 0);
 
-    let retry = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
-    assert_eq!(point_of(&store, &retry).await, Some(point));
-    assert_eq!(schema.count(&c, "app").await, 1);
+    let retry = first.retry(1).await;
+    assert_eq!(point_of(&first.store, &retry).await, Some(first.point));
+    assert_eq!(first.schema.count(&c, "app").await, 1);
 }
 
 // R20: a release (e.g. a 5xx after a committed phase) keeps the progress too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r20_recovery_point_survives_release() {
-    let schema = PgSchema::fresh();
-    let store = with_app_table(&schema).await;
-    let id = id("r20-release");
-    let first = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
     let point = RecoveryPoint::new("charged");
-    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
-    assert_eq!(store.release(&first).await.unwrap(), Finish::Done);
-    let retry = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
-    assert_eq!(point_of(&store, &retry).await, Some(point));
+    let first = FirstPhase::run("r20-release", Duration::from_secs(10), point).await;
+    assert_eq!(
+        first.store.release(&first.lease).await.unwrap(),
+        Finish::Done
+    );
+    let retry = first.retry(1).await;
+    assert_eq!(point_of(&first.store, &retry).await, Some(first.point));
 }
 
 // R20, R11: after a takeover the old owner cannot advance (its phase rolls back), and
 // the new owner resumes from the last committed point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r20_advance_is_fenced_by_owner() {
-    let schema = PgSchema::fresh();
-    let store = with_app_table(&schema).await;
-    let id = id("r20-fence");
-    let old = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
     let p1 = RecoveryPoint::new("order_created");
-    assert_eq!(advance(&schema, &store, &old, &p1).await, Finish::Done);
+    let first = FirstPhase::run("r20-fence", Duration::from_millis(100), p1).await;
+    let FirstPhase {
+        schema,
+        store,
+        lease: old,
+        ..
+    } = &first;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let new = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    let new = first.retry(1).await;
     assert!(new.taken_over);
     let late = RecoveryPoint::new("charged");
-    assert_eq!(
-        advance(&schema, &store, &old, &late).await,
-        Finish::Superseded
-    );
+    assert_eq!(advance(schema, store, old, &late).await, Finish::Superseded);
     let c = client().await;
     assert_eq!(
         schema.count(&c, "app").await,
         1,
         "the late phase rolled back"
     );
-    assert_eq!(point_of(&store, &new).await, Some(p1));
+    assert_eq!(point_of(store, &new).await, Some(first.point.clone()));
     // A completed record cannot be advanced either.
     assert_eq!(
         store
@@ -851,7 +844,7 @@ async fn r20_advance_is_fenced_by_owner() {
         Finish::Done
     );
     assert_eq!(
-        advance(&schema, &store, &new, &late).await,
+        advance(schema, store, &new, &late).await,
         Finish::Superseded
     );
 }
@@ -860,15 +853,14 @@ async fn r20_advance_is_fenced_by_owner() {
 // first one's progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r20_other_fingerprint_does_not_resume() {
-    let schema = PgSchema::fresh();
-    let store = with_app_table(&schema).await;
-    let id = id("r20-fp");
-    let first = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
     let point = RecoveryPoint::new("order_created");
-    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
-    assert_eq!(store.release(&first).await.unwrap(), Finish::Done);
-    let other = acquire_for(&store, &id, 2, Duration::from_secs(10)).await;
-    assert_eq!(point_of(&store, &other).await, None);
+    let first = FirstPhase::run("r20-fp", Duration::from_secs(10), point).await;
+    assert_eq!(
+        first.store.release(&first.lease).await.unwrap(),
+        Finish::Done
+    );
+    let other = first.retry(2).await;
+    assert_eq!(point_of(&first.store, &other).await, None);
 }
 
 /// The same contract on the store wrapped for encryption at rest.
@@ -890,10 +882,7 @@ mod sealed {
         let schema = PgSchema::fresh();
         let store = Sealed::new(schema.store().await, sealing_keys());
         let rid = id("raw-key-visible");
-        let lease = match store.claim(&claim_req(&rid, 1)).await.unwrap() {
-            Claim::Acquired(lease) => lease,
-            other => panic!("expected Acquired, got {other:?}"),
-        };
+        let lease = acquired(&store, &rid).await;
         let done = store
             .complete(
                 &lease,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use idem_core::store::testkit::{
     self, RealTimeFixture, acquired, claim_req, id, snapshot, wait_on,
 };
-use idem_core::store::{Claim, Finish, ListFilter, Store, StoreError};
+use idem_core::store::{Claim, Finish, Store, StoreError};
 use idem_redis::{RedisStore, RedisStoreConfig};
 
 /// The lease the contract suite claims with: short, so expiry tests run in real time.
@@ -401,37 +401,18 @@ mod standalone {
     async fn r16_corrupt_snapshot_is_never_replayed() {
         let prefix = support::unique_prefix();
         let store = support::shared(&prefix).await;
-        let id = id("corrupt");
-        let lease = acquired(&store, &id).await;
-        let _ = store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let client = redis::Client::open(support::SHARED_URL).unwrap();
-        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("HSET")
-            .arg(idem_redis::redis_key(&prefix, &id))
-            .arg("sn")
-            .arg(&b"\x01garbage"[..])
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        assert!(matches!(
-            store.claim(&claim_req(&id, 1)).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            store.lookup(&id).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        // Listing reports it instead of failing (R16), and goes on with the others.
-        let other = crate::id("listed");
-        let lease = acquired(&store, &other).await;
-        let page = store.list(&ListFilter::default()).await.unwrap();
-        assert_eq!(page.corrupt.len(), 1, "{page:?}");
-        assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
-        assert_eq!(page.records.len(), 1);
-        assert_eq!(page.records[0].0, lease.id);
+        testkit::r16_damaged_record_is_never_replayed(&store, async |id| {
+            let client = redis::Client::open(support::SHARED_URL).unwrap();
+            let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("HSET")
+                .arg(idem_redis::redis_key(&prefix, id))
+                .arg("sn")
+                .arg(&b"\x01garbage"[..])
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        })
+        .await;
     }
 
     // R11: a completion sent again after a lost reply is not mistaken for a stale one,

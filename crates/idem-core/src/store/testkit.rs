@@ -23,7 +23,7 @@ use crate::record::{NotRetained, OwnerToken, RecordId, Snapshot, SnapshotBody, S
 use crate::scope::Scope;
 use crate::store::{
     Claim, ClaimRequest, Finish, Lease, ListFilter, MemoryStore, MemoryStoreConfig, StateFilter,
-    Store,
+    Store, StoreError,
 };
 
 pub mod model;
@@ -939,6 +939,40 @@ pub async fn r10_watch_wakes_across_instances<St: Store>(waiter: &St, finisher: 
         }
         assert_eq!(task.await.unwrap(), Finish::Done);
     }
+}
+
+/// R16: a completed record that `damage` then spoils behind the store's back (its
+/// snapshot no longer decodes) is an error, never a replay; a mismatch needs no snapshot
+/// and says so; listing reports it instead of failing, and goes on with the others.
+///
+/// `store` must hold no other record.
+pub async fn r16_damaged_record_is_never_replayed<St: Store>(
+    store: &St,
+    damage: impl AsyncFnOnce(&RecordId),
+) {
+    let id = id("corrupt");
+    let lease = acquired(store, &id).await;
+    let done = store
+        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done, Finish::Done);
+    damage(&id).await;
+    let answer = store.claim(&claim_req(&id, 1)).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+    let answer = store.lookup(&id).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+    assert_eq!(
+        store.claim(&claim_req(&id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
+    let other = crate::store::testkit::id("listed");
+    let lease = acquired(store, &other).await;
+    let page = store.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(page.corrupt.len(), 1, "{page:?}");
+    assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
+    assert_eq!(page.records.len(), 1, "{page:?}");
+    assert_eq!(page.records[0].0, lease.id);
 }
 
 /// Stamps the whole contract suite as named tests for one store.
