@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use idem_core::record::{OwnerToken, RecordId, State};
 use idem_core::store::testkit::{
-    self, NotificationProbe, RealTimeFixture, acquired, claim_req, id, snapshot, wait_on,
+    self, NotificationProbe, RealTimeFixture, acquired, claim_req, completed, id, snapshot, wait_on,
 };
 use idem_core::store::{Claim, Finish, Lease, Store, StoreError, Transactional};
 use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
@@ -45,6 +45,14 @@ impl PgSchema {
 
     async fn store(&self) -> PostgresStore {
         self.store_with(self.config()).await
+    }
+
+    /// Two instances on the schema, both listening (R18).
+    async fn two_stores(&self) -> (PostgresStore, PostgresStore) {
+        let (a, b) = (self.store().await, self.store().await);
+        until_listening(&a).await;
+        until_listening(&b).await;
+        (a, b)
     }
 
     async fn store_with(&self, config: PostgresStoreConfig) -> PostgresStore {
@@ -129,6 +137,15 @@ async fn client() -> tokio_postgres::Client {
         .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e}", url()));
     tokio::spawn(connection);
     client
+}
+
+/// Waits until `store`'s listener is subscribed: a watch taken from then on wakes only on
+/// a real notification.
+async fn until_listening(store: &PostgresStore) {
+    assert!(
+        eventually(Duration::from_secs(10), || async { store.is_listening() }).await,
+        "the store's listener did not subscribe"
+    );
 }
 
 /// Polls `check` every 50 ms until it holds or `within` passes.
@@ -265,14 +282,7 @@ async fn up_to_date_schema_needs_no_ddl_privileges() {
         .unwrap();
     assert_eq!(store.migrate().await.unwrap(), 0);
     let id = id("limited");
-    let lease = acquired(&store, &id).await;
-    assert_eq!(
-        store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
+    completed(&store, &id, b"ok", Duration::from_secs(60)).await;
     drop(store);
     // The same role cannot create a missing schema: that is an error, not a panic.
     let missing = PgSchema::fresh();
@@ -327,12 +337,8 @@ async fn r14_sweeper_deletes_expired_rows() {
     insert_rows(&schema, &c, 100, 5).await;
     // Records completed through the store expire and go too.
     for i in 0..10 {
-        let lease = acquired(&store, &id(&format!("sweep{i}"))).await;
-        let done = store
-            .complete(&lease, &snapshot(b"x"), Duration::from_millis(100))
-            .await
-            .unwrap();
-        assert_eq!(done, Finish::Done);
+        let id = id(&format!("sweep{i}"));
+        completed(&store, &id, b"x", Duration::from_millis(100)).await;
     }
     let live = id("sweep-live");
     let _live = acquired(&store, &live).await;
@@ -392,11 +398,7 @@ async fn r14_concurrent_sweeps_are_safe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r10_watch_wakes_across_instances() {
     let schema = PgSchema::fresh();
-    let a = schema.store().await;
-    let b = schema.store().await;
-    // Watches are taken once the listener is subscribed, so only a real notification
-    // wakes them.
-    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    let (a, b) = schema.two_stores().await;
     testkit::r10_watch_wakes_across_instances(&a, &b).await;
 }
 
@@ -411,7 +413,7 @@ async fn r10_listener_reconnects_and_wakes_waiters() {
         .await
         .unwrap();
     let b = schema.store().await;
-    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    until_listening(&a).await;
     let id = id("reconnect");
     let lease = acquired(&b, &id).await;
     let mut watch = a.watch(&id);
@@ -429,7 +431,7 @@ async fn r10_listener_reconnects_and_wakes_waiters() {
     tokio::time::timeout(Duration::from_secs(10), watch.changed())
         .await
         .expect("the reconnect woke the waiter");
-    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    until_listening(&a).await;
     let mut watch = a.watch(&id);
     wait_on(&a, &id).await;
     let _ = b
@@ -459,7 +461,7 @@ async fn background_tasks_stop_when_the_store_drops() {
     )
     .await
     .unwrap();
-    assert!(eventually(Duration::from_secs(10), || async { store.is_listening() }).await);
+    until_listening(&store).await;
     let c = client().await;
     let sessions = || async {
         c.query_one(
@@ -596,13 +598,27 @@ async fn r16_corrupt_records_are_never_replayed() {
     .await;
 }
 
+/// In `tx`: runs `insert` (the application's write) and completes `lease` with the
+/// response `charged` (R21).
+async fn charge_and_complete(
+    store: &PostgresStore,
+    tx: &tokio_postgres::Transaction<'_>,
+    insert: &str,
+    lease: &Lease,
+) {
+    tx.execute(insert, &[]).await.unwrap();
+    let done = store
+        .complete_in(tx, lease, &snapshot(b"charged"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done, Finish::Done);
+}
+
 // R21: the record completes with the caller's transaction, or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r21_complete_in_the_callers_transaction() {
     let schema = PgSchema::fresh();
-    let store = schema.store().await;
-    let other = schema.store().await;
-    assert!(eventually(Duration::from_secs(10), || async { other.is_listening() }).await);
+    let (store, other) = schema.two_stores().await;
     let c = client().await;
     c.batch_execute(&schema.sql("CREATE TABLE {s}.charges (amount int NOT NULL)"))
         .await
@@ -616,12 +632,7 @@ async fn r21_complete_in_the_callers_transaction() {
     {
         let mut conn = store.pool().get().await.unwrap();
         let tx = conn.transaction().await.unwrap();
-        tx.execute(&insert, &[]).await.unwrap();
-        let done = store
-            .complete_in(&*tx, &lease, &snapshot(b"charged"), ttl)
-            .await
-            .unwrap();
-        assert_eq!(done, Finish::Done);
+        charge_and_complete(&store, &tx, &insert, &lease).await;
         tx.rollback().await.unwrap();
     }
     assert_eq!(schema.count(&c, "charges").await, 0);
@@ -635,12 +646,7 @@ async fn r21_complete_in_the_callers_transaction() {
     wait_on(&other, &id).await;
     let mut conn = store.pool().get().await.unwrap();
     let tx = conn.transaction().await.unwrap();
-    tx.execute(&insert, &[]).await.unwrap();
-    let done = store
-        .complete_in(&*tx, &lease, &snapshot(b"charged"), ttl)
-        .await
-        .unwrap();
-    assert_eq!(done, Finish::Done);
+    charge_and_complete(&store, &tx, &insert, &lease).await;
     // Not visible before the commit.
     assert!(matches!(
         other.lookup(&id).await.unwrap().unwrap().state,
@@ -779,6 +785,14 @@ impl FirstPhase {
     async fn retry(&self, n: u8) -> Lease {
         acquire_for(&self.store, &self.id, n, Duration::from_secs(10)).await
     }
+
+    /// Releases the first lease, claims again with fingerprint `n`: the recovery point
+    /// the retry resumes from.
+    async fn release_and_retry(&self, n: u8) -> Option<RecoveryPoint> {
+        assert_eq!(self.store.release(&self.lease).await.unwrap(), Finish::Done);
+        let retry = self.retry(n).await;
+        point_of(&self.store, &retry).await
+    }
 }
 
 // R20: a recovery point commits with the phase's writes and outlives a crash: the
@@ -803,12 +817,7 @@ async fn r20_recovery_point_survives_lease_end_and_sweep() {
 async fn r20_recovery_point_survives_release() {
     let point = RecoveryPoint::new("charged");
     let first = FirstPhase::run("r20-release", Duration::from_secs(10), point).await;
-    assert_eq!(
-        first.store.release(&first.lease).await.unwrap(),
-        Finish::Done
-    );
-    let retry = first.retry(1).await;
-    assert_eq!(point_of(&first.store, &retry).await, Some(first.point));
+    assert_eq!(first.release_and_retry(1).await, Some(first.point.clone()));
 }
 
 // R20, R11: after a takeover the old owner cannot advance (its phase rolls back), and
@@ -855,12 +864,7 @@ async fn r20_advance_is_fenced_by_owner() {
 async fn r20_other_fingerprint_does_not_resume() {
     let point = RecoveryPoint::new("order_created");
     let first = FirstPhase::run("r20-fp", Duration::from_secs(10), point).await;
-    assert_eq!(
-        first.store.release(&first.lease).await.unwrap(),
-        Finish::Done
-    );
-    let other = first.retry(2).await;
-    assert_eq!(point_of(&first.store, &other).await, None);
+    assert_eq!(first.release_and_retry(2).await, None);
 }
 
 /// The same contract on the store wrapped for encryption at rest.
@@ -882,16 +886,7 @@ mod sealed {
         let schema = PgSchema::fresh();
         let store = Sealed::new(schema.store().await, sealing_keys());
         let rid = id("raw-key-visible");
-        let lease = acquired(&store, &rid).await;
-        let done = store
-            .complete(
-                &lease,
-                &snapshot(b"BODY-MARKER-pg"),
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
-        assert_eq!(done, Finish::Done);
+        completed(&store, &rid, b"BODY-MARKER-pg", Duration::from_secs(60)).await;
         let client = client().await;
         let rows = client
             .query(&schema.sql("SELECT r::text FROM {s}.records r"), &[])
@@ -995,14 +990,7 @@ async fn r08_claims_that_change_nothing_write_nothing() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
     let done = id("replayed");
-    let lease = acquired(&store, &done).await;
-    assert_eq!(
-        store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
+    completed(&store, &done, b"ok", Duration::from_secs(60)).await;
     let flying = id("flying");
     let _lease = acquired(&store, &flying).await;
     let c = client().await;

@@ -829,6 +829,14 @@ pub async fn acquired<St: Store>(store: &St, id: &RecordId) -> Lease {
     }
 }
 
+/// Claims `id` on `store` ([`acquired`]) and completes it with [`snapshot`]`(body)`,
+/// kept for `ttl`; panics unless both succeed.
+pub async fn completed<St: Store>(store: &St, id: &RecordId, body: &[u8], ttl: Duration) {
+    let lease = acquired(store, id).await;
+    let done = store.complete(&lease, &snapshot(body), ttl).await.unwrap();
+    assert_eq!(done, Finish::Done, "completing {id}");
+}
+
 /// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
 /// record's completion or release notifies every instance.
 pub async fn wait_on<St: Store>(store: &St, id: &RecordId) {
@@ -951,12 +959,7 @@ pub async fn r16_damaged_record_is_never_replayed<St: Store>(
     damage: impl AsyncFnOnce(&RecordId),
 ) {
     let id = id("corrupt");
-    let lease = acquired(store, &id).await;
-    let done = store
-        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(done, Finish::Done);
+    completed(store, &id, b"ok", Duration::from_secs(60)).await;
     damage(&id).await;
     let answer = store.claim(&claim_req(&id, 1)).await;
     assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
