@@ -193,6 +193,19 @@ fn ttl<F: Fixture>(fx: &F) -> Duration {
     fx.lease() * 3
 }
 
+/// `fx`'s store's answer to a claim of `id` with fingerprint `n`.
+async fn claim<F: Fixture>(fx: &F, id: &RecordId, n: u8) -> Claim {
+    fx.store().claim(&req(fx, id, n)).await.unwrap()
+}
+
+/// `fx`'s store's answer to completing `lease` with [`snapshot`]`(body)`.
+async fn complete<F: Fixture>(fx: &F, lease: &Lease, body: &[u8]) -> Finish {
+    fx.store()
+        .complete(lease, &snapshot(body), ttl(fx))
+        .await
+        .unwrap()
+}
+
 async fn acquire<F: Fixture>(fx: &F, id: &RecordId, n: u8) -> Lease {
     match fx.store().claim(&req(fx, id, n)).await.expect("claim") {
         Claim::Acquired(lease) => lease,
@@ -274,10 +287,7 @@ pub async fn r08_completed_replays_snapshot<F: Fixture>(fx: &F) {
         Finish::Done
     );
     for _ in 0..2 {
-        assert_eq!(
-            fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-            Claim::Completed(snap.clone())
-        );
+        assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snap.clone()));
     }
     let rec = fx.store().lookup(&id).await.unwrap().expect("record");
     assert_eq!(rec.fingerprint, fp(1));
@@ -300,10 +310,7 @@ pub async fn r13_not_retained_snapshots<F: Fixture>(fx: &F) {
             body: SnapshotBody::NotRetained(reason),
         };
         let _ = fx.store().complete(&lease, &snap, ttl(fx)).await.unwrap();
-        assert_eq!(
-            fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-            Claim::Completed(snap)
-        );
+        assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snap));
     }
 }
 
@@ -312,10 +319,7 @@ pub async fn r09_mismatch_leaves_record_untouched<F: Fixture>(fx: &F) {
     let id = id("mismatch");
     let lease = acquire(fx, &id, 1).await;
     let before = fx.store().lookup(&id).await.unwrap();
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
-        Claim::Mismatch
-    );
+    assert_eq!(claim(fx, &id, 2).await, Claim::Mismatch);
     assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
     let _ = fx
         .store()
@@ -323,22 +327,16 @@ pub async fn r09_mismatch_leaves_record_untouched<F: Fixture>(fx: &F) {
         .await
         .unwrap();
     let before = fx.store().lookup(&id).await.unwrap();
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
-        Claim::Mismatch
-    );
+    assert_eq!(claim(fx, &id, 2).await, Claim::Mismatch);
     assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-        Claim::Completed(snapshot(b"ok"))
-    );
+    assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snapshot(b"ok")));
 }
 
 /// R10: a duplicate of an in-flight record learns how long the lease has left.
 pub async fn r10_in_flight_reports_lease_left<F: Fixture>(fx: &F) {
     let id = id("inflight");
     let _lease = acquire(fx, &id, 1).await;
-    match fx.store().claim(&req(fx, &id, 1)).await.unwrap() {
+    match claim(fx, &id, 1).await {
         Claim::InFlight { retry_after } => {
             assert!(retry_after <= fx.lease(), "{retry_after:?}");
             assert!(!retry_after.is_zero());
@@ -358,13 +356,7 @@ pub async fn r07_release_frees_key<F: Fixture>(fx: &F) {
         fx.store().release(&lease).await.unwrap(),
         Finish::Superseded
     );
-    assert_eq!(
-        fx.store()
-            .complete(&lease, &snapshot(b"late"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Superseded
-    );
+    assert_eq!(complete(fx, &lease, b"late").await, Finish::Superseded);
     // A retry after a release may even carry another payload: the key is free.
     let again = acquire(fx, &id, 2).await;
     assert!(!again.taken_over);
@@ -385,30 +377,12 @@ pub async fn r11_expired_lease_is_taken_over<F: Fixture>(fx: &F) {
         store.renew(&old, fx.lease()).await.unwrap(),
         Finish::Superseded
     );
-    assert_eq!(
-        store
-            .complete(&old, &snapshot(b"stale"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Superseded
-    );
+    assert_eq!(complete(fx, &old, b"stale").await, Finish::Superseded);
     assert_eq!(store.release(&old).await.unwrap(), Finish::Superseded);
     let rec = store.lookup(&id).await.unwrap().expect("record");
     assert!(matches!(rec.state, State::InFlight { owner, .. } if owner == new.owner));
-    assert_eq!(
-        store
-            .complete(&new, &snapshot(b"fresh"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
-    assert_eq!(
-        store
-            .complete(&old, &snapshot(b"stale"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Superseded
-    );
+    assert_eq!(complete(fx, &new, b"fresh").await, Finish::Done);
+    assert_eq!(complete(fx, &old, b"stale").await, Finish::Superseded);
     assert_eq!(
         store.claim(&req(fx, &id, 1)).await.unwrap(),
         Claim::Completed(snapshot(b"fresh"))
@@ -446,10 +420,7 @@ pub async fn r11_racing_completions_are_fenced<F: Fixture>(fx: &F) {
         };
         assert_eq!(done, expected, "completion {i}");
     }
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-        Claim::Completed(snapshot(b"new"))
-    );
+    assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snapshot(b"new")));
 }
 
 /// R11: a renewed lease outlives its first deadline.
@@ -463,17 +434,8 @@ pub async fn r11_renew_keeps_lease_alive<F: Fixture>(fx: &F) {
         Finish::Done
     );
     fx.advance(step).await;
-    assert!(matches!(
-        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-        Claim::InFlight { .. }
-    ));
-    assert_eq!(
-        fx.store()
-            .complete(&lease, &snapshot(b"ok"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
+    assert!(matches!(claim(fx, &id, 1).await, Claim::InFlight { .. }));
+    assert_eq!(complete(fx, &lease, b"ok").await, Finish::Done);
 }
 
 /// R14: a completed record expires after its TTL; the key is then new again.
@@ -486,10 +448,7 @@ pub async fn r14_completed_record_expires<F: Fixture>(fx: &F) {
         .await
         .unwrap();
     fx.advance(ttl(fx) / 2).await;
-    assert!(matches!(
-        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
-        Claim::Mismatch
-    ));
+    assert!(matches!(claim(fx, &id, 2).await, Claim::Mismatch));
     fx.advance(ttl(fx) / 2 + Duration::from_millis(100)).await;
     assert_eq!(fx.store().lookup(&id).await.unwrap(), None);
     let again = acquire(fx, &id, 2).await;
@@ -534,21 +493,18 @@ pub async fn r04_scopes_are_independent<F: Fixture>(fx: &F) {
         .complete(&la, &snapshot(b"tenant-a"), ttl(fx))
         .await
         .unwrap();
-    assert!(matches!(
-        fx.store().claim(&req(fx, &b, 2)).await.unwrap(),
-        Claim::InFlight { .. }
-    ));
+    assert!(matches!(claim(fx, &b, 2).await, Claim::InFlight { .. }));
     let _ = fx
         .store()
         .complete(&lb, &snapshot(b"tenant-b"), ttl(fx))
         .await
         .unwrap();
     assert_eq!(
-        fx.store().claim(&req(fx, &a, 1)).await.unwrap(),
+        claim(fx, &a, 1).await,
         Claim::Completed(snapshot(b"tenant-a"))
     );
     assert_eq!(
-        fx.store().claim(&req(fx, &b, 2)).await.unwrap(),
+        claim(fx, &b, 2).await,
         Claim::Completed(snapshot(b"tenant-b"))
     );
 }
