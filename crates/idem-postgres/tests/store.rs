@@ -15,22 +15,21 @@ use idem_core::store::testkit::{
 };
 use idem_core::store::{Claim, Finish, Lease, Store, StoreError, Transactional};
 use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
+use idem_testkit::postgres::{Schema, client, run_detached, url};
 use tokio_postgres::NoTls;
-
-fn url() -> String {
-    std::env::var("IDEM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
 
 /// A fresh schema, dropped (with everything in it) when the guard drops.
 struct PgSchema {
     name: String,
+    _guard: Schema,
 }
 
 impl PgSchema {
     fn fresh() -> Self {
+        let guard = Schema::fresh("idem_t");
         Self {
-            name: format!("idem_t_{}", &OwnerToken::random().to_hex()[..16]),
+            name: guard.name().to_owned(),
+            _guard: guard,
         }
     }
 
@@ -78,12 +77,6 @@ impl PgSchema {
     }
 }
 
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        run_detached(format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
-    }
-}
-
 /// A login role for the test, dropped when the guard drops (declare it before the
 /// schema guard, so it outlives the objects it was granted).
 struct PgRole {
@@ -107,36 +100,6 @@ impl Drop for PgRole {
     fn drop(&mut self) {
         run_detached(format!("DROP ROLE IF EXISTS \"{}\"", self.name));
     }
-}
-
-/// Runs `sql` to completion from a `Drop`: that runs inside the test's runtime (or
-/// while unwinding), so a thread with its own small runtime does the async work.
-fn run_detached(sql: String) {
-    let statement = sql.clone();
-    let done = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
-            tokio::spawn(connection);
-            client.batch_execute(&statement).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-    })
-    .join();
-    if !matches!(done, Ok(Ok(()))) {
-        eprintln!("test cleanup failed: {sql}: {done:?}");
-    }
-}
-
-/// A plain connection for looking at the tables behind the store's back.
-async fn client() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&url(), NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e}", url()));
-    tokio::spawn(connection);
-    client
 }
 
 /// Waits until `store`'s listener is subscribed: a watch taken from then on wakes only on
