@@ -195,22 +195,18 @@ async fn r25_connections_beyond_the_limit_wait_for_a_free_slot() {
 /// `idem serve ARGS` with at most `nofile` open file descriptors.
 async fn serve_with_nofile(nofile: u32, args: &[&str]) -> Proc {
     let addr = common::free_addr();
-    let child = Command::new("sh")
-        .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
-        .arg(common::BIN)
-        .args(["serve", "--listen", &addr.to_string()])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc = Proc { child, addr };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "idem did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    proc
+    common::start(
+        Command::new("sh")
+            .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+            .arg(common::BIN)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        addr,
+        &[],
+    )
+    .await
 }
 
 // R25: out of file descriptors (a 64-descriptor limit, 150 connections that send

@@ -39,25 +39,20 @@ async fn serve(upstream: &CountingUpstream, extra: &[&str]) -> Served {
     let addr = free_addr();
     let admin = free_addr();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .args(["--listen", &addr.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--upstream", &format!("http://{}", upstream.addr())])
-        .args(["--store", "memory"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc { child, addr };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for a in [addr, admin] {
-        while tokio::net::TcpStream::connect(a).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "idem did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let proc = common::start(
+        Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--upstream", &format!("http://{}", upstream.addr())])
+            .args(["--store", "memory"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap()),
+        addr,
+        &[admin],
+    )
+    .await;
     Served { proc, admin, log }
 }
 
