@@ -857,11 +857,10 @@ mod sealed {
             .unwrap();
         assert_eq!(rows.len(), 1);
         let row: String = rows[0].get(0);
-        let hex = |s: &[u8]| s.iter().map(|b| format!("{b:02x}")).collect::<String>();
         for needle in [rid.key().as_str(), "BODY-MARKER-pg", "application/json"] {
             assert!(!row.contains(needle), "{needle} in {row}");
             assert!(
-                !row.contains(&hex(needle.as_bytes())),
+                !row.contains(&idem_testkit::hex(needle.as_bytes())),
                 "{needle} (hex) in {row}"
             );
         }

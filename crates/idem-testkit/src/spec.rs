@@ -735,8 +735,19 @@ pub async fn r19_streaming_passes_through<T: Target>(t: &T) {
 /// Stamps the whole HTTP suite as named tests for one target.
 ///
 /// `$make` is an expression making the [`Target`], evaluated afresh for each test.
+/// `single_machine_stores: Start` stamps it twice, in modules `memory` and `redb`, for
+/// the [`Start`] type `Start` (a unit struct in the calling module) on each store that
+/// needs no server.
 #[macro_export]
 macro_rules! spec_tests {
+    (single_machine_stores: $start:ident) => {
+        mod memory {
+            $crate::spec_tests!($crate::On::new(super::$start, $crate::memory::fixture));
+        }
+        mod redb {
+            $crate::spec_tests!($crate::On::new(super::$start, $crate::redb::fixture));
+        }
+    };
     ($make:expr) => {
         $crate::spec_tests!(@each $make;
             r01_quoted_and_bare_are_one_key,

@@ -11,9 +11,7 @@ mod serve;
 mod store_tls;
 
 use idem::policy::Policy;
-use idem::redb::RedbStore;
 use idem::store::Store;
-use idem::store::testkit::ManualFixture;
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{CountingUpstream, Front, Start};
 
@@ -51,21 +49,4 @@ impl Start for Proxy {
     }
 }
 
-/// A redb store in a temporary directory on a manual clock.
-pub fn redb_fixture() -> ManualFixture<RedbStore> {
-    idem_testkit::redb::fixture()
-}
-
-mod memory {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::Proxy,
-        idem::store::testkit::ManualFixture::memory
-    ));
-}
-
-mod redb {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::Proxy,
-        idem_testkit::redb::fixture
-    ));
-}
+idem_testkit::spec_tests!(single_machine_stores: Proxy);

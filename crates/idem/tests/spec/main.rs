@@ -57,19 +57,7 @@ impl Start for App {
     }
 }
 
-mod memory {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::App,
-        idem::store::testkit::ManualFixture::memory
-    ));
-}
-
-mod redb {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::App,
-        idem_testkit::redb::fixture
-    ));
-}
+idem_testkit::spec_tests!(single_machine_stores: App);
 
 #[cfg(feature = "postgres")]
 mod r20_postgres;

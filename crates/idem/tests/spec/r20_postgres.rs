@@ -20,7 +20,7 @@ use idem::store::Finish;
 use idem::{IdempotencyContext, IdempotencyLayer};
 use idem_testkit::Client;
 
-use super::r21_postgres::{PgSchema, bytea_hex, sealed};
+use super::r21_postgres::{PgSchema, sealed};
 use super::serve;
 
 /// A foreign service that honours idempotency keys: one charge per key.
@@ -169,7 +169,7 @@ async fn r20_crash_at_each_phase_boundary_resumes_sealed() {
         for clear in ["order_created", "charged", "ledgered", "ch_0", "cart-1"] {
             assert!(!raw.contains(clear), "{clear}: {raw}");
             assert!(
-                !raw.contains(&bytea_hex(clear.as_bytes())),
+                !raw.contains(&idem_testkit::hex(clear.as_bytes())),
                 "{clear}: {raw}"
             );
         }

@@ -101,11 +101,6 @@ pub(crate) fn sealed<S: Store>(store: S) -> Sealed<S> {
     Sealed::new(store, sealing_keys())
 }
 
-/// `bytes` as PostgreSQL prints a `bytea` inside a row's text: hex.
-pub(crate) fn bytea_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[derive(Clone)]
 struct App {
     pool: Pool,
@@ -233,7 +228,7 @@ async fn r21_completion_commits_through_a_sealed_store() {
         b"order-1",
         b"application/json",
     ] {
-        assert!(!raw.contains(&bytea_hex(clear)), "{raw}");
+        assert!(!raw.contains(&idem_testkit::hex(clear)), "{raw}");
         assert!(!raw.contains(std::str::from_utf8(clear).unwrap()), "{raw}");
     }
 }
