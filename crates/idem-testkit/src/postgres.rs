@@ -36,6 +36,32 @@ impl Drop for Schema {
     }
 }
 
+/// The number of rows in `schema`.`table`.
+pub async fn count(client: &tokio_postgres::Client, schema: &str, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Every row of the store's tables in `schema` (records and recovery points), as
+/// PostgreSQL prints them, one a line: for checks of what is stored in the clear.
+pub async fn store_rows_as_text(client: &tokio_postgres::Client, schema: &str) -> String {
+    let mut all = String::new();
+    for table in ["records", "recovery_points"] {
+        for row in client
+            .query(&format!("SELECT t::text FROM \"{schema}\".{table} t"), &[])
+            .await
+            .unwrap()
+        {
+            all.push_str(row.get::<_, &str>(0));
+            all.push('\n');
+        }
+    }
+    all
+}
+
 /// A plain connection to the test server, for looking at tables behind a store's back;
 /// fails loudly if the server is unreachable.
 pub async fn client() -> tokio_postgres::Client {

@@ -60,6 +60,4 @@ impl Start for App {
 idem_testkit::spec_tests!(single_machine_stores: App);
 
 #[cfg(feature = "postgres")]
-mod r20_postgres;
-#[cfg(feature = "postgres")]
 mod r21_postgres;
