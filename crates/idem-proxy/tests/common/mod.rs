@@ -18,13 +18,18 @@ pub fn free_addr() -> SocketAddr {
 /// `idem serve` on the memory store in front of an upstream nothing listens on: the
 /// start of a command line whose further settings a test expects to be refused.
 pub fn serve_command() -> Command {
+    serve_command_on("memory")
+}
+
+/// `idem serve` on `store`, on any free port, in front of an upstream nothing listens
+/// on: for a test that expects it to refuse to start.
+pub fn serve_command_on(store: &str) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args([
         "--upstream",
         "http://127.0.0.1:9",
         "--store",
-        "memory",
+        store,
     ]);
     cmd
 }

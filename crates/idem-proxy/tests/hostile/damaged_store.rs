@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use idem::ProblemKind;
 use idem_testkit::{Client, CountingUpstream};
 
-use crate::common::{BIN, serve};
+use crate::common::{BIN, serve, serve_command_on};
 
 /// The marker the upstream echoes into the stored response body, so the test can find
 /// the body's bytes in the database file.
@@ -55,15 +55,7 @@ fn run(args: &[&str]) -> Output {
 /// `idem serve` on `store` must refuse to start: exit 2, one line naming the file, no
 /// panic.
 fn assert_refused(store: &str, says: &str) {
-    let out = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--store",
-        store,
-    ]);
+    let out = serve_command_on(store).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{store}: {stderr}");
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();

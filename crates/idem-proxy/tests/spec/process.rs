@@ -4,7 +4,7 @@ use std::process::Command;
 
 use idem_testkit::{Client, CountingUpstream};
 
-use crate::common::{BIN, serve, wait_listening};
+use crate::common::{BIN, serve, serve_command_on, wait_listening};
 
 // R16: a completed record survives a crash (SIGKILL) of the proxy on the embedded store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,17 +117,10 @@ async fn second_proxy_on_a_held_directory_is_refused() {
         store.as_str(),
     ])
     .await;
-    let (code, stderr) = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--store",
-        store.as_str(),
-    ]);
+    let out = serve_command_on(&store).output().unwrap();
+    let (code, stderr) = (out.status.code(), String::from_utf8_lossy(&out.stderr));
     first.kill();
-    assert_eq!(code, 2);
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("another idem process"), "{stderr}");
 }
 
