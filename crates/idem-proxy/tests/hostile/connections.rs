@@ -51,10 +51,7 @@ async fn read_response(stream: &mut TcpStream) -> u16 {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
+            let len = crate::content_length(&head);
             while buf.len() < end + 4 + len {
                 let n = stream.read(&mut chunk).await.unwrap();
                 assert!(n > 0, "body cut short");

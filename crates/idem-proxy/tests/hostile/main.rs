@@ -42,6 +42,18 @@ async fn front<St: Store>(
     Front::new(running.addr(), running)
 }
 
+/// The `Content-Length` a response or request head announces (0 without one); panics
+/// on one that is not a number.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
 /// A proxy over a memory store that gives a client 300 ms to send its request.
 async fn impatient_front(upstream: &CountingUpstream) -> Front {
     front(MemoryStore::new(), upstream, |c| {

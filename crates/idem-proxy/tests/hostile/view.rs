@@ -216,14 +216,7 @@ async fn send(addr: SocketAddr, request: &str) -> Answer {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let l = l.to_ascii_lowercase();
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
+            let len = crate::content_length(&head);
             while buf.len() < end + 4 + len {
                 let n = read(&mut s, &mut chunk).await;
                 assert!(n > 0, "body cut short: {head}");
