@@ -769,8 +769,9 @@ pub async fn sealed_list_shows_digests<F: Fixture>(fx: &F) {
 pub trait NotificationProbe: Send {
     /// Sends `marker` on the store's channel, as the store would send a notification.
     fn send_marker(&mut self, marker: &str) -> impl Future<Output = ()> + Send;
-    /// The payload of the next message on the channel, in the order they were sent;
-    /// panics if none arrives within a few seconds.
+    /// The payload of the next message on the channel, in the order they were sent,
+    /// however long that takes (the contract bounds the wait); panics if the channel
+    /// closed.
     fn next(&mut self) -> impl Future<Output = Vec<u8>> + Send;
     /// The record a store's notification payload names, if it names one.
     fn record_of(payload: &[u8]) -> Option<RecordId>;
@@ -791,6 +792,13 @@ pub async fn completed<St: Store>(store: &St, id: &RecordId, body: &[u8], ttl: D
     let lease = acquired(store, id).await;
     let done = store.complete(&lease, &snapshot(body), ttl).await.unwrap();
     assert_eq!(done, Finish::Done, "completing {id}");
+}
+
+/// The next message `probe` hears, within 5 s.
+async fn heard<P: NotificationProbe>(probe: &mut P) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(5), probe.next())
+        .await
+        .expect("a notification within 5 s")
 }
 
 /// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
@@ -835,7 +843,7 @@ pub async fn r10_only_awaited_records_notify<F: Fixture, P: NotificationProbe>(
     assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
     probe.send_marker("marker-1").await;
     assert_eq!(
-        String::from_utf8_lossy(&probe.next().await),
+        String::from_utf8_lossy(&heard(probe).await),
         "marker-1",
         "a record nobody waited for notified"
     );
@@ -855,14 +863,14 @@ pub async fn r10_only_awaited_records_notify<F: Fixture, P: NotificationProbe>(
         };
         assert_eq!(finish.unwrap(), Finish::Done);
         probe.send_marker("marker-2").await;
-        let first = probe.next().await;
+        let first = heard(probe).await;
         let first_text = String::from_utf8_lossy(&first);
         assert_ne!(
             first_text, "marker-2",
             "the awaited record sent no notification"
         );
         assert_eq!(P::record_of(&first), Some(watched), "{first_text}");
-        assert_eq!(String::from_utf8_lossy(&probe.next().await), "marker-2");
+        assert_eq!(String::from_utf8_lossy(&heard(probe).await), "marker-2");
     }
 }
 
