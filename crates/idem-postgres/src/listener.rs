@@ -173,8 +173,8 @@ mod tests {
             Scope::from_bytes([7; 16]),
             IdempotencyKey::new("k-1").unwrap(),
         );
-        // What `encode(scope || key, 'hex')` sends.
-        let hex: String = id.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        // What `encode(scope || key, 'hex')` sends: the scope's 16 bytes, then `k-1`.
+        let hex = format!("{}6b2d31", "07".repeat(16));
         assert_eq!(RecordId::from_hex(&hex), Some(id));
         assert_eq!(RecordId::from_hex(""), None);
     }

@@ -9,26 +9,27 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use idem_core::record::{OwnerToken, State};
-use idem_core::store::testkit::{claim_req, id, snapshot};
-use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError, Transactional};
+use idem_core::record::{OwnerToken, RecordId, State};
+use idem_core::store::testkit::{
+    self, NotificationProbe, RealTimeFixture, acquired, claim_req, completed, id, snapshot, wait_on,
+};
+use idem_core::store::{Claim, Finish, Lease, Store, StoreError, Transactional};
 use idem_postgres::{ConfigError, PostgresStore, PostgresStoreConfig, RecoveryPoint};
+use idem_testkit::postgres::{Schema, client, run_detached, url};
 use tokio_postgres::NoTls;
-
-fn url() -> String {
-    std::env::var("IDEM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
 
 /// A fresh schema, dropped (with everything in it) when the guard drops.
 struct PgSchema {
     name: String,
+    _guard: Schema,
 }
 
 impl PgSchema {
     fn fresh() -> Self {
+        let guard = Schema::fresh("idem_t");
         Self {
-            name: format!("idem_t_{}", &OwnerToken::random().to_hex()[..16]),
+            name: guard.name().to_owned(),
+            _guard: guard,
         }
     }
 
@@ -43,6 +44,14 @@ impl PgSchema {
 
     async fn store(&self) -> PostgresStore {
         self.store_with(self.config()).await
+    }
+
+    /// Two instances on the schema, both listening (R18).
+    async fn two_stores(&self) -> (PostgresStore, PostgresStore) {
+        let (a, b) = (self.store().await, self.store().await);
+        until_listening(&a).await;
+        until_listening(&b).await;
+        (a, b)
     }
 
     async fn store_with(&self, config: PostgresStoreConfig) -> PostgresStore {
@@ -65,12 +74,6 @@ impl PgSchema {
             .await
             .unwrap()
             .get(0)
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        run_detached(format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
     }
 }
 
@@ -99,54 +102,13 @@ impl Drop for PgRole {
     }
 }
 
-/// Runs `sql` to completion from a `Drop`: that runs inside the test's runtime (or
-/// while unwinding), so a thread with its own small runtime does the async work.
-fn run_detached(sql: String) {
-    let statement = sql.clone();
-    let done = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
-            tokio::spawn(connection);
-            client.batch_execute(&statement).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-    })
-    .join();
-    if !matches!(done, Ok(Ok(()))) {
-        eprintln!("test cleanup failed: {sql}: {done:?}");
-    }
-}
-
-/// A plain connection for looking at the tables behind the store's back.
-async fn client() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&url(), NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e}", url()));
-    tokio::spawn(connection);
-    client
-}
-
-async fn acquire(store: &PostgresStore, id: &idem_core::record::RecordId) -> Lease {
-    match store.claim(&claim_req(id, 1)).await.unwrap() {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
-
-/// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
-/// record's completion or release notifies every instance.
-async fn wait_on(store: &PostgresStore, id: &idem_core::record::RecordId) {
-    let req = idem_core::store::ClaimRequest {
-        waiting: true,
-        ..claim_req(id, 1)
-    };
-    match store.claim(&req).await.unwrap() {
-        Claim::InFlight { .. } => {}
-        other => panic!("expected InFlight, got {other:?}"),
-    }
+/// Waits until `store`'s listener is subscribed: a watch taken from then on wakes only on
+/// a real notification.
+async fn until_listening(store: &PostgresStore) {
+    assert!(
+        eventually(Duration::from_secs(10), || async { store.is_listening() }).await,
+        "the store's listener did not subscribe"
+    );
 }
 
 /// Polls `check` every 50 ms until it holds or `within` passes.
@@ -248,7 +210,7 @@ async fn concurrent_migrations_of_a_fresh_schema_all_succeed() {
     assert_eq!(schema.count(&c, "records").await, 0);
     // And the result works from every store.
     let id = id("migrated");
-    let _lease = acquire(&stores[0], &id).await;
+    let _lease = acquired(&stores[0], &id).await;
     assert!(matches!(
         stores[3].claim(&claim_req(&id, 1)).await.unwrap(),
         Claim::InFlight { .. }
@@ -283,14 +245,7 @@ async fn up_to_date_schema_needs_no_ddl_privileges() {
         .unwrap();
     assert_eq!(store.migrate().await.unwrap(), 0);
     let id = id("limited");
-    let lease = acquire(&store, &id).await;
-    assert_eq!(
-        store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
+    completed(&store, &id, b"ok", Duration::from_secs(60)).await;
     drop(store);
     // The same role cannot create a missing schema: that is an error, not a panic.
     let missing = PgSchema::fresh();
@@ -345,15 +300,11 @@ async fn r14_sweeper_deletes_expired_rows() {
     insert_rows(&schema, &c, 100, 5).await;
     // Records completed through the store expire and go too.
     for i in 0..10 {
-        let lease = acquire(&store, &id(&format!("sweep{i}"))).await;
-        let done = store
-            .complete(&lease, &snapshot(b"x"), Duration::from_millis(100))
-            .await
-            .unwrap();
-        assert_eq!(done, Finish::Done);
+        let id = id(&format!("sweep{i}"));
+        completed(&store, &id, b"x", Duration::from_millis(100)).await;
     }
     let live = id("sweep-live");
-    let _live = acquire(&store, &live).await;
+    let _live = acquired(&store, &live).await;
     // 116 rows were written; the sweeper (every 200 ms) may already be at work, so only
     // the end state is asserted: the 6 live rows stay, the 110 expired ones go.
     assert!(
@@ -410,40 +361,8 @@ async fn r14_concurrent_sweeps_are_safe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r10_watch_wakes_across_instances() {
     let schema = PgSchema::fresh();
-    let a = schema.store().await;
-    let b = schema.store().await;
-    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
-    for complete in [true, false] {
-        let id = id("cross");
-        let lease = acquire(&b, &id).await;
-        // Taken once the listener is subscribed, so only a real notification wakes it.
-        let mut watch = a.watch(&id);
-        wait_on(&a, &id).await;
-        let finisher = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if complete {
-                    b.complete(&lease, &snapshot(b"done"), Duration::from_secs(60))
-                        .await
-                        .unwrap()
-                } else {
-                    b.release(&lease).await.unwrap()
-                }
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(5), watch.changed())
-            .await
-            .expect("the watch on the other instance woke");
-        // The notification is sent at commit: what woke the watch is visible now.
-        let seen = a.lookup(&id).await.unwrap();
-        if complete {
-            assert!(matches!(seen.unwrap().state, State::Completed { .. }));
-        } else {
-            assert_eq!(seen, None);
-        }
-        assert_eq!(finisher.await.unwrap(), Finish::Done);
-    }
+    let (a, b) = schema.two_stores().await;
+    testkit::r10_watch_wakes_across_instances(&a, &b).await;
 }
 
 // R10: after the listener's connection is killed it reconnects, wakes every waiter
@@ -457,9 +376,9 @@ async fn r10_listener_reconnects_and_wakes_waiters() {
         .await
         .unwrap();
     let b = schema.store().await;
-    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    until_listening(&a).await;
     let id = id("reconnect");
-    let lease = acquire(&b, &id).await;
+    let lease = acquired(&b, &id).await;
     let mut watch = a.watch(&id);
     let c = client().await;
     // The pool shares the application name; terminate every such backend.
@@ -475,7 +394,7 @@ async fn r10_listener_reconnects_and_wakes_waiters() {
     tokio::time::timeout(Duration::from_secs(10), watch.changed())
         .await
         .expect("the reconnect woke the waiter");
-    assert!(eventually(Duration::from_secs(10), || async { a.is_listening() }).await);
+    until_listening(&a).await;
     let mut watch = a.watch(&id);
     wait_on(&a, &id).await;
     let _ = b
@@ -505,7 +424,7 @@ async fn background_tasks_stop_when_the_store_drops() {
     )
     .await
     .unwrap();
-    assert!(eventually(Duration::from_secs(10), || async { store.is_listening() }).await);
+    until_listening(&store).await;
     let c = client().await;
     let sessions = || async {
         c.query_one(
@@ -616,7 +535,7 @@ async fn r15_slow_statement_times_out() {
         })
         .await;
     let id = id("locked");
-    let lease = acquire(&store, &id).await;
+    let lease = acquired(&store, &id).await;
     let mut c = client().await;
     let tx = c.transaction().await.unwrap();
     // A lock that blocks reads too: a claim on a live record only reads (claim.sql).
@@ -639,53 +558,45 @@ async fn r15_slow_statement_times_out() {
 async fn r16_corrupt_records_are_never_replayed() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
-    let id = id("corrupt");
-    let lease = acquire(&store, &id).await;
-    let _ = store
-        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+    testkit::r16_damaged_record_is_never_replayed(&store, async |_| {
+        let c = client().await;
+        c.execute(
+            &schema.sql("UPDATE {s}.records SET snapshot = '\\x0900'::bytea"),
+            &[],
+        )
         .await
         .unwrap();
-    let c = client().await;
-    c.execute(
-        &schema.sql("UPDATE {s}.records SET snapshot = '\\x0900'::bytea"),
-        &[],
-    )
-    .await
-    .unwrap();
-    let answer = store.claim(&claim_req(&id, 1)).await;
-    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
-    assert!(matches!(
-        store.lookup(&id).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    // A mismatch needs no snapshot, and says so.
-    assert_eq!(
-        store.claim(&claim_req(&id, 2)).await.unwrap(),
-        Claim::Mismatch
-    );
-    // Listing reports it instead of failing (R16), and goes on with the others.
-    let other = crate::id("listed");
-    let lease = acquire(&store, &other).await;
-    let page = store.list(&ListFilter::default()).await.unwrap();
-    assert_eq!(page.corrupt.len(), 1, "{page:?}");
-    assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
-    assert_eq!(page.records.len(), 1);
-    assert_eq!(page.records[0].0, lease.id);
+    })
+    .await;
+}
+
+/// In `tx`: runs `insert` (the application's write) and completes `lease` with the
+/// response `charged` (R21).
+async fn charge_and_complete(
+    store: &PostgresStore,
+    tx: &tokio_postgres::Transaction<'_>,
+    insert: &str,
+    lease: &Lease,
+) {
+    tx.execute(insert, &[]).await.unwrap();
+    let done = store
+        .complete_in(tx, lease, &snapshot(b"charged"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done, Finish::Done);
 }
 
 // R21: the record completes with the caller's transaction, or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r21_complete_in_the_callers_transaction() {
     let schema = PgSchema::fresh();
-    let store = schema.store().await;
-    let other = schema.store().await;
-    assert!(eventually(Duration::from_secs(10), || async { other.is_listening() }).await);
+    let (store, other) = schema.two_stores().await;
     let c = client().await;
     c.batch_execute(&schema.sql("CREATE TABLE {s}.charges (amount int NOT NULL)"))
         .await
         .unwrap();
     let id = id("tx");
-    let lease = acquire(&store, &id).await;
+    let lease = acquired(&store, &id).await;
     let ttl = Duration::from_secs(60);
     let insert = schema.sql("INSERT INTO {s}.charges (amount) VALUES (100)");
 
@@ -693,12 +604,7 @@ async fn r21_complete_in_the_callers_transaction() {
     {
         let mut conn = store.pool().get().await.unwrap();
         let tx = conn.transaction().await.unwrap();
-        tx.execute(&insert, &[]).await.unwrap();
-        let done = store
-            .complete_in(&*tx, &lease, &snapshot(b"charged"), ttl)
-            .await
-            .unwrap();
-        assert_eq!(done, Finish::Done);
+        charge_and_complete(&store, &tx, &insert, &lease).await;
         tx.rollback().await.unwrap();
     }
     assert_eq!(schema.count(&c, "charges").await, 0);
@@ -712,12 +618,7 @@ async fn r21_complete_in_the_callers_transaction() {
     wait_on(&other, &id).await;
     let mut conn = store.pool().get().await.unwrap();
     let tx = conn.transaction().await.unwrap();
-    tx.execute(&insert, &[]).await.unwrap();
-    let done = store
-        .complete_in(&*tx, &lease, &snapshot(b"charged"), ttl)
-        .await
-        .unwrap();
-    assert_eq!(done, Finish::Done);
+    charge_and_complete(&store, &tx, &insert, &lease).await;
     // Not visible before the commit.
     assert!(matches!(
         other.lookup(&id).await.unwrap().unwrap().state,
@@ -779,12 +680,7 @@ async fn pooled_connections_carry_the_store_settings() {
 }
 
 /// Claims `id` with fingerprint `n` and a lease of `lease`.
-async fn acquire_for(
-    store: &PostgresStore,
-    id: &idem_core::record::RecordId,
-    n: u8,
-    lease: Duration,
-) -> Lease {
+async fn acquire_for(store: &PostgresStore, id: &RecordId, n: u8, lease: Duration) -> Lease {
     let mut req = claim_req(id, n);
     req.lease = lease;
     match store.claim(&req).await.unwrap() {
@@ -825,6 +721,17 @@ async fn point_of(store: &PostgresStore, lease: &Lease) -> Option<RecoveryPoint>
     store.recovery_point(&**c, lease).await.unwrap()
 }
 
+/// A store in a fresh schema with an application table `app`, and its first phase:
+/// `key` claimed with `lease` and advanced to `point`.
+struct FirstPhase {
+    schema: PgSchema,
+    store: PostgresStore,
+    id: RecordId,
+    lease: Lease,
+    point: RecoveryPoint,
+}
+
+/// A store in `schema`, with an application table `app` for the phases' own writes.
 async fn with_app_table(schema: &PgSchema) -> PostgresStore {
     let store = schema.store().await;
     client()
@@ -835,68 +742,86 @@ async fn with_app_table(schema: &PgSchema) -> PostgresStore {
     store
 }
 
+impl FirstPhase {
+    async fn run(key: &str, lease: Duration, point: RecoveryPoint) -> Self {
+        let schema = PgSchema::fresh();
+        let store = with_app_table(&schema).await;
+        let id = id(key);
+        let lease = acquire_for(&store, &id, 1, lease).await;
+        assert_eq!(point_of(&store, &lease).await, None);
+        assert_eq!(advance(&schema, &store, &lease, &point).await, Finish::Done);
+        Self {
+            schema,
+            store,
+            id,
+            lease,
+            point,
+        }
+    }
+
+    /// Claims the record again with fingerprint `n` (and a 10 s lease).
+    async fn retry(&self, n: u8) -> Lease {
+        acquire_for(&self.store, &self.id, n, Duration::from_secs(10)).await
+    }
+
+    /// Releases the first lease, claims again with fingerprint `n`: the recovery point
+    /// the retry resumes from.
+    async fn release_and_retry(&self, n: u8) -> Option<RecoveryPoint> {
+        assert_eq!(self.store.release(&self.lease).await.unwrap(), Finish::Done);
+        let retry = self.retry(n).await;
+        point_of(&self.store, &retry).await
+    }
+}
+
 // R20: a recovery point commits with the phase's writes and outlives a crash: the
 // lease ends, the sweeper deletes the dead record, a retry claims afresh and resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r20_recovery_point_survives_lease_end_and_sweep() {
-    let schema = PgSchema::fresh();
-    let store = with_app_table(&schema).await;
-    let id = id("r20-sweep");
-    let first = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
-    assert_eq!(point_of(&store, &first).await, None);
     let point = RecoveryPoint::with_data("order_created", b"{\"order\":7}".to_vec());
-    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
-
+    let first = FirstPhase::run("r20-sweep", Duration::from_millis(100), point).await;
     // The owner "crashes": its lease ends and the sweeper removes the record.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store.purge_expired().await.unwrap();
+    first.store.purge_expired().await.unwrap();
     let c = client().await;
-    assert_eq!(schema.count(&c, "records").await, 0);
+    assert_eq!(first.schema.count(&c, "records").await, 0);
 
-    let retry = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
-    assert_eq!(point_of(&store, &retry).await, Some(point));
-    assert_eq!(schema.count(&c, "app").await, 1);
+    let retry = first.retry(1).await;
+    assert_eq!(point_of(&first.store, &retry).await, Some(first.point));
+    assert_eq!(first.schema.count(&c, "app").await, 1);
 }
 
 // R20: a release (e.g. a 5xx after a committed phase) keeps the progress too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r20_recovery_point_survives_release() {
-    let schema = PgSchema::fresh();
-    let store = with_app_table(&schema).await;
-    let id = id("r20-release");
-    let first = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
     let point = RecoveryPoint::new("charged");
-    assert_eq!(advance(&schema, &store, &first, &point).await, Finish::Done);
-    assert_eq!(store.release(&first).await.unwrap(), Finish::Done);
-    let retry = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
-    assert_eq!(point_of(&store, &retry).await, Some(point));
+    let first = FirstPhase::run("r20-release", Duration::from_secs(10), point).await;
+    assert_eq!(first.release_and_retry(1).await, Some(first.point.clone()));
 }
 
 // R20, R11: after a takeover the old owner cannot advance (its phase rolls back), and
 // the new owner resumes from the last committed point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r20_advance_is_fenced_by_owner() {
-    let schema = PgSchema::fresh();
-    let store = with_app_table(&schema).await;
-    let id = id("r20-fence");
-    let old = acquire_for(&store, &id, 1, Duration::from_millis(100)).await;
     let p1 = RecoveryPoint::new("order_created");
-    assert_eq!(advance(&schema, &store, &old, &p1).await, Finish::Done);
+    let first = FirstPhase::run("r20-fence", Duration::from_millis(100), p1).await;
+    let FirstPhase {
+        schema,
+        store,
+        lease: old,
+        ..
+    } = &first;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let new = acquire_for(&store, &id, 1, Duration::from_secs(10)).await;
+    let new = first.retry(1).await;
     assert!(new.taken_over);
     let late = RecoveryPoint::new("charged");
-    assert_eq!(
-        advance(&schema, &store, &old, &late).await,
-        Finish::Superseded
-    );
+    assert_eq!(advance(schema, store, old, &late).await, Finish::Superseded);
     let c = client().await;
     assert_eq!(
         schema.count(&c, "app").await,
         1,
         "the late phase rolled back"
     );
-    assert_eq!(point_of(&store, &new).await, Some(p1));
+    assert_eq!(point_of(store, &new).await, Some(first.point.clone()));
     // A completed record cannot be advanced either.
     assert_eq!(
         store
@@ -906,7 +831,7 @@ async fn r20_advance_is_fenced_by_owner() {
         Finish::Done
     );
     assert_eq!(
-        advance(&schema, &store, &new, &late).await,
+        advance(schema, store, &new, &late).await,
         Finish::Superseded
     );
 }
@@ -1058,19 +983,7 @@ mod sealed {
         let schema = PgSchema::fresh();
         let store = Sealed::new(schema.store().await, sealing_keys());
         let rid = id("raw-key-visible");
-        let lease = match store.claim(&claim_req(&rid, 1)).await.unwrap() {
-            Claim::Acquired(lease) => lease,
-            other => panic!("expected Acquired, got {other:?}"),
-        };
-        let done = store
-            .complete(
-                &lease,
-                &snapshot(b"BODY-MARKER-pg"),
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
-        assert_eq!(done, Finish::Done);
+        completed(&store, &rid, b"BODY-MARKER-pg", Duration::from_secs(60)).await;
         let client = client().await;
         let rows = client
             .query(&schema.sql("SELECT r::text FROM {s}.records r"), &[])
@@ -1078,11 +991,10 @@ mod sealed {
             .unwrap();
         assert_eq!(rows.len(), 1);
         let row: String = rows[0].get(0);
-        let hex = |s: &[u8]| s.iter().map(|b| format!("{b:02x}")).collect::<String>();
         for needle in [rid.key().as_str(), "BODY-MARKER-pg", "application/json"] {
             assert!(!row.contains(needle), "{needle} in {row}");
             assert!(
-                !row.contains(&hex(needle.as_bytes())),
+                !row.contains(&idem_testkit::hex(needle.as_bytes())),
                 "{needle} (hex) in {row}"
             );
         }
@@ -1094,16 +1006,65 @@ mod sealed {
     }
 }
 
-/// The next notification the listening connection received.
-async fn next_notification(
-    messages: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-) -> String {
-    tokio::time::timeout(Duration::from_secs(5), messages.recv())
-        .await
-        .expect("a notification within 5 s")
-        .expect("the listening connection is open")
-        .payload()
-        .to_owned()
+/// A connection of the test's own that listens on a store's channel.
+struct Probe {
+    listener: tokio_postgres::Client,
+    channel: String,
+    messages: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+}
+
+impl Probe {
+    /// Listens on the channel of the store in `schema` (config.rs: the schema's name,
+    /// then `.records`).
+    async fn listen(schema: &PgSchema) -> Self {
+        let channel = format!("{}.records", schema.name);
+        let (listener, mut connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        let _ = tx.send(n);
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+        });
+        listener
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .unwrap();
+        Self {
+            listener,
+            channel,
+            messages,
+        }
+    }
+}
+
+impl NotificationProbe for Probe {
+    async fn send_marker(&mut self, marker: &str) {
+        self.listener
+            .execute("SELECT pg_notify($1, $2)", &[&self.channel, &marker])
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Vec<u8> {
+        self.messages
+            .recv()
+            .await
+            .expect("the listening connection is open")
+            .payload()
+            .as_bytes()
+            .to_vec()
+    }
+
+    /// The store notifies with the record's id in hex.
+    fn record_of(payload: &[u8]) -> Option<RecordId> {
+        RecordId::from_hex(std::str::from_utf8(payload).ok()?)
+    }
 }
 
 // R10: a completion or release that nobody waits for sends no notification (NOTIFY
@@ -1113,83 +1074,9 @@ async fn next_notification(
 async fn r10_only_awaited_records_notify() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
-    // The store's channel (config.rs): the schema's name, then `.records`.
-    let channel = format!("{}.records", schema.name);
-    // A connection of our own that listens on the store's channel.
-    let (listener, mut connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
-    let (tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    let _ = tx.send(n);
-                }
-                Some(Ok(_)) => {}
-                _ => break,
-            }
-        }
-    });
-    listener
-        .batch_execute(&format!("LISTEN \"{channel}\""))
-        .await
-        .unwrap();
-    let marker = |text: &'static str| {
-        let listener = &listener;
-        let channel = channel.clone();
-        async move {
-            listener
-                .execute("SELECT pg_notify($1, $2)", &[&channel, &text])
-                .await
-                .unwrap();
-        }
-    };
-    // Nobody waits: the completion and the release send nothing, so the marker sent
-    // after them is the first notification to arrive (notifications are delivered in
-    // commit order).
-    let done = id("unwatched-done");
-    let lease = acquire(&store, &done).await;
-    assert!(matches!(
-        store.claim(&claim_req(&done, 1)).await.unwrap(),
-        Claim::InFlight { .. }
-    ));
-    assert_eq!(
-        store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
-    let gone = id("unwatched-released");
-    let lease = acquire(&store, &gone).await;
-    assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
-    marker("marker-1").await;
-    assert_eq!(next_notification(&mut messages).await, "marker-1");
-
-    // A waiting duplicate marks the record: its completion notifies, then its release.
-    for complete in [true, false] {
-        let watched = id(if complete {
-            "watched-done"
-        } else {
-            "watched-released"
-        });
-        let lease = acquire(&store, &watched).await;
-        wait_on(&store, &watched).await;
-        if complete {
-            assert_eq!(
-                store
-                    .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-                    .await
-                    .unwrap(),
-                Finish::Done
-            );
-        } else {
-            assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
-        }
-        marker("marker-2").await;
-        let first = next_notification(&mut messages).await;
-        assert_ne!(first, "marker-2", "the awaited record sent no notification");
-        assert_eq!(next_notification(&mut messages).await, "marker-2");
-    }
+    let mut probe = Probe::listen(&schema).await;
+    let fixture = RealTimeFixture::new(store, Duration::from_secs(10), ());
+    testkit::r10_only_awaited_records_notify(&fixture, &mut probe).await;
 }
 
 // R8, R9, R10: a claim that changes nothing (a replay, a mismatch, a duplicate in
@@ -1199,16 +1086,9 @@ async fn r08_claims_that_change_nothing_write_nothing() {
     let schema = PgSchema::fresh();
     let store = schema.store().await;
     let done = id("replayed");
-    let lease = acquire(&store, &done).await;
-    assert_eq!(
-        store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
+    completed(&store, &done, b"ok", Duration::from_secs(60)).await;
     let flying = id("flying");
-    let _lease = acquire(&store, &flying).await;
+    let _lease = acquired(&store, &flying).await;
     let c = client().await;
     // Other sessions of this cluster may write meanwhile; a few tries find a quiet
     // window in which only our claims run.

@@ -358,8 +358,27 @@ fn rfc3339(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A record state as the admin API names it: `in_flight` or `completed`.
+pub(crate) fn state_name(state: &RecordState) -> &'static str {
+    match state {
+        RecordState::InFlight { .. } => filter_name(StateFilter::InFlight),
+        RecordState::Completed { .. } => filter_name(StateFilter::Completed),
+    }
+}
+
+/// A listing's state filter as the admin API's `state` parameter names it: `any`,
+/// `in_flight` or `completed`.
+pub(crate) fn filter_name(filter: StateFilter) -> &'static str {
+    match filter {
+        StateFilter::Any => "any",
+        StateFilter::InFlight => "in_flight",
+        StateFilter::Completed => "completed",
+    }
+}
+
+/// The instant `older_than` before `now`: records created before it are that old.
+pub(crate) fn created_before(now: Millis, older_than: Duration) -> Millis {
+    now.saturating_sub(Millis::try_from(older_than.as_millis()).unwrap_or(Millis::MAX))
 }
 
 /// The records of a list page that do not decode, as the admin API answers them: one
@@ -388,13 +407,13 @@ pub fn record_json(id: &RecordId, record: &Record, now: Millis) -> Value {
     let mut out = json!({
         "scope": id.scope().to_hex(),
         "key": id.key().as_str(),
-        "fingerprint": hex(record.fingerprint.as_bytes()),
+        "fingerprint": record.fingerprint.to_hex(),
         "created": rfc3339(record.created_at),
         "age_ms": now.saturating_sub(record.created_at),
     });
     let fields = match &record.state {
         RecordState::InFlight { owner, lease_until } => json!({
-            "state": "in_flight",
+            "state": state_name(&record.state),
             "owner": {
                 "token": owner.to_hex(),
                 "lease_until": rfc3339(*lease_until),
@@ -414,7 +433,11 @@ pub fn record_json(id: &RecordId, record: &Record, now: Millis) -> Value {
                     "not_retained": why.as_str(),
                 }),
             };
-            json!({ "state": "completed", "expires": rfc3339(*expires_at), "response": response })
+            json!({
+                "state": state_name(&record.state),
+                "expires": rfc3339(*expires_at),
+                "response": response,
+            })
         }
     };
     if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
@@ -468,10 +491,7 @@ async fn delete_key<St: Store>(
     let who = caller.map_or_else(|| "unknown".to_owned(), |c| c.0.0);
     match admin.store.delete(&id).await {
         Ok(Some(record)) => {
-            let previous = match record.state {
-                RecordState::InFlight { .. } => "in_flight",
-                RecordState::Completed { .. } => "completed",
-            };
+            let previous = state_name(&record.state);
             tracing::info!(
                 target: "idem::audit",
                 scope = %id.scope(),
@@ -522,20 +542,19 @@ fn list_filter(q: &HashMap<String, String>, now: Millis) -> Result<ListFilter, S
     for (name, value) in q {
         match name.as_str() {
             "state" => {
-                filter.state = match value.as_str() {
-                    "any" => StateFilter::Any,
-                    "in_flight" => StateFilter::InFlight,
-                    "completed" => StateFilter::Completed,
-                    other => {
-                        return Err(format!("state `{other}`: use in_flight, completed or any"));
-                    }
-                }
+                filter.state = [
+                    StateFilter::Any,
+                    StateFilter::InFlight,
+                    StateFilter::Completed,
+                ]
+                .into_iter()
+                .find(|f| filter_name(*f) == value)
+                .ok_or_else(|| format!("state `{value}`: use in_flight, completed or any"))?;
             }
             "older_than" => {
                 let d = humantime::parse_duration(value)
                     .map_err(|e| format!("older_than `{value}` is not a duration like 5m ({e})"))?;
-                let ms = Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX);
-                filter.created_before = Some(now.saturating_sub(ms));
+                filter.created_before = Some(created_before(now, d));
             }
             "scope" => filter.scope = Some(parse_scope(value)?),
             "limit" => {

@@ -126,13 +126,7 @@ fn count(t: &mut Tally, outcome: Option<(u16, bool)>) {
 
 /// One charge: five attempts, each abandoned after the client timeout, then a last
 /// patient one.
-async fn retries(
-    client: &HttpClient,
-    addr: SocketAddr,
-    bank: &Bank,
-    key: &str,
-) -> anyhow::Result<Tally> {
-    let before = bank.charges.load(Ordering::SeqCst);
+async fn retries(client: &HttpClient, addr: SocketAddr, key: &str) -> anyhow::Result<Tally> {
     let mut t = Tally::default();
     for _ in 0..5 {
         count(
@@ -143,18 +137,11 @@ async fn retries(
     // Let abandoned requests reach the bank, then ask once more, patiently.
     tokio::time::sleep(BANK_LATENCY * 2).await;
     count(&mut t, send_charge(client, addr, key, None).await?);
-    t.charges = bank.charges.load(Ordering::SeqCst) - before;
     Ok(t)
 }
 
 /// Ten identical requests at once.
-async fn burst(
-    client: &HttpClient,
-    addr: SocketAddr,
-    bank: &Bank,
-    key: &str,
-) -> anyhow::Result<Tally> {
-    let before = bank.charges.load(Ordering::SeqCst);
+async fn burst(client: &HttpClient, addr: SocketAddr, key: &str) -> anyhow::Result<Tally> {
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let (client, key) = (client.clone(), key.to_owned());
@@ -166,6 +153,16 @@ async fn burst(
     for task in tasks {
         count(&mut t, task.await??);
     }
+    Ok(t)
+}
+
+/// The tally of `run`, with the charges the bank made meanwhile.
+async fn charged(
+    bank: &Bank,
+    run: impl std::future::Future<Output = anyhow::Result<Tally>>,
+) -> anyhow::Result<Tally> {
+    let before = bank.charges.load(Ordering::SeqCst);
+    let mut t = run.await?;
     t.charges = bank.charges.load(Ordering::SeqCst) - before;
     Ok(t)
 }
@@ -213,10 +210,10 @@ pub async fn run(
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let run_id = std::process::id();
     let report = Report {
-        retries_direct: retries(&client, api, &bank, &format!("demo-{run_id}-a")).await?,
-        retries_idem: retries(&client, proxy, &bank, &format!("demo-{run_id}-a")).await?,
-        burst_direct: burst(&client, api, &bank, &format!("demo-{run_id}-b")).await?,
-        burst_idem: burst(&client, proxy, &bank, &format!("demo-{run_id}-b")).await?,
+        retries_direct: charged(&bank, retries(&client, api, &format!("demo-{run_id}-a"))).await?,
+        retries_idem: charged(&bank, retries(&client, proxy, &format!("demo-{run_id}-a"))).await?,
+        burst_direct: charged(&bank, burst(&client, api, &format!("demo-{run_id}-b"))).await?,
+        burst_idem: charged(&bank, burst(&client, proxy, &format!("demo-{run_id}-b"))).await?,
     };
     print_report(&report, &store_url);
     if !args.once {

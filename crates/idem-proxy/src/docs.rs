@@ -11,12 +11,13 @@ use idem::core::policy::{KeySource, OnConcurrent, Policy, Unscoped};
 use idem::core::problem::Audience;
 use idem::core::{Problem, ProblemKind};
 
-use crate::routes::Route;
+use crate::routes::{self, Route};
+use crate::text::title_case;
 
 /// The Markdown for `policy` (requests matching no rule) and `routes`.
 pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
     let header = policy.header().as_str();
-    let header = display_header(header);
+    let header = title_case(header);
     let default_base = idem::core::problem::TYPE_BASE.trim_end_matches('#');
     let base = policy.problem_base().map_or(default_base, |b| &**b);
     let mut md = String::new();
@@ -36,27 +37,21 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
         "| endpoint | methods | key | remembered for | a duplicate in progress gets |"
     );
     let _ = writeln!(w, "|---|---|---|---|---|");
-    for route in routes {
-        match &route.policy {
-            Some(p) => {
-                let _ = writeln!(w, "| `{}` | {} |", route.pattern.path(), row(p));
-            }
-            None => {
-                let _ = writeln!(
-                    w,
-                    "| `{}` | {} | not used | — | — |",
-                    route.pattern.path(),
-                    methods_of(route.pattern.methods())
-                );
-            }
-        }
+    for line in routes::summary(policy, routes) {
+        let endpoint = match line.route {
+            Some(r) => format!("`{}`", r.pattern.path()),
+            None if routes.is_empty() => "every endpoint".to_owned(),
+            None => "every other endpoint".to_owned(),
+        };
+        let _ = match (line.policy, line.route) {
+            (Some(p), _) => writeln!(w, "| {endpoint} | {} |", row(p)),
+            (None, r) => writeln!(
+                w,
+                "| {endpoint} | {} | not used | — | — |",
+                methods_of(r.map_or(&[], |r| r.pattern.methods()))
+            ),
+        };
     }
-    let others = if routes.is_empty() {
-        "every endpoint"
-    } else {
-        "every other endpoint"
-    };
-    let _ = writeln!(w, "| {others} | {} |", row(policy));
     let _ = writeln!(
         w,
         "\nRequests with other methods are not affected by the key. \"Optional\" means a \
@@ -172,7 +167,7 @@ fn whose_key(policy: &Policy, routes: &[Route]) -> String {
     let names: Vec<String> = scope
         .header_names()
         .iter()
-        .map(|h| format!("`{}`", display_header(h.as_str())))
+        .map(|h| format!("`{}`", title_case(h.as_str())))
         .collect();
     let names = names.join(" / ");
     let unscoped = |p: &Policy| match p.unscoped() {
@@ -195,9 +190,9 @@ fn whose_key(policy: &Policy, routes: &[Route]) -> String {
                 route.pattern.path(),
                 match p.key_source() {
                     KeySource::Header =>
-                        format!("the `{}` header", display_header(p.header().as_str())),
+                        format!("the `{}` header", title_case(p.header().as_str())),
                     KeySource::NamedHeader(name) =>
-                        format!("the `{}` header", display_header(name.as_str())),
+                        format!("the `{}` header", title_case(name.as_str())),
                     KeySource::JsonPointer(pointer) => {
                         format!("the JSON body, at `{pointer}` (a string or an integer)")
                     }
@@ -229,19 +224,6 @@ fn status_of(policy: &Policy, kind: ProblemKind) -> u16 {
     } else {
         kind.status().as_u16()
     }
-}
-
-fn display_header(lower: &str) -> String {
-    lower
-        .split('-')
-        .map(|part| {
-            let mut c = part.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join("-")
 }
 
 fn methods_of(methods: &[http::Method]) -> String {

@@ -40,6 +40,7 @@ pub mod server;
 pub mod settings;
 #[cfg(feature = "otel")]
 pub mod telemetry;
+mod text;
 mod throttle;
 mod tls;
 pub mod view;

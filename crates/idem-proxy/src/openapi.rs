@@ -32,7 +32,8 @@ use idem::core::ProblemKind;
 use idem::core::policy::{AmbiguousFailure, OnConcurrent, Policy, StoreFailure, Unscoped};
 use serde_yaml_ng::{Mapping, Value};
 
-use crate::routes::Route;
+use crate::routes::{self, Route};
+use crate::text::title_case;
 
 /// The largest OpenAPI document read.
 const MAX_DOCUMENT: u64 = 16 << 20;
@@ -999,7 +1000,7 @@ fn add_components(
     p: &Policy,
     used: &Used,
 ) -> Result<(), OpenApiError> {
-    let header = display_header(p.header().as_str());
+    let header = title_case(p.header().as_str());
     let key_param = |required: bool| {
         obj([
             ("name", text(&header)),
@@ -1233,25 +1234,14 @@ fn routes_table(policy: &Policy, routes: &[Route]) -> Value {
         }
         Value::Mapping(m)
     };
-    let mut rows: Vec<Value> = routes
-        .iter()
-        .map(|r| row(&r.pattern.to_string(), &r.origin, r.policy.as_ref()))
-        .collect();
-    rows.push(row("/**", "server-wide settings", Some(policy)));
-    Value::Sequence(rows)
-}
-
-fn display_header(lower: &str) -> String {
-    lower
-        .split('-')
-        .map(|part| {
-            let mut c = part.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join("-")
+    Value::Sequence(
+        routes::summary(policy, routes)
+            .map(|line| match line.route {
+                Some(r) => row(&r.pattern.to_string(), &r.origin, line.policy),
+                None => row("/**", "server-wide settings", line.policy),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -193,6 +193,31 @@ pub fn find<'a>(routes: &'a [Route], method: &Method, path: &str) -> Option<(usi
         .find(|(_, r)| r.pattern.matches(method, path))
 }
 
+/// One line of a route table as the generated documents list it: a rule, or the
+/// server-wide settings that requests matching no rule get.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary<'a> {
+    /// The rule; `None` for the server-wide settings, listed last.
+    pub route: Option<&'a Route>,
+    /// What requests matching it get; `None` for a rule that turns keys off.
+    pub policy: Option<&'a Policy>,
+}
+
+/// Every rule, in order (first match wins), then the server-wide `policy`: what each
+/// request takes, as `idem docs` and the OpenAPI document say.
+pub fn summary<'a>(policy: &'a Policy, routes: &'a [Route]) -> impl Iterator<Item = Summary<'a>> {
+    routes
+        .iter()
+        .map(|r| Summary {
+            route: Some(r),
+            policy: r.policy.as_ref(),
+        })
+        .chain(std::iter::once(Summary {
+            route: None,
+            policy: Some(policy),
+        }))
+}
+
 /// Where a request goes.
 #[derive(Clone)]
 enum Target<St: Store> {

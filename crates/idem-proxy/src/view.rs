@@ -548,13 +548,18 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    /// A door whose policy covers an extension method, `PURGE`, besides POST and PATCH.
+    /// (A method a route rule names counts the same: tests/hostile/view.rs.)
     fn door() -> Door {
         let mut config = ProxyConfig::new("http://127.0.0.1:1".parse().unwrap());
-        config.routes.push(crate::routes::Route {
-            pattern: "PURGE /cache/*".parse().unwrap(),
-            policy: None,
-            origin: "test".into(),
-        });
+        config.policy = idem::core::policy::Policy::builder()
+            .methods([
+                Method::POST,
+                Method::PATCH,
+                Method::from_bytes(b"PURGE").unwrap(),
+            ])
+            .build()
+            .unwrap();
         Door::new(&config)
     }
 

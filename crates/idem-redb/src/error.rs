@@ -4,6 +4,7 @@ use std::error::Error;
 use std::fmt;
 use std::path::PathBuf;
 
+use idem_core::record::Record;
 use idem_core::store::StoreError;
 
 /// The name this store gives in [`StoreError::Backend`].
@@ -148,4 +149,13 @@ impl From<OpenError> for StoreError {
 /// Any redb error, kept whole as the source of a [`StoreError::Backend`].
 pub(crate) fn backend(e: impl Into<redb::Error>) -> StoreError {
     StoreError::backend(STORE, e.into())
+}
+
+/// Reads a stored value; a value that does not decode is an error, never a replay (R16).
+pub(crate) fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
+    Record::decode(bytes).map_err(|e| {
+        // No key in the log: raw keys are the client's and never logged.
+        tracing::error!(store = STORE, error = %e, "stored record does not decode");
+        StoreError::Corrupt(e)
+    })
 }

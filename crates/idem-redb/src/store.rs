@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use idem_core::clock::{Clock, SystemClock};
+use idem_core::clock::{Clock, Millis, SystemClock};
 use idem_core::record::{Record, RecordId, Snapshot};
 use idem_core::store::machine::{self, Write};
 use idem_core::store::{
@@ -15,9 +15,9 @@ use idem_core::store::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use crate::error::{OpenError, STORE, backend};
+use crate::error::{OpenError, STORE, backend, decode};
 use crate::layout::{EXPIRY, FILE_NAME, RECORDS};
-use crate::writer::{Durability, Writer};
+use crate::writer::{Durability, WriteTarget, Writer};
 
 /// Settings of a [`RedbStore`].
 #[derive(Clone, Debug)]
@@ -154,13 +154,14 @@ impl RedbStore {
     }
 }
 
-/// Reads a stored value; a value that does not decode is an error, never a replay (R16).
-pub(crate) fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
-    Record::decode(bytes).map_err(|e| {
-        // No key in the log: raw keys are the client's and never logged.
-        tracing::error!(store = STORE, error = %e, "stored record does not decode");
-        StoreError::Corrupt(e)
-    })
+impl WriteTarget for Inner {
+    fn db(&self) -> &Database {
+        &self.db
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.config.clock.now_ms()
+    }
 }
 
 impl Inner {

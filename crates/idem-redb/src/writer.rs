@@ -24,12 +24,11 @@ use idem_core::clock::Millis;
 use idem_core::record::{Record, RecordId};
 use idem_core::store::StoreError;
 use idem_core::store::machine::Write;
-use redb::{ReadableTable, Table};
+use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{STORE, backend};
+use crate::error::{STORE, backend, decode};
 use crate::layout::{EXPIRY, RECORDS};
-use crate::store::{Inner, decode};
 
 /// The most transitions one transaction takes; more wait for the next commit.
 const MAX_BATCH: usize = 512;
@@ -232,6 +231,15 @@ impl Batch<'_> {
     }
 }
 
+/// What the writer thread writes to: the store's database, and the clock its deadlines
+/// are read from.
+pub(crate) trait WriteTarget: Send + Sync + 'static {
+    /// The database every batch is one write transaction of.
+    fn db(&self) -> &Database;
+    /// Now, read once per batch with the writer lock held.
+    fn now_ms(&self) -> Millis;
+}
+
 /// The receiving side of the queue.
 pub(crate) struct WriterThread {
     queue: mpsc::UnboundedReceiver<Job>,
@@ -241,7 +249,7 @@ impl WriterThread {
     /// Starts the writer thread for the store behind `inner`. The thread holds only a
     /// [`Weak`] reference between batches, so it never keeps the database (and its
     /// file lock) open on its own; it ends when the [`Writer`] is dropped.
-    pub(crate) fn spawn(self, inner: Weak<Inner>) -> std::io::Result<()> {
+    pub(crate) fn spawn<T: WriteTarget>(self, inner: Weak<T>) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("idem-redb-writer".into())
             .spawn(move || self.run(&inner))
@@ -250,7 +258,7 @@ impl WriterThread {
 
     /// Takes whatever has queued up, applies it in one transaction, commits, answers;
     /// until every sender is gone.
-    fn run(mut self, inner: &Weak<Inner>) {
+    fn run<T: WriteTarget>(mut self, inner: &Weak<T>) {
         let mut jobs = Vec::new();
         while let Some(first) = self.queue.blocking_recv() {
             jobs.push(first);
@@ -269,7 +277,9 @@ impl WriterThread {
             // one damaged page does not stop every later write (R25).
             let batch = std::mem::take(&mut jobs);
             let Ok((replies, commit)) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(&inner, batch)))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_batch(&*inner, batch)
+                }))
             else {
                 tracing::error!(
                     store = STORE,
@@ -288,17 +298,17 @@ impl WriterThread {
 }
 
 /// One write transaction for `jobs`: the replies to deliver and how the commit went.
-fn run_batch(inner: &Inner, jobs: Vec<Job>) -> (Vec<Reply>, Result<(), StoreError>) {
+fn run_batch(inner: &impl WriteTarget, jobs: Vec<Job>) -> (Vec<Reply>, Result<(), StoreError>) {
     let not_run = |jobs: Vec<Job>, e: StoreError| {
         let replies = jobs.into_iter().map(|job| job(None)).collect();
         (replies, Err(e))
     };
-    let mut txn = match inner.db.begin_write() {
+    let mut txn = match inner.db().begin_write() {
         Ok(txn) => txn,
         Err(e) => return not_run(jobs, backend(e)),
     };
     // Read the clock once the writer lock is held, so deadlines follow commit order.
-    let now = inner.config.clock.now_ms();
+    let now = inner.now_ms();
     // The tables borrow the transaction: they close at the end of this block,
     // before it commits.
     let (replies, wrote, poisoned) = {

@@ -20,6 +20,18 @@ fn config(clock: &ManualClock) -> RedbStoreConfig {
     }
 }
 
+/// The store in `dir` opened with `fresh` (R25: an unusable file is set aside).
+fn open_fresh(dir: &Path, clock: &ManualClock) -> RedbStore {
+    RedbStore::open(
+        dir,
+        RedbStoreConfig {
+            fresh: true,
+            ..config(clock)
+        },
+    )
+    .unwrap()
+}
+
 /// The [`OpenError`] opening `dir` fails with.
 fn refusal(dir: &Path, fresh: bool) -> OpenError {
     let clock = ManualClock::new();
@@ -90,27 +102,13 @@ async fn r25_an_empty_file_is_refused_unless_fresh() {
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
 
     let clock = ManualClock::new();
-    let store = RedbStore::open(
-        dir.path(),
-        RedbStoreConfig {
-            fresh: true,
-            ..config(&clock)
-        },
-    )
-    .unwrap();
+    let store = open_fresh(dir.path(), &clock);
     assert!(store.is_empty().await.unwrap());
     drop(store);
     assert_eq!(aside_files(dir.path()).len(), 1);
     // A usable database is opened as it is, fresh or not.
     let kept = populated(dir.path(), 1).await;
-    let store = RedbStore::open(
-        dir.path(),
-        RedbStoreConfig {
-            fresh: true,
-            ..config(&clock)
-        },
-    )
-    .unwrap();
+    let store = open_fresh(dir.path(), &clock);
     assert_eq!(store.len().await.unwrap(), 1);
     assert!(store.lookup(&kept[0].0).await.unwrap().is_some());
     assert_eq!(aside_files(dir.path()).len(), 1);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idem_core::clock::ManualClock;
-use idem_core::record::{OwnerToken, State};
+use idem_core::record::{OwnerToken, RecordId, State};
 use idem_core::store::testkit::{ManualFixture, claim_req, id, snapshot};
 use idem_core::store::{Claim, Finish, Lease, Store, StoreError};
 use idem_redb::layout::{FILE_NAME, RECORDS};
@@ -229,6 +229,35 @@ async fn second_open_of_a_held_directory_fails_clearly() {
     );
 }
 
+/// A stored value that is no record.
+const GARBAGE: &[u8] = b"\x01not a record";
+
+/// Rewrites `rid`'s stored value in the closed store in `dir`, behind its back:
+/// `damage` gets the value stored now, if any, and returns the bytes to store instead.
+fn tamper(dir: &Path, rid: &RecordId, damage: impl FnOnce(Option<Vec<u8>>) -> Vec<u8>) {
+    use redb::ReadableTable as _;
+    let db = redb::Database::create(dir.join(FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut records = txn.open_table(RECORDS).unwrap();
+        let key = rid.to_bytes();
+        let now = records
+            .get(key.as_slice())
+            .unwrap()
+            .map(|v| v.value().to_vec());
+        records.insert(key.as_slice(), &damage(now)[..]).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// A claim of `rid` and a lookup of it are both Corrupt (R16): never a replay.
+async fn assert_corrupt(store: &RedbStore, rid: &RecordId) {
+    let answer = store.claim(&claim_req(rid, 1)).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+    let answer = store.lookup(rid).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+}
+
 // R16: bytes that do not decode are Corrupt for every operation, never a replay.
 #[tokio::test]
 async fn r16_corrupt_record_is_an_error_not_a_replay() {
@@ -245,40 +274,12 @@ async fn r16_corrupt_record_is_an_error_not_a_replay() {
         .unwrap();
     drop(store);
     // … then damage it behind the store's back: a truncated value.
-    {
-        let db = redb::Database::create(dir.path().join(FILE_NAME)).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut records = txn.open_table(RECORDS).unwrap();
-            let key = rid.to_bytes();
-            let good = {
-                use redb::ReadableTable;
-                records
-                    .get(key.as_slice())
-                    .unwrap()
-                    .unwrap()
-                    .value()
-                    .to_vec()
-            };
-            records
-                .insert(key.as_slice(), &good[..good.len() - 1])
-                .unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    tamper(dir.path(), &rid, |good| {
+        let good = good.expect("the completed record");
+        good[..good.len() - 1].to_vec()
+    });
     let store = open(dir.path(), &clock);
-    assert!(matches!(
-        store.claim(&req).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        store.claim(&claim_req(&rid, 1)).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        store.lookup(&rid).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    assert_corrupt(&store, &rid).await;
     let stranger = Lease {
         owner: OwnerToken::random(),
         ..lease
@@ -309,24 +310,9 @@ async fn r16_garbage_bytes_are_corrupt() {
     let clock = ManualClock::new();
     drop(open(dir.path(), &clock));
     let rid = id("garbage");
-    {
-        let db = redb::Database::create(dir.path().join(FILE_NAME)).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(RECORDS)
-            .unwrap()
-            .insert(rid.to_bytes().as_slice(), &b"\x01not a record"[..])
-            .unwrap();
-        txn.commit().unwrap();
-    }
+    tamper(dir.path(), &rid, |_| GARBAGE.to_vec());
     let store = open(dir.path(), &clock);
-    assert!(matches!(
-        store.claim(&claim_req(&rid, 1)).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        store.lookup(&rid).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    assert_corrupt(&store, &rid).await;
     // On call can still remove it, and the key is usable again.
     assert_eq!(store.delete(&rid).await.unwrap(), None);
     assert_eq!(store.lookup(&rid).await.unwrap(), None);
@@ -346,15 +332,7 @@ async fn r16_concurrent_transitions_commit_together_and_fail_alone() {
     let clock = ManualClock::new();
     drop(open(dir.path(), &clock));
     let bad = id("garbage-in-a-batch");
-    {
-        let db = redb::Database::create(dir.path().join(FILE_NAME)).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(RECORDS)
-            .unwrap()
-            .insert(bad.to_bytes().as_slice(), &b"\x01not a record"[..])
-            .unwrap();
-        txn.commit().unwrap();
-    }
+    tamper(dir.path(), &bad, |_| GARBAGE.to_vec());
     let store = open(dir.path(), &clock);
     let stranger = Lease {
         id: bad.clone(),
@@ -396,10 +374,8 @@ async fn r16_concurrent_transitions_commit_together_and_fail_alone() {
             "{record:?}"
         );
     }
-    assert!(matches!(
-        store.lookup(&bad).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    let answer = store.lookup(&bad).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
 }
 
 /// The same contract on the store wrapped for encryption at rest.

@@ -718,29 +718,20 @@ mod tests {
         let s = |b: &[u8]| Value::BulkString(b.to_vec());
         let absent = Value::Array(vec![Value::Nil; 6]);
         assert_eq!(parse_record(absent).unwrap(), None);
-        let short_fp = Value::Array(vec![
-            s(b"c"),
-            s(&[1; 31]),
-            s(b"00"),
-            s(b"1"),
-            s(b"2"),
-            s(b"x"),
-        ]);
-        assert!(matches!(
-            parse_record(short_fp),
-            Err(StoreError::Corrupt(_))
-        ));
-        let bad_snapshot = Value::Array(vec![
-            s(b"c"),
-            s(&[1; 32]),
-            s(b"00"),
-            s(b"1"),
-            s(b"2"),
-            s(b"x"),
-        ]);
-        assert!(matches!(
-            parse_record(bad_snapshot),
-            Err(StoreError::Corrupt(_))
-        ));
+        let completed = |fingerprint: &[u8]| {
+            Value::Array(vec![
+                s(b"c"),
+                s(fingerprint),
+                s(b"00"),
+                s(b"1"),
+                s(b"2"),
+                s(b"x"),
+            ])
+        };
+        // A fingerprint one byte short; a whole one, with a snapshot that does not decode.
+        for fields in [completed(&[1; 31]), completed(&[1; 32])] {
+            let parsed = parse_record(fields);
+            assert!(matches!(parsed, Err(StoreError::Corrupt(_))), "{parsed:?}");
+        }
     }
 }

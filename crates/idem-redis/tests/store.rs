@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
-use idem_core::store::testkit::{RealTimeFixture, claim_req, id, snapshot};
-use idem_core::store::{Claim, Finish, Lease, ListFilter, Store, StoreError};
+use idem_core::store::testkit::{
+    self, RealTimeFixture, acquired, claim_req, id, snapshot, wait_on,
+};
+use idem_core::store::{Claim, Finish, Store, StoreError};
 use idem_redis::{RedisStore, RedisStoreConfig};
 
 /// The lease the contract suite claims with: short, so expiry tests run in real time.
@@ -19,11 +21,14 @@ const LEASE: Duration = Duration::from_millis(400);
 mod support {
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
+    use std::pin::Pin;
     use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    use idem_core::record::OwnerToken;
+    use futures_util::{Stream, StreamExt as _};
+    use idem_core::record::{OwnerToken, RecordId};
+    use idem_core::store::testkit::NotificationProbe;
     use idem_redis::{RedisStore, RedisStoreConfig};
 
     /// The shared Redis every developer and CI run has.
@@ -49,6 +54,54 @@ mod support {
             .unwrap_or_else(|e| {
                 panic!("the Redis at {SHARED_URL} is unreachable ({e}): start it (scripts/test.sh does)")
             })
+    }
+
+    /// A subscription of the test's own to the store's channel (`<prefix>:done`), and a
+    /// connection to publish markers on it.
+    pub(crate) struct Probe {
+        channel: String,
+        publisher: redis::aio::MultiplexedConnection,
+        messages: Pin<Box<dyn Stream<Item = redis::Msg> + Send>>,
+    }
+
+    impl Probe {
+        /// Subscribes to the channel of the stores with `prefix` on the shared Redis.
+        pub(crate) async fn subscribe(prefix: &str) -> Self {
+            let channel = format!("{prefix}:done");
+            let client = redis::Client::open(SHARED_URL).unwrap();
+            let mut pubsub = client.get_async_pubsub().await.unwrap();
+            pubsub.subscribe(&channel).await.unwrap();
+            Self {
+                channel,
+                publisher: client.get_multiplexed_async_connection().await.unwrap(),
+                messages: Box::pin(pubsub.into_on_message()),
+            }
+        }
+    }
+
+    impl NotificationProbe for Probe {
+        async fn send_marker(&mut self, marker: &str) {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(marker)
+                .query_async(&mut self.publisher)
+                .await
+                .unwrap();
+        }
+
+        async fn next(&mut self) -> Vec<u8> {
+            self.messages
+                .next()
+                .await
+                .expect("the subscription is open")
+                .get_payload_bytes()
+                .to_vec()
+        }
+
+        /// The scripts publish the record's id as [`RecordId::to_bytes`].
+        fn record_of(payload: &[u8]) -> Option<RecordId> {
+            RecordId::from_bytes(payload).ok()
+        }
     }
 
     /// A port free now; with `bus`, one whose cluster bus port (+10000) is free too.
@@ -290,52 +343,6 @@ rm -rf "$dir""#;
     }
 }
 
-async fn acquire(store: &RedisStore, id: &idem_core::record::RecordId) -> Lease {
-    match store.claim(&claim_req(id, 1)).await.unwrap() {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
-
-/// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
-/// record's completion or release notifies every instance.
-async fn wait_on(store: &RedisStore, id: &idem_core::record::RecordId) {
-    let req = idem_core::store::ClaimRequest {
-        waiting: true,
-        ..claim_req(id, 1)
-    };
-    match store.claim(&req).await.unwrap() {
-        Claim::InFlight { .. } => {}
-        other => panic!("expected InFlight, got {other:?}"),
-    }
-}
-
-/// R10, R18: a watch on one instance wakes when another instance finishes the record.
-async fn watch_wakes_across_instances(waiter: &RedisStore, finisher: &RedisStore) {
-    for complete in [true, false, true, false, true, false] {
-        let id = id("cross-watch");
-        let lease = acquire(finisher, &id).await;
-        let mut watch = waiter.watch(&id);
-        wait_on(waiter, &id).await;
-        let finisher = finisher.clone();
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if complete {
-                finisher
-                    .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
-                    .await
-                    .unwrap()
-            } else {
-                finisher.release(&lease).await.unwrap()
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(5), watch.changed())
-            .await
-            .expect("the watch on the other instance woke");
-        assert_eq!(task.await.unwrap(), Finish::Done);
-    }
-}
-
 mod standalone {
     use super::*;
 
@@ -354,70 +361,14 @@ mod standalone {
     // instances' subscribers; one a waiting duplicate asked about does.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r10_only_awaited_records_publish() {
-        use futures_util::StreamExt as _;
         let prefix = support::unique_prefix();
         let store = support::shared(&prefix).await;
-        let channel = format!("{prefix}:done");
-        let client = redis::Client::open(support::SHARED_URL).unwrap();
-        let mut pubsub = client.get_async_pubsub().await.unwrap();
-        pubsub.subscribe(&channel).await.unwrap();
-        let mut messages = pubsub.into_on_message();
-        let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
-        let mut marker = async |text: &str| {
-            let _: i64 = redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(text)
-                .query_async(&mut publisher)
-                .await
-                .unwrap();
-        };
-        let mut next = async || -> Vec<u8> {
-            tokio::time::timeout(Duration::from_secs(5), messages.next())
-                .await
-                .expect("a message within 5 s")
-                .expect("the subscription is open")
-                .get_payload_bytes()
-                .to_vec()
-        };
-        // Nobody waits: the marker published after them is the first message.
-        let done = id("unwatched-done");
-        let lease = acquire(&store, &done).await;
-        assert_eq!(
-            store
-                .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
-                .await
-                .unwrap(),
-            Finish::Done
-        );
-        let gone = id("unwatched-released");
-        let lease = acquire(&store, &gone).await;
-        assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
-        marker("marker-1").await;
-        assert_eq!(next().await, b"marker-1");
-        // A waiting duplicate marks the record: its completion publishes, then its release.
-        for complete in [true, false] {
-            let watched = id(if complete {
-                "watched-done"
-            } else {
-                "watched-released"
-            });
-            let lease = acquire(&store, &watched).await;
-            wait_on(&store, &watched).await;
-            if complete {
-                assert_eq!(
-                    store
-                        .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
-                        .await
-                        .unwrap(),
-                    Finish::Done
-                );
-            } else {
-                assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
-            }
-            marker("marker-2").await;
-            assert_eq!(next().await, watched.to_bytes());
-            assert_eq!(next().await, b"marker-2");
-        }
+        let mut probe = support::Probe::subscribe(&prefix).await;
+        testkit::r10_only_awaited_records_notify(
+            &RealTimeFixture::new(store, LEASE, ()),
+            &mut probe,
+        )
+        .await;
     }
 
     // R10, R18
@@ -426,7 +377,7 @@ mod standalone {
         let prefix = support::unique_prefix();
         let a = support::shared(&prefix).await;
         let b = support::shared(&prefix).await;
-        watch_wakes_across_instances(&a, &b).await;
+        testkit::r10_watch_wakes_across_instances(&a, &b).await;
     }
 
     // R18: two instances racing on one key: exactly one acquires, the other sees it.
@@ -450,37 +401,18 @@ mod standalone {
     async fn r16_corrupt_snapshot_is_never_replayed() {
         let prefix = support::unique_prefix();
         let store = support::shared(&prefix).await;
-        let id = id("corrupt");
-        let lease = acquire(&store, &id).await;
-        let _ = store
-            .complete(&lease, &snapshot(b"ok"), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let client = redis::Client::open(support::SHARED_URL).unwrap();
-        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("HSET")
-            .arg(idem_redis::redis_key(&prefix, &id))
-            .arg("sn")
-            .arg(&b"\x01garbage"[..])
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        assert!(matches!(
-            store.claim(&claim_req(&id, 1)).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            store.lookup(&id).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        // Listing reports it instead of failing (R16), and goes on with the others.
-        let other = crate::id("listed");
-        let lease = acquire(&store, &other).await;
-        let page = store.list(&ListFilter::default()).await.unwrap();
-        assert_eq!(page.corrupt.len(), 1, "{page:?}");
-        assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
-        assert_eq!(page.records.len(), 1);
-        assert_eq!(page.records[0].0, lease.id);
+        testkit::r16_damaged_record_is_never_replayed(&store, async |id| {
+            let client = redis::Client::open(support::SHARED_URL).unwrap();
+            let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("HSET")
+                .arg(idem_redis::redis_key(&prefix, id))
+                .arg("sn")
+                .arg(&b"\x01garbage"[..])
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        })
+        .await;
     }
 
     // R11: a completion sent again after a lost reply is not mistaken for a stale one,
@@ -597,7 +529,7 @@ mod cluster {
         let a = support::cluster_store(&prefix, 1).await;
         let b = support::cluster_store(&prefix, 2).await;
         assert!(a.is_cluster());
-        watch_wakes_across_instances(&a, &b).await;
+        testkit::r10_watch_wakes_across_instances(&a, &b).await;
     }
 
     // The hash tag keeps a record on one node, while records spread over all nodes.
@@ -606,7 +538,7 @@ mod cluster {
         let prefix = support::unique_prefix();
         let store = support::cluster_store(&prefix, 0).await;
         for i in 0..30 {
-            let _ = acquire(&store, &id(&format!("spread{i}"))).await;
+            let _ = acquired(&store, &id(&format!("spread{i}"))).await;
         }
         let cluster = support::cluster();
         for node in &cluster.nodes {
@@ -638,7 +570,7 @@ mod outage {
             connect_timeout: Duration::from_millis(500),
         };
         let store = RedisStore::connect(&url, config.clone()).await.unwrap();
-        let lease = acquire(&store, &id("before")).await;
+        let lease = acquired(&store, &id("before")).await;
 
         server.kill();
         let bound = Duration::from_secs(3);
@@ -683,7 +615,7 @@ mod outage {
         let mut in_a_row = 0;
         while in_a_row < 3 {
             let id = id("after");
-            let lease = acquire(&other, &id).await;
+            let lease = acquired(&other, &id).await;
             let mut watch = store.watch(&id);
             wait_on(&store, &id).await;
             let _ = other
@@ -717,7 +649,7 @@ mod outage {
             connect_timeout: Duration::from_millis(300),
         };
         let store = RedisStore::connect(&url, config).await.unwrap();
-        let _ = acquire(&store, &id("before-freeze")).await;
+        let _ = acquired(&store, &id("before-freeze")).await;
 
         server.freeze();
         let claim = tokio::time::timeout(

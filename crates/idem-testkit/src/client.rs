@@ -164,3 +164,14 @@ impl Client {
         .await
     }
 }
+
+/// Of the answers to requests with one key, the one that ran (201, not a replay);
+/// panics unless exactly one did (R6).
+pub fn the_one_executed(resps: &[Resp]) -> &Resp {
+    let executed: Vec<&Resp> = resps
+        .iter()
+        .filter(|r| r.status == 201 && !r.replayed())
+        .collect();
+    assert_eq!(executed.len(), 1, "not exactly one executed: {resps:?}");
+    executed[0]
+}

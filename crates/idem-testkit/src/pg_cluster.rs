@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::process::run;
+
 /// What the cluster serves.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PgClusterOptions {
@@ -83,18 +85,6 @@ fn bin_dir() -> PathBuf {
         .pop()
         .map(|(_, bin)| bin)
         .expect("an initdb under /usr/lib/postgresql/*/bin")
-}
-
-pub(crate) fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl PgCluster {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::pg_cluster::run;
+use crate::process::run;
 
 /// The files of a test PKI in one directory (PEM, keys unencrypted).
 #[derive(Clone, Debug)]

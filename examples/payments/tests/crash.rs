@@ -1,7 +1,7 @@
 //! Crash tests of the checkout (R20, R21): for each phase boundary, crash there, retry
 //! with the same key, and check that exactly one order, bank charge, ledger entry and
 //! receipt exist and that every successful answer is the same; over the PostgreSQL
-//! store as it is and sealed (encryption at rest).
+//! store as it is and sealed (encryption at rest: nothing of the phases in the clear).
 //!
 //! Needs PostgreSQL at `$IDEM_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); fails if it is unreachable.
@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use idem::postgres::{PgTransactional, PostgresStore, PostgresStoreConfig};
 use idem::{Sealed, SealingKeys};
 use idem_testkit::Client;
-use idem_testkit::postgres::{Schema, url};
+use idem_testkit::postgres::{self, Schema, url};
 use payments::{Bank, Boundary, Payments};
 use tokio::net::TcpListener;
 
@@ -24,17 +24,11 @@ async fn serve(app: Router) -> std::net::SocketAddr {
     addr
 }
 
-async fn count(store: &PostgresStore, schema: &str, table: &str) -> i64 {
-    let c = store.pool().get().await.unwrap();
-    c.query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// The store the layer runs over, made from the PostgreSQL store.
 trait Layered {
     type Store: PgTransactional;
+    /// Whether records and recovery points are encrypted at rest.
+    const SEALED: bool;
     fn over(pg: PostgresStore) -> Self::Store;
 }
 
@@ -42,6 +36,7 @@ trait Layered {
 struct Plain;
 impl Layered for Plain {
     type Store = PostgresStore;
+    const SEALED: bool = false;
     fn over(pg: PostgresStore) -> PostgresStore {
         pg
     }
@@ -51,6 +46,7 @@ impl Layered for Plain {
 struct Encrypted;
 impl Layered for Encrypted {
     type Store = Sealed<PostgresStore>;
+    const SEALED: bool = true;
     fn over(pg: PostgresStore) -> Sealed<PostgresStore> {
         Sealed::new(pg, SealingKeys::new([("k1", [7; 32])]).unwrap())
     }
@@ -76,15 +72,29 @@ async fn world<L: Layered>() -> (Schema, PostgresStore, Bank, Payments, Client) 
     (schema, store, bank, payments, Client::new(addr))
 }
 
+/// How many rows `table` of `schema` holds.
+async fn rows(store: &PostgresStore, schema: &Schema, table: &str) -> i64 {
+    let c = store.pool().get().await.unwrap();
+    postgres::count(&c, schema.name(), table).await
+}
+
 async fn assert_once(store: &PostgresStore, schema: &Schema, bank: &Bank, why: &str) {
     for table in ["orders", "ledger", "receipts"] {
-        assert_eq!(
-            count(store, schema.name(), table).await,
-            1,
-            "{why}: {table}"
-        );
+        assert_eq!(rows(store, schema, table).await, 1, "{why}: {table}");
     }
     assert_eq!(bank.charges(), 1, "{why}: bank");
+}
+
+/// Over a sealed store, the store's tables hold neither the steps of the recovery
+/// points nor their data, the charge, nor the key in the clear (R20 with encryption at
+/// rest), in text or hex.
+async fn assert_sealed_at_rest(store: &PostgresStore, schema: &Schema, why: &str) {
+    let raw = postgres::store_rows_as_text(&store.pool().get().await.unwrap(), schema.name()).await;
+    for clear in ["order_created", "charged", "ledgered", "ch_1", "cart-1"] {
+        assert!(!raw.contains(clear), "{why}: {clear} in {raw}");
+        let hex = idem_testkit::hex(clear.as_bytes());
+        assert!(!raw.contains(&hex), "{why}: {clear} (hex) in {raw}");
+    }
 }
 
 // R20: the happy path runs every phase once; the retry replays (R8).
@@ -157,6 +167,9 @@ async fn crash_at_each_boundary_then_retry<L: Layered>() {
         assert_eq!(replay.status, ok.status, "{boundary:?}");
         assert_eq!(replay.body, ok.body, "{boundary:?}");
         assert_once(&store, &schema, &bank, &format!("{boundary:?}")).await;
+        if L::SEALED {
+            assert_sealed_at_rest(&store, &schema, &format!("{boundary:?}")).await;
+        }
     }
 }
 
@@ -184,7 +197,7 @@ async fn crash_then_other_payload_is_refused<L: Layered>() {
         // Wait until the crashed attempt's record is released: only its progress is
         // left to bind the key.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while count(&store, schema.name(), "records").await != 0 {
+        while rows(&store, &schema, "records").await != 0 {
             assert!(tokio::time::Instant::now() < deadline, "{boundary:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -194,7 +207,7 @@ async fn crash_then_other_payload_is_refused<L: Layered>() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "{boundary:?}: {other:?}"
         );
-        assert_eq!(count(&store, schema.name(), "orders").await, 1);
+        assert_eq!(rows(&store, &schema, "orders").await, 1);
 
         let resumed = client.post("/checkout", "cart-1", "{\"amount\":100}").await;
         assert_eq!(

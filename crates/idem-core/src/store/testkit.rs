@@ -23,7 +23,7 @@ use crate::record::{NotRetained, OwnerToken, RecordId, Snapshot, SnapshotBody, S
 use crate::scope::Scope;
 use crate::store::{
     Claim, ClaimRequest, Finish, Lease, ListFilter, MemoryStore, MemoryStoreConfig, StateFilter,
-    Store,
+    Store, StoreError,
 };
 
 pub mod model;
@@ -194,6 +194,19 @@ fn ttl<F: Fixture>(fx: &F) -> Duration {
     fx.lease() * 3
 }
 
+/// `fx`'s store's answer to a claim of `id` with fingerprint `n`.
+async fn claim<F: Fixture>(fx: &F, id: &RecordId, n: u8) -> Claim {
+    fx.store().claim(&req(fx, id, n)).await.unwrap()
+}
+
+/// `fx`'s store's answer to completing `lease` with [`snapshot`]`(body)`.
+async fn complete<F: Fixture>(fx: &F, lease: &Lease, body: &[u8]) -> Finish {
+    fx.store()
+        .complete(lease, &snapshot(body), ttl(fx))
+        .await
+        .unwrap()
+}
+
 async fn acquire<F: Fixture>(fx: &F, id: &RecordId, n: u8) -> Lease {
     match fx.store().claim(&req(fx, id, n)).await.expect("claim") {
         Claim::Acquired(lease) => lease,
@@ -275,10 +288,7 @@ pub async fn r08_completed_replays_snapshot<F: Fixture>(fx: &F) {
         Finish::Done
     );
     for _ in 0..2 {
-        assert_eq!(
-            fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-            Claim::Completed(snap.clone())
-        );
+        assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snap.clone()));
     }
     let rec = fx.store().lookup(&id).await.unwrap().expect("record");
     assert_eq!(rec.fingerprint, fp(1));
@@ -297,10 +307,7 @@ pub async fn r13_not_retained_snapshots<F: Fixture>(fx: &F) {
             body: SnapshotBody::NotRetained(reason),
         };
         let _ = fx.store().complete(&lease, &snap, ttl(fx)).await.unwrap();
-        assert_eq!(
-            fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-            Claim::Completed(snap)
-        );
+        assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snap));
     }
 }
 
@@ -309,10 +316,7 @@ pub async fn r09_mismatch_leaves_record_untouched<F: Fixture>(fx: &F) {
     let id = id("mismatch");
     let lease = acquire(fx, &id, 1).await;
     let before = fx.store().lookup(&id).await.unwrap();
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
-        Claim::Mismatch
-    );
+    assert_eq!(claim(fx, &id, 2).await, Claim::Mismatch);
     assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
     let _ = fx
         .store()
@@ -320,22 +324,16 @@ pub async fn r09_mismatch_leaves_record_untouched<F: Fixture>(fx: &F) {
         .await
         .unwrap();
     let before = fx.store().lookup(&id).await.unwrap();
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
-        Claim::Mismatch
-    );
+    assert_eq!(claim(fx, &id, 2).await, Claim::Mismatch);
     assert_eq!(fx.store().lookup(&id).await.unwrap(), before);
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-        Claim::Completed(snapshot(b"ok"))
-    );
+    assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snapshot(b"ok")));
 }
 
 /// R10: a duplicate of an in-flight record learns how long the lease has left.
 pub async fn r10_in_flight_reports_lease_left<F: Fixture>(fx: &F) {
     let id = id("inflight");
     let _lease = acquire(fx, &id, 1).await;
-    match fx.store().claim(&req(fx, &id, 1)).await.unwrap() {
+    match claim(fx, &id, 1).await {
         Claim::InFlight { retry_after } => {
             assert!(retry_after <= fx.lease(), "{retry_after:?}");
             assert!(!retry_after.is_zero());
@@ -355,13 +353,7 @@ pub async fn r07_release_frees_key<F: Fixture>(fx: &F) {
         fx.store().release(&lease).await.unwrap(),
         Finish::Superseded
     );
-    assert_eq!(
-        fx.store()
-            .complete(&lease, &snapshot(b"late"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Superseded
-    );
+    assert_eq!(complete(fx, &lease, b"late").await, Finish::Superseded);
     // A retry after a release may even carry another payload: the key is free.
     let again = acquire(fx, &id, 2).await;
     assert!(!again.taken_over);
@@ -382,30 +374,12 @@ pub async fn r11_expired_lease_is_taken_over<F: Fixture>(fx: &F) {
         store.renew(&old, fx.lease()).await.unwrap(),
         Finish::Superseded
     );
-    assert_eq!(
-        store
-            .complete(&old, &snapshot(b"stale"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Superseded
-    );
+    assert_eq!(complete(fx, &old, b"stale").await, Finish::Superseded);
     assert_eq!(store.release(&old).await.unwrap(), Finish::Superseded);
     let rec = store.lookup(&id).await.unwrap().expect("record");
     assert!(matches!(rec.state, State::InFlight { owner, .. } if owner == new.owner));
-    assert_eq!(
-        store
-            .complete(&new, &snapshot(b"fresh"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
-    assert_eq!(
-        store
-            .complete(&old, &snapshot(b"stale"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Superseded
-    );
+    assert_eq!(complete(fx, &new, b"fresh").await, Finish::Done);
+    assert_eq!(complete(fx, &old, b"stale").await, Finish::Superseded);
     assert_eq!(
         store.claim(&req(fx, &id, 1)).await.unwrap(),
         Claim::Completed(snapshot(b"fresh"))
@@ -443,10 +417,7 @@ pub async fn r11_racing_completions_are_fenced<F: Fixture>(fx: &F) {
         };
         assert_eq!(done, expected, "completion {i}");
     }
-    assert_eq!(
-        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-        Claim::Completed(snapshot(b"new"))
-    );
+    assert_eq!(claim(fx, &id, 1).await, Claim::Completed(snapshot(b"new")));
 }
 
 /// R11: a renewed lease outlives its first deadline.
@@ -460,17 +431,8 @@ pub async fn r11_renew_keeps_lease_alive<F: Fixture>(fx: &F) {
         Finish::Done
     );
     fx.advance(step).await;
-    assert!(matches!(
-        fx.store().claim(&req(fx, &id, 1)).await.unwrap(),
-        Claim::InFlight { .. }
-    ));
-    assert_eq!(
-        fx.store()
-            .complete(&lease, &snapshot(b"ok"), ttl(fx))
-            .await
-            .unwrap(),
-        Finish::Done
-    );
+    assert!(matches!(claim(fx, &id, 1).await, Claim::InFlight { .. }));
+    assert_eq!(complete(fx, &lease, b"ok").await, Finish::Done);
 }
 
 /// R14: a completed record expires after its TTL; the key is then new again.
@@ -483,10 +445,7 @@ pub async fn r14_completed_record_expires<F: Fixture>(fx: &F) {
         .await
         .unwrap();
     fx.advance(ttl(fx) / 2).await;
-    assert!(matches!(
-        fx.store().claim(&req(fx, &id, 2)).await.unwrap(),
-        Claim::Mismatch
-    ));
+    assert!(matches!(claim(fx, &id, 2).await, Claim::Mismatch));
     fx.advance(ttl(fx) / 2 + Duration::from_millis(100)).await;
     assert_eq!(fx.store().lookup(&id).await.unwrap(), None);
     let again = acquire(fx, &id, 2).await;
@@ -531,21 +490,18 @@ pub async fn r04_scopes_are_independent<F: Fixture>(fx: &F) {
         .complete(&la, &snapshot(b"tenant-a"), ttl(fx))
         .await
         .unwrap();
-    assert!(matches!(
-        fx.store().claim(&req(fx, &b, 2)).await.unwrap(),
-        Claim::InFlight { .. }
-    ));
+    assert!(matches!(claim(fx, &b, 2).await, Claim::InFlight { .. }));
     let _ = fx
         .store()
         .complete(&lb, &snapshot(b"tenant-b"), ttl(fx))
         .await
         .unwrap();
     assert_eq!(
-        fx.store().claim(&req(fx, &a, 1)).await.unwrap(),
+        claim(fx, &a, 1).await,
         Claim::Completed(snapshot(b"tenant-a"))
     );
     assert_eq!(
-        fx.store().claim(&req(fx, &b, 2)).await.unwrap(),
+        claim(fx, &b, 2).await,
         Claim::Completed(snapshot(b"tenant-b"))
     );
 }
@@ -800,6 +756,187 @@ pub async fn sealed_list_shows_digests<F: Fixture>(fx: &F) {
         .await
         .unwrap();
     assert!(ids_of(&in_flight).contains(&keys.store_id(&flying)));
+}
+
+/// A networked store's cross-instance notifications as a test sees them: a connection
+/// of the test's own on the channel the store notifies on.
+///
+/// [`r10_only_awaited_records_notify`] runs over it: stores whose instances tell each
+/// other about finished records (PostgreSQL's `NOTIFY`, Redis's `PUBLISH`) implement it.
+pub trait NotificationProbe: Send {
+    /// Sends `marker` on the store's channel, as the store would send a notification.
+    fn send_marker(&mut self, marker: &str) -> impl Future<Output = ()> + Send;
+    /// The payload of the next message on the channel, in the order they were sent,
+    /// however long that takes (the contract bounds the wait); panics if the channel
+    /// closed.
+    fn next(&mut self) -> impl Future<Output = Vec<u8>> + Send;
+    /// The record a store's notification payload names, if it names one.
+    fn record_of(payload: &[u8]) -> Option<RecordId>;
+}
+
+/// Claims `id` on `store` with [`claim_req`] (fingerprint 1, a 10 s lease); panics
+/// unless the claim acquires it.
+pub async fn acquired<St: Store>(store: &St, id: &RecordId) -> Lease {
+    match store.claim(&claim_req(id, 1)).await.unwrap() {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// Claims `id` on `store` ([`acquired`]) and completes it with [`snapshot`]`(body)`,
+/// kept for `ttl`; panics unless both succeed.
+pub async fn completed<St: Store>(store: &St, id: &RecordId, body: &[u8], ttl: Duration) {
+    let lease = acquired(store, id).await;
+    let done = store.complete(&lease, &snapshot(body), ttl).await.unwrap();
+    assert_eq!(done, Finish::Done, "completing {id}");
+}
+
+/// The next message `probe` hears, within 5 s.
+async fn heard<P: NotificationProbe>(probe: &mut P) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(5), probe.next())
+        .await
+        .expect("a notification within 5 s")
+}
+
+/// A duplicate that will wait (R10 `wait` mode) claims `id`, in flight: from now on the
+/// record's completion or release notifies every instance.
+pub async fn wait_on<St: Store>(store: &St, id: &RecordId) {
+    let req = ClaimRequest {
+        waiting: true,
+        ..claim_req(id, 1)
+    };
+    match store.claim(&req).await.unwrap() {
+        Claim::InFlight { .. } => {}
+        other => panic!("expected InFlight, got {other:?}"),
+    }
+}
+
+/// R10: a completion or release that nobody waits for sends no notification (a
+/// notification costs every instance a wake-up, and PostgreSQL serialises every
+/// committing transaction that sends one); one that a waiting duplicate asked about does.
+///
+/// The marker `probe` sends after the store's writes arrives after anything they sent
+/// (one channel, delivered in order), so "the marker comes first" means "nothing sent".
+pub async fn r10_only_awaited_records_notify<F: Fixture, P: NotificationProbe>(
+    fx: &F,
+    probe: &mut P,
+) {
+    let store = fx.store();
+    let ttl = Duration::from_secs(60);
+    // Nobody waits (a duplicate that does not wait leaves no mark): the completion and
+    // the release send nothing.
+    let done = id("unwatched-done");
+    let lease = admin_record(fx, &done, None).await;
+    assert!(matches!(
+        store.claim(&req(fx, &done, 1)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    assert_eq!(
+        store.complete(&lease, &snapshot(b"ok"), ttl).await.unwrap(),
+        Finish::Done
+    );
+    let gone = id("unwatched-released");
+    let lease = admin_record(fx, &gone, None).await;
+    assert_eq!(store.release(&lease).await.unwrap(), Finish::Done);
+    probe.send_marker("marker-1").await;
+    assert_eq!(
+        String::from_utf8_lossy(&heard(probe).await),
+        "marker-1",
+        "a record nobody waited for notified"
+    );
+    // A waiting duplicate marks the record: its completion notifies, then its release.
+    for complete in [true, false] {
+        let watched = id(if complete {
+            "watched-done"
+        } else {
+            "watched-released"
+        });
+        let lease = admin_record(fx, &watched, None).await;
+        wait_on(store, &watched).await;
+        let finish = if complete {
+            store.complete(&lease, &snapshot(b"ok"), ttl).await
+        } else {
+            store.release(&lease).await
+        };
+        assert_eq!(finish.unwrap(), Finish::Done);
+        probe.send_marker("marker-2").await;
+        let first = heard(probe).await;
+        let first_text = String::from_utf8_lossy(&first);
+        assert_ne!(
+            first_text, "marker-2",
+            "the awaited record sent no notification"
+        );
+        assert_eq!(P::record_of(&first), Some(watched), "{first_text}");
+        assert_eq!(String::from_utf8_lossy(&heard(probe).await), "marker-2");
+    }
+}
+
+/// R10, R18: a watch on one instance (`waiter`) wakes when another instance of the same
+/// store (`finisher`) completes or releases the record a waiting duplicate asked about,
+/// and what woke it is visible through the waiter at once.
+pub async fn r10_watch_wakes_across_instances<St: Store>(waiter: &St, finisher: &St) {
+    for complete in [true, false, true, false] {
+        let id = id("cross-watch");
+        let lease = acquired(finisher, &id).await;
+        let mut watch = waiter.watch(&id);
+        wait_on(waiter, &id).await;
+        let task = {
+            let finisher = finisher.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if complete {
+                    finisher
+                        .complete(&lease, &snapshot(b"done"), Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                } else {
+                    finisher.release(&lease).await.unwrap()
+                }
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the watch on the other instance woke");
+        let seen = waiter.lookup(&id).await.unwrap();
+        if complete {
+            assert!(
+                matches!(seen, Some(ref r) if matches!(r.state, State::Completed { .. })),
+                "{seen:?}"
+            );
+        } else {
+            assert_eq!(seen, None);
+        }
+        assert_eq!(task.await.unwrap(), Finish::Done);
+    }
+}
+
+/// R16: a completed record that `damage` then spoils behind the store's back (its
+/// snapshot no longer decodes) is an error, never a replay; a mismatch needs no snapshot
+/// and says so; listing reports it instead of failing, and goes on with the others.
+///
+/// `store` must hold no other record.
+pub async fn r16_damaged_record_is_never_replayed<St: Store>(
+    store: &St,
+    damage: impl AsyncFnOnce(&RecordId),
+) {
+    let id = id("corrupt");
+    completed(store, &id, b"ok", Duration::from_secs(60)).await;
+    damage(&id).await;
+    let answer = store.claim(&claim_req(&id, 1)).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+    let answer = store.lookup(&id).await;
+    assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+    assert_eq!(
+        store.claim(&claim_req(&id, 2)).await.unwrap(),
+        Claim::Mismatch
+    );
+    let other = crate::store::testkit::id("listed");
+    let lease = acquired(store, &other).await;
+    let page = store.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(page.corrupt.len(), 1, "{page:?}");
+    assert_eq!(page.corrupt[0].id.as_ref(), Some(&id));
+    assert_eq!(page.records.len(), 1, "{page:?}");
+    assert_eq!(page.records[0].0, lease.id);
 }
 
 /// Stamps the whole contract suite as named tests for one store.

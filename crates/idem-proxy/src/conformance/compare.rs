@@ -24,16 +24,7 @@ pub(super) fn tally<'a>(answers: impl IntoIterator<Item = &'a Answer>) -> String
 
 /// `Idempotent-Replayed` for `idempotent-replayed`.
 pub(super) fn display_name(name: &HeaderName) -> String {
-    name.as_str()
-        .split('-')
-        .map(|part| {
-            let mut c = part.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join("-")
+    crate::text::title_case(name.as_str())
 }
 
 pub(super) fn compared_headers(a: &Answer, ignored: &[HeaderName]) -> usize {

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use idem::core::record::RecordId;
-use idem::core::store::StateFilter;
+
 use serde_json::Value;
 
 use super::query::ListQuery;
@@ -53,11 +53,7 @@ impl AdminApi {
 
     /// One page of records.
     pub(super) async fn list(&self, q: &ListQuery) -> anyhow::Result<Value> {
-        let state = match q.state {
-            StateFilter::Any => "any",
-            StateFilter::InFlight => "in_flight",
-            StateFilter::Completed => "completed",
-        };
+        let state = crate::admin::filter_name(q.state);
         let mut path = format!("/admin/keys?state={state}&limit={}", q.limit);
         if let Some(d) = q.older_than {
             path.push_str(&format!("&older_than={}ms", d.as_millis()));

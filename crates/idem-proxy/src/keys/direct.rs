@@ -2,26 +2,19 @@
 
 use anyhow::Context as _;
 use idem::core::clock::{Clock, Millis, SystemClock};
-use idem::core::record::{RecordId, State};
+use idem::core::record::RecordId;
 use idem::core::store::ListFilter;
 use idem::{AnyStore, Store};
 use serde_json::{Value, json};
 
 use super::query::ListQuery;
-use crate::admin::record_json;
+use crate::admin::{created_before, record_json, state_name};
 
 /// A store opened by URL.
 pub(super) struct Direct(AnyStore);
 
 fn now() -> Millis {
     SystemClock.now_ms()
-}
-
-fn state_name(state: &State) -> &'static str {
-    match state {
-        State::InFlight { .. } => "in_flight",
-        State::Completed { .. } => "completed",
-    }
 }
 
 impl Direct {
@@ -60,9 +53,7 @@ impl Direct {
         let now = now();
         let filter = ListFilter {
             state: q.state,
-            created_before: q.older_than.map(|d| {
-                now.saturating_sub(Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
-            }),
+            created_before: q.older_than.map(|d| created_before(now, d)),
             scope: q.scope,
             after: match &q.after {
                 Some(a) => {

@@ -6,11 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use crate::common::free_addr;
+use crate::common::{free_addr, redis_command, wait_listening};
 
 /// A store server.
 #[derive(Debug)]
@@ -35,20 +32,8 @@ pub(crate) enum Server {
     },
 }
 
-async fn wait_for(addr: SocketAddr, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not start on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn spawn_redis(addr: SocketAddr, dir: &Path) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+    redis_command(addr)
         .args([
             "--save",
             "",
@@ -59,8 +44,6 @@ fn spawn_redis(addr: SocketAddr, dir: &Path) -> Child {
         ])
         .arg("--dir")
         .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (scripts/services.sh installs it)")
 }
@@ -111,7 +94,7 @@ impl Server {
     pub(crate) async fn redis(dir: &Path) -> Self {
         let addr = free_addr();
         let child = spawn_redis(addr, dir);
-        wait_for(addr, "redis-server").await;
+        wait_listening(addr, "redis-server").await;
         Self::Redis {
             addr,
             dir: dir.to_owned(),
@@ -204,7 +187,7 @@ impl Server {
         match self {
             Self::Redis { addr, dir, child } => {
                 *child.lock().unwrap() = Some(spawn_redis(*addr, dir));
-                wait_for(*addr, "redis-server").await;
+                wait_listening(*addr, "redis-server").await;
             }
             Self::Postgres { addr, dir, bin } => {
                 let data = dir.path().to_str().unwrap();
@@ -218,7 +201,7 @@ impl Server {
                     "pg_ctl",
                     &["-D", data, "-o", &opts, "-l", &logfile, "-w", "start"],
                 );
-                wait_for(*addr, "postgres").await;
+                wait_listening(*addr, "postgres").await;
             }
         }
     }

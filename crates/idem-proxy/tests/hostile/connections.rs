@@ -51,10 +51,7 @@ async fn read_response(stream: &mut TcpStream) -> u16 {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
+            let len = crate::content_length(&head);
             while buf.len() < end + 4 + len {
                 let n = stream.read(&mut chunk).await.unwrap();
                 assert!(n > 0, "body cut short");
@@ -195,22 +192,18 @@ async fn r25_connections_beyond_the_limit_wait_for_a_free_slot() {
 /// `idem serve ARGS` with at most `nofile` open file descriptors.
 async fn serve_with_nofile(nofile: u32, args: &[&str]) -> Proc {
     let addr = common::free_addr();
-    let child = Command::new("sh")
-        .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
-        .arg(common::BIN)
-        .args(["serve", "--listen", &addr.to_string()])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc = Proc { child, addr };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "idem did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    proc
+    common::start(
+        Command::new("sh")
+            .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+            .arg(common::BIN)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        addr,
+        &[],
+    )
+    .await
 }
 
 // R25: out of file descriptors (a 64-descriptor limit, 150 connections that send

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use idem::core::ProblemKind;
 use idem_testkit::{Client, CountingUpstream};
 
-use crate::common::{BIN, Proc, serve};
+use crate::common::{BIN, serve, serve_command_on};
 
 /// The marker the upstream echoes into the stored response body, so the test can find
 /// the body's bytes in the database file.
@@ -22,18 +22,6 @@ fn db_file(dir: &Path) -> std::path::PathBuf {
     dir.join(idem::redb::layout::FILE_NAME)
 }
 
-/// Stops `proc` with SIGTERM and waits for it, so the database is closed cleanly and the
-/// next start trusts the file as it is found.
-fn stop(mut proc: Proc) {
-    let status = Command::new("kill")
-        .args(["-TERM", &proc.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = proc.child.wait().unwrap();
-    assert!(exit.success(), "{exit:?}");
-}
-
 /// A file store in `dir` holding one completed record of key `key`, whose response
 /// body carries [`MARKER`]; idem is stopped again.
 async fn store_with_a_record(dir: &Path, upstream: &CountingUpstream, key: &str) {
@@ -43,7 +31,7 @@ async fn store_with_a_record(dir: &Path, upstream: &CountingUpstream, key: &str)
     let body = format!("{{\"note\":\"{}\"}}", String::from_utf8_lossy(MARKER));
     let first = Client::new(proc.addr).post("/charges", key, &body).await;
     assert_eq!(first.status, 201, "{first:?}");
-    stop(proc);
+    proc.terminate();
 }
 
 /// Overwrites every copy of `from` in the file with `to`; answers how many.
@@ -67,15 +55,7 @@ fn run(args: &[&str]) -> Output {
 /// `idem serve` on `store` must refuse to start: exit 2, one line naming the file, no
 /// panic.
 fn assert_refused(store: &str, says: &str) {
-    let out = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--store",
-        store,
-    ]);
+    let out = serve_command_on(store).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{store}: {stderr}");
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -136,7 +116,7 @@ async fn r25_a_record_edited_in_the_file_is_503_never_replayed_nor_run_again() {
     // Other keys are served as before.
     let other = Client::new(proc.addr).post("/charges", "other", "{}").await;
     assert_eq!(other.status, 201);
-    stop(proc);
+    proc.terminate();
 }
 
 // R25: a database file emptied to 0 bytes is refused, not taken for a new store (every
@@ -162,7 +142,7 @@ async fn r25_an_emptied_database_file_is_refused_unless_fresh() {
         .post("/charges", "emptied", "{}")
         .await;
     assert_eq!(again.status, 201);
-    stop(proc);
+    proc.terminate();
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -171,7 +151,7 @@ async fn r25_an_emptied_database_file_is_refused_unless_fresh() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     // The new database is idem's: it opens without the option.
     let proc = serve(&["--upstream", &up, "--store", &store]).await;
-    stop(proc);
+    proc.terminate();
 }
 
 // R25: garbage where the database should be, or garbage behind redb's own magic bytes,
@@ -214,5 +194,5 @@ async fn r25_a_garbage_database_file_is_one_line_never_a_panic() {
         .post("/charges", "garbage", "{}")
         .await;
     assert_eq!(again.status, 201);
-    stop(proc);
+    proc.terminate();
 }

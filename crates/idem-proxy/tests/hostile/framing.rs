@@ -76,10 +76,7 @@ async fn serve(
         let body_end = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
+                let len = crate::content_length(&head);
                 if buf.len() >= end + 4 + len {
                     break end + 4 + len;
                 }

@@ -44,6 +44,26 @@ async fn front<St: Store>(
     Front::new(running.addr(), running)
 }
 
+/// The `Content-Length` a response or request head announces (0 without one); panics
+/// on one that is not a number.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// A proxy over a memory store that gives a client 300 ms to send its request.
+async fn impatient_front(upstream: &CountingUpstream) -> Front {
+    front(MemoryStore::new(), upstream, |c| {
+        c.request_read_timeout = Duration::from_millis(300);
+    })
+    .await
+}
+
 fn kind(resp: &Resp, kind: ProblemKind) {
     assert_eq!(resp.problem_type(), kind.type_uri(), "{resp:?}");
 }
@@ -186,10 +206,7 @@ async fn r13_endless_chunked_body_is_413() {
 #[tokio::test]
 async fn slow_head_is_cut_off() {
     let upstream = CountingUpstream::spawn().await;
-    let front = front(MemoryStore::new(), &upstream, |c| {
-        c.request_read_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let front = impatient_front(&upstream).await;
     let s = TcpStream::connect(front.addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let head = b"POST /charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer raw\r\nidempotency-key: dribble\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\ncontent-length: 2\r\n\r\n{}";
@@ -298,10 +315,7 @@ fn assert_408(head: &str, body: &[u8]) {
 #[tokio::test]
 async fn slow_body_is_408_and_key_stays_free() {
     let upstream = CountingUpstream::spawn().await;
-    let front = front(MemoryStore::new(), &upstream, |c| {
-        c.request_read_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let front = impatient_front(&upstream).await;
     let (head, body) = trickle_body(front.addr, "slow-body").await;
     assert_408(&head, &body);
     assert_eq!(upstream.executions(), 0);
@@ -406,11 +420,12 @@ async fn as_tenant(
 }
 
 /// R4: whatever key tenant B sends, it never reads, replays, waits on or collides
-/// with tenant A's record, in flight or completed, in `wait` mode.
-async fn tenants_never_meet(by: &'static str, scope: ScopeSource) {
+/// with tenant A's record, in flight or completed, in `wait` mode, with requests
+/// scoped by the header `by`.
+async fn tenants_never_meet(by: &'static str) {
     let upstream = CountingUpstream::spawn().await;
     let policy = Policy::builder()
-        .scope(scope)
+        .scope(ScopeSource::headers([by.parse().unwrap()]))
         .on_concurrent(OnConcurrent::Wait {
             timeout: Duration::from_secs(20),
         })
@@ -493,20 +508,12 @@ async fn tenants_never_meet(by: &'static str, scope: ScopeSource) {
 // R4: scoped by Authorization (the default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r04_tenants_never_meet_by_authorization() {
-    tenants_never_meet(
-        "authorization",
-        ScopeSource::headers(["authorization".parse().unwrap()]),
-    )
-    .await;
+    tenants_never_meet("authorization").await;
 }
 
 // R4: scoped by a configured tenant header; the Authorization header then does not
 // matter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r04_tenants_never_meet_by_tenant_header() {
-    tenants_never_meet(
-        "x-tenant",
-        ScopeSource::headers(["x-tenant".parse().unwrap()]),
-    )
-    .await;
+    tenants_never_meet("x-tenant").await;
 }

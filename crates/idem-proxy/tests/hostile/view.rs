@@ -216,14 +216,7 @@ async fn send(addr: SocketAddr, request: &str) -> Answer {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let l = l.to_ascii_lowercase();
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
+            let len = crate::content_length(&head);
             while buf.len() < end + 4 + len {
                 let n = read(&mut s, &mut chunk).await;
                 assert!(n > 0, "body cut short: {head}");
@@ -362,6 +355,31 @@ async fn r02_case_variant_of_covered_method_is_400() {
         assert_eq!(answer.status, 201, "{answer:?}");
     }
     assert_eq!(api.seen().len(), 1);
+}
+
+// R2, R24: a method only a route rule names (`PURGE /cache/*`) is as ambiguous in
+// another case as a standard one: `purge` is 400 and never reaches the upstream, while
+// `PURGE` as written passes.
+#[tokio::test]
+async fn r24_case_variant_of_a_method_a_rule_names_is_400() {
+    let api = Framework::spawn().await;
+    let front = proxy(&api, "", |config| {
+        config.routes.push(Route {
+            pattern: "PURGE /cache/*".parse().unwrap(),
+            policy: None,
+            origin: "test".into(),
+        });
+    })
+    .await;
+    for method in ["purge", "Purge", "pURGE"] {
+        let answer = send(front.addr(), &request(method, "/cache/x", &[])).await;
+        answer.is(400, ProblemKind::AmbiguousRequest);
+    }
+    assert!(api.seen().is_empty(), "{:?}", api.seen());
+    let answer = send(front.addr(), &request("PURGE", "/cache/x", &[])).await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(api.seen().len(), 1);
+    assert_eq!(api.seen()[0].method, "PURGE");
 }
 
 // R24: with `--upstream http://host/v1`, no target reaches a path outside `/v1`.

@@ -39,25 +39,20 @@ async fn serve(upstream: &CountingUpstream, extra: &[&str]) -> Served {
     let addr = free_addr();
     let admin = free_addr();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .args(["--listen", &addr.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--upstream", &format!("http://{}", upstream.addr())])
-        .args(["--store", "memory"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc { child, addr };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for a in [addr, admin] {
-        while tokio::net::TcpStream::connect(a).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "idem did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let proc = common::start(
+        Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--upstream", &format!("http://{}", upstream.addr())])
+            .args(["--store", "memory"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap()),
+        addr,
+        &[admin],
+    )
+    .await;
     Served { proc, admin, log }
 }
 
@@ -74,6 +69,18 @@ async fn admin_send(admin: SocketAddr, method: Method, path: &str, token: Option
     Client::new(admin)
         .anonymous()
         .send(method, path, &headers, b"")
+        .await
+}
+
+/// `POST path` with an empty JSON body, `key` and `authorization`, through the proxy.
+async fn charge(proxy: &Client, path: &str, key: &str, authorization: &str) -> Resp {
+    proxy
+        .send(
+            Method::POST,
+            path,
+            &[("idempotency-key", key), ("authorization", authorization)],
+            b"{}",
+        )
         .await
 }
 
@@ -98,6 +105,13 @@ fn keys(args: &[&str]) -> Output {
         .env_remove("IDEM_ADMIN_TOKEN")
         .output()
         .unwrap()
+}
+
+/// Runs `idem keys COMMAND --admin ADMIN --token TOKEN ARGS`.
+fn on_call(command: &str, admin: &str, args: &[&str]) -> Output {
+    let mut all = vec![command, "--admin", admin, "--token", TOKEN];
+    all.extend_from_slice(args);
+    keys(&all)
 }
 
 fn stdout(o: &Output) -> String {
@@ -181,46 +195,24 @@ async fn admin_api_and_cli_find_a_stuck_request_and_delete_it() {
     let scope = scope_of(alice).to_hex();
 
     // A completed charge.
-    let done = proxy
-        .send(
-            Method::POST,
-            "/charges",
-            &[("idempotency-key", "done-1"), ("authorization", alice)],
-            b"{}",
-        )
-        .await;
+    let done = charge(&proxy, "/charges", "done-1", alice).await;
     assert_eq!(done.status, 201);
 
     // A charge stuck at a slow upstream.
     let stuck = tokio::spawn({
         let proxy = proxy.clone();
-        async move {
-            proxy
-                .send(
-                    Method::POST,
-                    "/charges?delay_ms=20000",
-                    &[("idempotency-key", "stuck/1?%"), ("authorization", alice)],
-                    b"{}",
-                )
-                .await
-        }
+        async move { charge(&proxy, "/charges?delay_ms=20000", "stuck/1?%", alice).await }
     });
 
     // It shows up in the in-flight list once older than 300 ms; the completed one never does.
     let admin = format!("http://{}", on.admin);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let listed = loop {
-        let out = keys(&[
+        let out = on_call(
             "list",
-            "--admin",
             &admin,
-            "--token",
-            TOKEN,
-            "--in-flight",
-            "--older-than",
-            "300ms",
-            "--json",
-        ]);
+            &["--in-flight", "--older-than", "300ms", "--json"],
+        );
         let page = json_out(&out);
         let found = page["keys"].as_array().unwrap().clone();
         assert!(found.iter().all(|k| k["key"] != "done-1"), "{page}");
@@ -256,31 +248,13 @@ async fn admin_api_and_cli_find_a_stuck_request_and_delete_it() {
     assert_eq!(got.json()["state"], "completed");
     assert_eq!(got.json()["response"]["status"], 201);
     assert!(got.json()["response"]["body_bytes"].as_u64().unwrap() > 0);
-    let table = keys(&[
-        "get",
-        "--admin",
-        &admin,
-        "--token",
-        TOKEN,
-        "--authorization",
-        alice,
-        "done-1",
-    ]);
+    let table = on_call("get", &admin, &["--authorization", alice, "done-1"]);
     assert!(table.status.success(), "{table:?}");
     assert!(stdout(&table).contains("completed"), "{}", stdout(&table));
     assert!(stdout(&table).contains("201"), "{}", stdout(&table));
 
     // Only the stuck one when listing in-flight records in alice's scope, as a table.
-    let table = keys(&[
-        "list",
-        "--admin",
-        &admin,
-        "--token",
-        TOKEN,
-        "--in-flight",
-        "--authorization",
-        alice,
-    ]);
+    let table = on_call("list", &admin, &["--in-flight", "--authorization", alice]);
     assert!(stdout(&table).contains("stuck/1?%"), "{}", stdout(&table));
     assert!(!stdout(&table).contains("done-1"));
 
@@ -290,58 +264,26 @@ async fn admin_api_and_cli_find_a_stuck_request_and_delete_it() {
     assert!(stderr(&wrong).contains("401"), "{}", stderr(&wrong));
 
     // Deleting needs --yes when stdin is not a terminal.
-    let refused = keys(&[
-        "delete",
-        "--admin",
-        &admin,
-        "--token",
-        TOKEN,
-        "--scope",
-        &scope,
-        "stuck/1?%",
-    ]);
+    let refused = on_call("delete", &admin, &["--scope", &scope, "stuck/1?%"]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(stderr(&refused).contains("--yes"));
     assert_eq!(admin_get(on.admin, &path, Some(TOKEN)).await.status, 200);
 
-    let deleted = keys(&[
+    let deleted = on_call(
         "delete",
-        "--admin",
         &admin,
-        "--token",
-        TOKEN,
-        "--scope",
-        &scope,
-        "stuck/1?%",
-        "--yes",
-        "--json",
-    ]);
+        &["--scope", &scope, "stuck/1?%", "--yes", "--json"],
+    );
     assert_eq!(json_out(&deleted)["deleted"]["state"], "in_flight");
     let gone = admin_get(on.admin, &path, Some(TOKEN)).await;
     assert_eq!(gone.status, 404);
     assert!(gone.problem_type().ends_with("#admin-key-not-found"));
-    let missing = keys(&[
-        "get",
-        "--admin",
-        &admin,
-        "--token",
-        TOKEN,
-        "--scope",
-        &scope,
-        "stuck/1?%",
-    ]);
+    let missing = on_call("get", &admin, &["--scope", &scope, "stuck/1?%"]);
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
     assert!(stderr(&missing).contains("no live record"));
 
     // The key is free: a retry runs again instead of meeting 409.
-    let retry = proxy
-        .send(
-            Method::POST,
-            "/charges",
-            &[("idempotency-key", "stuck/1?%"), ("authorization", alice)],
-            b"{}",
-        )
-        .await;
+    let retry = charge(&proxy, "/charges", "stuck/1?%", alice).await;
     assert_eq!(retry.status, 201, "{retry:?}");
 
     // Delete over HTTP too, then the audit lines.

@@ -4,7 +4,6 @@
 //! stopped: Redis is a server of the test's own, PostgreSQL is reached through a switch.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,41 +14,10 @@ use idem_testkit::{Client, CountingUpstream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::common::free_addr;
+use crate::common::{OwnRedis, free_addr};
 use idem_testkit::postgres::Schema;
 
 use crate::unique;
-
-/// A `redis-server` of the test's own, killed on drop.
-struct OwnRedis(Child);
-
-impl OwnRedis {
-    async fn start(addr: SocketAddr) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/services.sh installs it)");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self(child)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn front(store_url: &str, upstream: &CountingUpstream) -> idem_proxy::Running {
     let store = AnyStore::from_url(store_url).await.unwrap();

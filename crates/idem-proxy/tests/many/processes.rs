@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use idem_testkit::client::the_one_executed;
 use idem_testkit::{Client, CountingUpstream, Resp};
 use tokio::sync::Semaphore;
 
@@ -79,11 +80,7 @@ async fn r18_conflict(kind: &str) {
     let key = unique("burst");
     let resps = burst(&procs, &key).await;
     assert_eq!(upstream.executions_with_key(&key), 1);
-    let executed = resps
-        .iter()
-        .filter(|r| r.status == 201 && !r.replayed())
-        .count();
-    assert_eq!(executed, 1);
+    the_one_executed(&resps);
     for r in &resps {
         assert!(r.status == 201 || r.status == 409, "{r:?}");
     }
@@ -144,14 +141,10 @@ async fn r18_mixed(kind: &str) {
     assert_eq!(by_key.len(), 1000);
     for (key, resps) in &by_key {
         assert_eq!(upstream.executions_with_key(key), 1, "{key}");
-        let executed: Vec<_> = resps
-            .iter()
-            .filter(|r| r.status == 201 && !r.replayed())
-            .collect();
-        assert_eq!(executed.len(), 1, "{key}: {resps:?}");
+        let executed = the_one_executed(resps);
         for r in resps {
             match r.status.as_u16() {
-                201 => assert_eq!(r.body, executed[0].body, "{key}"),
+                201 => assert_eq!(r.body, executed.body, "{key}"),
                 409 => {}
                 other => panic!("{key}: unexpected {other}: {r:?}"),
             }

@@ -100,15 +100,6 @@ async fn scrape(admin: SocketAddr) -> (String, Vec<Sample>) {
     (text, samples)
 }
 
-/// Waits until `idem serve` accepts connections on `addr`.
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "idem did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // Dashboards and absent-series alerts need every series before the first request: a
 // fresh `idem serve` lists each metric, each label value at 0, its build and the
 // process metrics on its very first scrape.
@@ -230,22 +221,22 @@ async fn every_outcome_is_counted_timed_and_logged_without_secrets() {
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("stderr.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(common::BIN)
-        .args(["--log-format", "json", "serve", "--store", "memory"])
-        .args(["--listen", &addr.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--upstream", &format!("http://{}", upstream.addr())])
-        .args(["--require-key", "--max-request-body", "8KiB"])
-        .args(["--max-stored-body", "4KiB"])
-        .env_remove("RUST_LOG")
-        .env_remove("IDEM_LOG_LEVEL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .unwrap();
-    let proc = common::Proc { child, addr };
-    wait_listening(addr).await;
-    wait_listening(admin).await;
+    let proc = common::start(
+        Command::new(common::BIN)
+            .args(["--log-format", "json", "serve", "--store", "memory"])
+            .args(["--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--upstream", &format!("http://{}", upstream.addr())])
+            .args(["--require-key", "--max-request-body", "8KiB"])
+            .args(["--max-stored-body", "4KiB"])
+            .env_remove("RUST_LOG")
+            .env_remove("IDEM_LOG_LEVEL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file)),
+        addr,
+        &[admin],
+    )
+    .await;
 
     let client = Client::new(addr);
     let body = format!("{{\"amount\":100,\"note\":\"{BODY_SECRET}\"}}");
@@ -453,21 +444,22 @@ async fn log_level_silences_decisions_and_bad_levels_are_refused() {
     let addr = common::free_addr();
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("stderr.log");
-    let child = Command::new(common::BIN)
-        .args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "info,idem::decision=off",
-        ])
-        .args(["serve", "--store", "memory", "--listen", &addr.to_string()])
-        .args(["--upstream", &format!("http://{}", upstream.addr())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .spawn()
-        .unwrap();
-    let proc = common::Proc { child, addr };
-    wait_listening(addr).await;
+    let proc = common::start(
+        Command::new(common::BIN)
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "info,idem::decision=off",
+            ])
+            .args(["serve", "--store", "memory", "--listen", &addr.to_string()])
+            .args(["--upstream", &format!("http://{}", upstream.addr())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap())),
+        addr,
+        &[],
+    )
+    .await;
     let resp = Client::new(addr).post("/charges", "k-quiet", "{}").await;
     assert_eq!(resp.status, 201);
     proc.kill();
@@ -491,16 +483,6 @@ async fn log_level_silences_decisions_and_bad_levels_are_refused() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
-/// A `redis-server` of the test's own (the shared one must stay up), killed on drop.
-struct OwnRedis(std::process::Child);
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `idem serve` with JSON logs into a file and an admin listener.
 struct Logged {
     proc: common::Proc,
@@ -514,20 +496,20 @@ async fn serve_logged(args: &[&str]) -> Logged {
     let admin = common::free_addr();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
-    let child = Command::new(common::BIN)
-        .args(["--log-format", "json", "serve"])
-        .args(["--listen", &addr.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("IDEM_LOG_LEVEL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let proc = common::Proc { child, addr };
-    wait_listening(addr).await;
-    wait_listening(admin).await;
+    let proc = common::start(
+        Command::new(common::BIN)
+            .args(["--log-format", "json", "serve"])
+            .args(["--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("IDEM_LOG_LEVEL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap())),
+        addr,
+        &[admin],
+    )
+    .await;
     Logged {
         proc,
         admin,
@@ -550,21 +532,7 @@ fn decisions(log: &str) -> Vec<Value> {
 async fn store_failures_are_counted_and_logged() {
     let upstream = CountingUpstream::spawn().await;
     let redis_addr = common::free_addr();
-    let redis = OwnRedis(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_addr.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/services.sh installs it)"),
-    );
-    wait_listening(redis_addr).await;
+    let redis = common::OwnRedis::start(redis_addr).await;
     let store = format!("redis://{redis_addr}/?prefix=obs-{}", std::process::id());
     let up = format!("http://{}", upstream.addr());
     let closed = serve_logged(&["--store", &store, "--upstream", &up]).await;

@@ -8,7 +8,6 @@ mod common;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -48,34 +47,23 @@ async fn request_spans_reach_the_collector_by_shutdown() {
     let upstream = CountingUpstream::spawn().await;
     let (collector, seen) = collector().await;
     let addr = common::free_addr();
-    let mut child = Command::new(common::BIN)
-        .args(["serve", "--store", "memory", "--listen", &addr.to_string()])
-        .args(["--upstream", &format!("http://{}", upstream.addr())])
-        .args(["--otlp-endpoint", &format!("http://{collector}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "idem did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let proc = common::start(
+        Command::new(common::BIN)
+            .args(["serve", "--store", "memory", "--listen", &addr.to_string()])
+            .args(["--upstream", &format!("http://{}", upstream.addr())])
+            .args(["--otlp-endpoint", &format!("http://{collector}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        addr,
+        &[],
+    )
+    .await;
     let client = Client::new(addr);
     assert_eq!(client.post("/charges", "k-otel-1", "{}").await.status, 201);
     assert!(client.post("/charges", "k-otel-1", "{}").await.replayed());
 
     // SIGTERM: a graceful stop, which flushes the spans still batched.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
+    proc.terminate();
 
     let exports = seen.lock().unwrap().clone();
     assert!(!exports.is_empty(), "no export reached the collector");

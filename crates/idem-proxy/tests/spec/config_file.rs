@@ -235,11 +235,7 @@ async fn serve_with_admin(store: &str) -> (crate::common::Proc, std::net::Socket
         ADMIN_TOKEN,
     ])
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "no admin listener");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::common::wait_listening(admin, "the admin listener").await;
     (proc, admin)
 }
 

@@ -18,8 +18,6 @@ mod tls;
 
 use idem::core::policy::Policy;
 use idem::core::store::Store;
-use idem::core::store::testkit::ManualFixture;
-use idem::redb::RedbStore;
 use idem_proxy::config::ProxyConfig;
 use idem_testkit::{CountingUpstream, Front, Start};
 
@@ -57,21 +55,4 @@ impl Start for Proxy {
     }
 }
 
-/// A redb store in a temporary directory on a manual clock.
-pub fn redb_fixture() -> ManualFixture<RedbStore> {
-    idem_testkit::redb::fixture()
-}
-
-mod memory {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::Proxy,
-        idem::core::store::testkit::ManualFixture::memory
-    ));
-}
-
-mod redb {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::Proxy,
-        idem_testkit::redb::fixture
-    ));
-}
+idem_testkit::spec_tests!(single_machine_stores: Proxy);

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use idem_testkit::{Client, CountingUpstream};
 
-use crate::common::{BIN, serve};
+use crate::common::{BIN, serve, serve_command_on, wait_listening};
 
 // R16: a completed record survives a crash (SIGKILL) of the proxy on the embedded store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,20 +37,14 @@ async fn r16_replay_after_kill_and_restart() {
 async fn sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file:{}", dir.path().display());
-    let mut proc = serve(&[
+    let proc = serve(&[
         "--upstream",
         "http://127.0.0.1:9",
         "--store",
         store.as_str(),
     ])
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &proc.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = proc.child.wait().unwrap();
-    assert!(exit.success(), "{exit:?}");
+    proc.terminate();
 }
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -123,17 +117,10 @@ async fn second_proxy_on_a_held_directory_is_refused() {
         store.as_str(),
     ])
     .await;
-    let (code, stderr) = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--store",
-        store.as_str(),
-    ]);
+    let out = serve_command_on(&store).output().unwrap();
+    let (code, stderr) = (out.status.code(), String::from_utf8_lossy(&out.stderr));
     first.kill();
-    assert_eq!(code, 2);
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("another idem process"), "{stderr}");
 }
 
@@ -169,14 +156,7 @@ async fn admin_listener_reports_health_and_metrics() {
         &admin_arg,
     ])
     .await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "admin listener did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_listening(admin, "the admin listener").await;
     let client = Client::new(proc.addr);
     assert_eq!(client.post("/charges", "m1", "{}").await.status, 201);
     assert!(client.post("/charges", "m1", "{}").await.replayed());

@@ -13,7 +13,7 @@ use idem_testkit::{Client, CountingUpstream};
 use idem::Store;
 use idem::core::store::testkit::Fixture;
 
-use crate::{redb_fixture, start_proxy, start_with};
+use crate::{start_proxy, start_with};
 
 /// A loopback port with nothing listening on it.
 async fn closed_port() -> SocketAddr {
@@ -68,7 +68,7 @@ async fn r12_upstream_refused_is_502_and_released_memory() {
 // R12
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r12_upstream_refused_is_502_and_released_redb() {
-    let fx = redb_fixture();
+    let fx = idem_testkit::redb::fixture();
     upstream_refused(fx.store().clone()).await;
     assert_eq!(fx.store().len().await.unwrap(), 0);
 }
@@ -84,7 +84,7 @@ async fn r12_upstream_timeout_is_504_and_released_memory() {
 // R12
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r12_upstream_timeout_is_504_and_released_redb() {
-    let fx = redb_fixture();
+    let fx = idem_testkit::redb::fixture();
     upstream_timeout(fx.store().clone()).await;
     assert_eq!(fx.store().len().await.unwrap(), 0);
 }

@@ -26,10 +26,6 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Every byte of every file under `dir`.
 fn dir_bytes(dir: &Path) -> Vec<u8> {
     let mut out = Vec::new();
@@ -118,7 +114,10 @@ async fn sealed_story(store: &str, dump: impl Fn(&[&str]) -> Vec<u8>) {
     let raw = dump(&[&old_key]);
     assert!(!contains(&raw, marker), "response body stored in the clear");
     assert!(!contains(&raw, &old_key), "raw key stored");
-    assert!(!contains(&raw, &hex(&old_key)), "hex of the raw key stored");
+    assert!(
+        !contains(&raw, &idem_testkit::hex(old_key.as_bytes())),
+        "hex of the raw key stored"
+    );
     assert!(
         !contains(&raw, "application/json"),
         "headers stored in the clear"
@@ -138,7 +137,7 @@ async fn sealed_story(store: &str, dump: impl Fn(&[&str]) -> Vec<u8>) {
     assert_eq!(upstream.executions(), 2);
     let raw = dump(&[&old_key, &new_key]);
     assert!(!contains(&raw, &new_key));
-    assert!(!contains(&raw, &hex(&new_key)));
+    assert!(!contains(&raw, &idem_testkit::hex(new_key.as_bytes())));
     assert!(!contains(&raw, marker));
 
     // R15: k2 missing from the list: its record answers a problem, is not replayed and

@@ -57,21 +57,7 @@ impl Start for App {
     }
 }
 
-mod memory {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::App,
-        idem::core::store::testkit::ManualFixture::memory
-    ));
-}
+idem_testkit::spec_tests!(single_machine_stores: App);
 
-mod redb {
-    idem_testkit::spec_tests!(idem_testkit::On::new(
-        super::App,
-        idem_testkit::redb::fixture
-    ));
-}
-
-#[cfg(feature = "postgres")]
-mod r20_postgres;
 #[cfg(feature = "postgres")]
 mod r21_postgres;

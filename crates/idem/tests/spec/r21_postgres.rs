@@ -21,7 +21,7 @@ use idem::postgres::{PgTransactional, PostgresStore, PostgresStoreConfig};
 use idem::{AnyStore, IdempotencyContext, IdempotencyLayer};
 use idem_testkit::Client;
 
-use idem_testkit::postgres::{Schema, url};
+use idem_testkit::postgres::{self, Schema, url};
 
 use super::serve;
 
@@ -64,46 +64,18 @@ impl PgSchema {
     }
 
     pub(crate) async fn count(&self, store: &PostgresStore, table: &str) -> i64 {
-        let client = store.pool().get().await.unwrap();
-        client
-            .query_one(
-                &format!("SELECT count(*) FROM \"{}\".{table}", self.name),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
+        postgres::count(&store.pool().get().await.unwrap(), &self.name, table).await
     }
 
-    /// Every byte the store's tables hold, as text, for checks of what is in the clear.
+    /// Every row the store's tables hold, as text, for checks of what is in the clear.
     pub(crate) async fn raw_rows(&self, store: &PostgresStore) -> String {
-        let client = store.pool().get().await.unwrap();
-        let mut all = String::new();
-        for table in ["records", "recovery_points"] {
-            for row in client
-                .query(
-                    &format!("SELECT t::text FROM \"{}\".{table} t", self.name),
-                    &[],
-                )
-                .await
-                .unwrap()
-            {
-                all.push_str(row.get::<_, &str>(0));
-                all.push('\n');
-            }
-        }
-        all
+        postgres::store_rows_as_text(&store.pool().get().await.unwrap(), &self.name).await
     }
 }
 
 /// Encryption at rest over `store`, with the test keys.
-pub(crate) fn sealed<S: Store>(store: S) -> Sealed<S> {
+fn sealed<S: Store>(store: S) -> Sealed<S> {
     Sealed::new(store, sealing_keys())
-}
-
-/// `bytes` as PostgreSQL prints a `bytea` inside a row's text: hex.
-pub(crate) fn bytea_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Clone)]
@@ -233,7 +205,7 @@ async fn r21_completion_commits_through_a_sealed_store() {
         b"order-1",
         b"application/json",
     ] {
-        assert!(!raw.contains(&bytea_hex(clear)), "{raw}");
+        assert!(!raw.contains(&idem_testkit::hex(clear)), "{raw}");
         assert!(!raw.contains(std::str::from_utf8(clear).unwrap()), "{raw}");
     }
 }
