@@ -42,6 +42,14 @@ impl Resp {
         self.header("idempotent-replayed") == Some("true")
     }
 
+    /// The slug that ends the problem document's `type` (`in-flight`), checking the
+    /// document as [`problem_type`](Self::problem_type) does.
+    pub fn problem_slug(&self) -> String {
+        let t = self.problem_type();
+        t.rsplit_once('#')
+            .map_or(t.clone(), |(_, slug)| slug.to_owned())
+    }
+
     /// The problem document's `type`, checking the media type (R17).
     pub fn problem_type(&self) -> String {
         assert_eq!(

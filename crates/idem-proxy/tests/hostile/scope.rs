@@ -77,15 +77,19 @@ async fn r04_a_shared_scope_never_replays_a_session_cookie() {
             )
             .await
     };
-    let idem = serve(&[
-        "--upstream",
-        &up,
-        "--store",
-        "memory",
-        "--scope-header",
-        "none",
-    ])
-    .await;
+    let shared = |more: &'static [&'static str]| {
+        let mut args = vec![
+            "--upstream",
+            &up,
+            "--store",
+            "memory",
+            "--scope-header",
+            "none",
+        ];
+        args.extend(more);
+        async move { serve(&args).await }
+    };
+    let idem = shared(&[]).await;
     let first = login(Client::new(idem.addr)).await;
     assert_eq!(first.header("set-cookie"), Some("session=s1; HttpOnly"));
     let other = login(Client::new(idem.addr)).await;
@@ -95,16 +99,7 @@ async fn r04_a_shared_scope_never_replays_a_session_cookie() {
     assert_eq!(upstream.executions_of("/login"), 1);
     idem.kill();
 
-    let idem = serve(&[
-        "--upstream",
-        &up,
-        "--store",
-        "memory",
-        "--scope-header",
-        "none",
-        "--store-set-cookie",
-    ])
-    .await;
+    let idem = shared(&["--store-set-cookie"]).await;
     let first = login(Client::new(idem.addr)).await;
     let again = login(Client::new(idem.addr)).await;
     assert!(again.replayed(), "{again:?}");

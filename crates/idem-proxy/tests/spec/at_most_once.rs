@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::Method;
 use idem::core::ProblemKind;
 use idem_testkit::{Client, Resp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::common::{free_addr, serve};
+use crate::common::{free_addr, read_request, serve};
 
 /// An upstream that does the work (counts the request once it has read it whole),
 /// then loses its answer: the connection closes before any byte of a response.
@@ -30,24 +30,8 @@ impl LosesAnswers {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                            let length: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if buf.len() >= end + 4 + length {
-                                break;
-                            }
-                        }
+                    if read_request(&mut conn).await.is_none() {
+                        return;
                     }
                     counter.fetch_add(1, Ordering::SeqCst);
                     // The work is done; the answer is lost: the connection closes
@@ -75,14 +59,6 @@ async fn charge(client: &Client, key: &str) -> Resp {
         .await
 }
 
-fn kind(resp: &Resp) -> String {
-    resp.problem_type()
-        .rsplit('#')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 const TOKEN: &str = "at-most-once-admin-token";
 
 // R22: the upstream did the work and the connection broke before its answer: in `hold`
@@ -108,12 +84,12 @@ async fn r22_a_lost_answer_is_never_run_again_in_hold_mode() {
     let client = Client::new(idem.addr);
     let first = charge(&client, "pay-1").await;
     assert_eq!(first.status, 502, "{first:?}");
-    assert_eq!(kind(&first), ProblemKind::OutcomeUnknown.slug());
+    assert_eq!(first.problem_slug(), ProblemKind::OutcomeUnknown.slug());
     assert!(!first.replayed());
     for _ in 0..3 {
         let retry = charge(&client, "pay-1").await;
         assert_eq!(retry.status, 502, "{retry:?}");
-        assert_eq!(kind(&retry), ProblemKind::OutcomeUnknown.slug());
+        assert_eq!(retry.problem_slug(), ProblemKind::OutcomeUnknown.slug());
         assert!(retry.replayed(), "{retry:?}");
         assert_eq!(retry.json()["idempotency_key"], "pay-1");
     }
@@ -141,7 +117,7 @@ async fn r22_a_lost_answer_is_never_run_again_in_hold_mode() {
         .await;
     assert_eq!(deleted.status, 200, "{deleted:?}");
     let after = charge(&client, "pay-1").await;
-    assert_eq!(kind(&after), ProblemKind::OutcomeUnknown.slug());
+    assert_eq!(after.problem_slug(), ProblemKind::OutcomeUnknown.slug());
     assert!(!after.replayed());
     assert_eq!(upstream.ran(), 2, "an operator's delete releases the key");
 }
@@ -157,7 +133,7 @@ async fn r22_release_stays_the_default_and_refused_connections_are_released() {
     for _ in 0..2 {
         let r = charge(&client, "pay-2").await;
         assert_eq!(r.status, 502, "{r:?}");
-        assert_eq!(kind(&r), ProblemKind::UpstreamUnavailable.slug());
+        assert_eq!(r.problem_slug(), ProblemKind::UpstreamUnavailable.slug());
     }
     assert_eq!(upstream.ran(), 2, "released: the retry ran again");
     idem.kill();
@@ -176,7 +152,11 @@ async fn r22_release_stays_the_default_and_refused_connections_are_released() {
     for _ in 0..2 {
         let r = charge(&client, "pay-3").await;
         assert_eq!(r.status, 502, "{r:?}");
-        assert_eq!(kind(&r), ProblemKind::UpstreamUnavailable.slug(), "{r:?}");
+        assert_eq!(
+            r.problem_slug(),
+            ProblemKind::UpstreamUnavailable.slug(),
+            "{r:?}"
+        );
         assert!(!r.replayed());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::serve;
+use crate::common::{read_request, serve};
 
 /// An upstream that answers every request `201 CREATED`, chunked, with a trailer.
 async fn shouting_upstream() -> SocketAddr {
@@ -29,29 +29,6 @@ async fn shouting_upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Reads one request with a `Content-Length` body; `None` at the end of the connection.
-async fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                return Some(buf);
-            }
-        }
-        match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 /// Sends one keyed POST on a fresh connection and reads the whole answer until the

@@ -120,8 +120,8 @@ fn answered(
 }
 
 /// Renders a problem of the layer's own (a failure while executing) under the
-/// policy's `type` base and shape ([R17](crate::contract#r17)), as the engine renders its answers, readable by
-/// a browser at `origin`.
+/// policy's `type` base and shape ([R17](crate::contract#r17)), as the engine renders
+/// its answers, readable by a browser at `origin`.
 fn problem(policy: &Policy, origin: Option<&HeaderValue>, p: &Problem) -> Response<Body> {
     let mut resp = policy.problems().render(p);
     policy.cors_origins().apply(origin, resp.headers_mut());
