@@ -53,7 +53,7 @@ mod process;
 
 use crate::throttle::Throttle;
 
-/// Metric names the proxy records beyond the engine's ([`idem::metrics`]).
+/// Metric names the proxy records beyond the engine's ([`idem::core::metrics`]).
 pub mod names {
     /// Histogram: seconds from forwarding a request to the upstream's response head.
     pub const UPSTREAM_SECONDS: &str = "idem_upstream_duration_seconds";

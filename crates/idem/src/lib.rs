@@ -115,8 +115,8 @@ pub mod contract {
 pub mod layer;
 
 /// The engine and the store contract, from `idem-core`: for code that implements a
-/// [`Store`] or drives the [`Engine`] itself (as the `idem serve` proxy
-/// does), and for the policy's value types ([`policy`]). A service
+/// [`Store`] or drives the [`Engine`](crate::core::Engine) itself (as the `idem serve` proxy
+/// does), and for the policy's value types ([`policy`](crate::core::policy)). A service
 /// behind the layer needs none of it beyond what the crate root holds.
 pub mod core {
     pub use idem_core::{
