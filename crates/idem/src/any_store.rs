@@ -243,8 +243,8 @@ fn memory_config(url: &str, options: &str) -> Result<MemoryStoreConfig, StoreUrl
         };
         match pair.split_once('=') {
             Some(("max_bytes", v)) => {
-                config.max_bytes =
-                    parse_size(v).ok_or_else(|| bad("max_bytes is a size like 64MiB"))?;
+                config.max_bytes = idem_core::policy::parse_size(v)
+                    .map_err(|e| bad(&format!("max_bytes: {e}")))?;
                 if config.max_bytes == 0 {
                     return Err(bad("max_bytes must be more than zero"));
                 }
@@ -258,25 +258,6 @@ fn memory_config(url: &str, options: &str) -> Result<MemoryStoreConfig, StoreUrl
         }
     }
     Ok(config)
-}
-
-/// A byte size: `1024`, `64KiB`, `256MiB`, `1GiB`, `10MB`.
-fn parse_size(s: &str) -> Option<usize> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().ok()?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
 }
 
 /// The `?name=value` options of a store URL: idem's own are taken out, the rest are

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
 use idem::core::policy::StatusSet;
+pub use idem::core::policy::parse_size;
 
 /// Parses `500ms`, `2s`, `5m`, `24h`, `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -23,32 +24,6 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}`: must be longer than zero"));
     }
     Ok(d)
-}
-
-/// Parses a byte size: `1024`, `64KiB`, `1MiB`, `10MB`, `1k`.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 1048576 or 1MiB"))?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{s}`: unknown size unit (use B, KiB, MiB, GiB, kB, MB, GB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// Parses a switch: `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`), so

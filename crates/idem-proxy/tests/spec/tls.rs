@@ -726,11 +726,7 @@ fn unusable_tls_files_are_one_line_and_exit_2() {
             "does not go with --tls-cert",
         ),
     ] {
-        let out = common::serve_command()
-            .args(["--listen", &common::free_addr().to_string()])
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = common::serve_command().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
