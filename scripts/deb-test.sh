@@ -121,6 +121,7 @@ curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -q '^idem_build_info{' |
 
 post() {
   curl -fsS -D "$work/headers" -X POST -H 'content-type: application/json' \
+    -H 'Authorization: Bearer deb-test' \
     -H 'Idempotency-Key: deb-test-1' --data '{"amount":5}' "http://127.0.0.1:$listen_port/charges"
 }
 first=$(post) || { cat "$work/idem.log" >&2; fail "the first POST failed"; }

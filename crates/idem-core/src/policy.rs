@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 
 use crate::cors::CorsOrigins;
 use crate::fingerprint::FingerprintMode;
 use crate::headers;
 use crate::key::DEFAULT_MAX_KEY_LEN;
-use crate::problem::{ProblemTemplates, Problems};
+use crate::problem::{Problem, ProblemTemplates, Problems};
 use crate::record::{NotRetained, ReasonPhrase, Snapshot, SnapshotBody};
 use crate::scope::ScopeSource;
 
@@ -488,6 +488,14 @@ impl Policy {
     /// The browser origins that may read idem's own answers and replays (CORS).
     pub fn cors_origins(&self) -> &CorsOrigins {
         &self.cors_origins
+    }
+    /// Renders `problem`, an answer of idem's own, as every one is rendered: under the
+    /// [`problems`](Self::problems) shape and base (R17), with the CORS headers that
+    /// let a browser at `origin` read it.
+    pub fn answer(&self, origin: Option<&HeaderValue>, problem: &Problem) -> Response<Bytes> {
+        let mut resp = self.problems.render(problem);
+        self.cors_origins.apply(origin, resp.headers_mut());
+        resp
     }
     /// How many times a failing completion write is tried (R7).
     pub fn completion_attempts(&self) -> u32 {

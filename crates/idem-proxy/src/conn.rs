@@ -26,10 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use idem::core::problem::Problems;
 use idem::{
     Body, BoxError,
-    core::{Problem, ProblemKind},
+    core::{Policy, Problem, ProblemKind},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -322,9 +321,13 @@ pub(crate) fn only_chunked<'a>(fields: impl Iterator<Item = &'a HeaderValue>) ->
 
 /// The 400 answer to a request [`refused_coding`] refused. Its body was not read, so
 /// the connection closes after it.
-pub(crate) fn refusal(detail: String, problems: &Problems) -> Response<Body> {
-    let mut resp = problems
-        .render(&Problem::new(ProblemKind::BadRequestBody, detail))
+pub(crate) fn refusal(
+    detail: String,
+    policy: &Policy,
+    origin: Option<&HeaderValue>,
+) -> Response<Body> {
+    let mut resp = policy
+        .answer(origin, &Problem::new(ProblemKind::BadRequestBody, detail))
         .map(Body::full);
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

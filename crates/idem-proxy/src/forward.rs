@@ -15,11 +15,10 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use idem::core::engine::MayHaveRun;
 use idem::core::headers::strip_hop_by_hop;
-use idem::core::problem::Problems;
 use idem::core::record::ReasonPhrase;
 use idem::{
     Body,
-    core::{Problem, ProblemKind},
+    core::{Policy, Problem, ProblemKind},
 };
 
 use crate::pool::{ExchangeError, Pool};
@@ -135,7 +134,8 @@ struct Inner {
     host: HeaderValue,
     upstream: Upstream,
     timeout: Duration,
-    problems: Problems,
+    /// Renders the forwarder's own answers (502, 504).
+    policy: Arc<Policy>,
 }
 
 impl Forward {
@@ -169,16 +169,16 @@ impl Forward {
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 upstream,
                 timeout,
-                problems: Problems::default(),
+                policy: Arc::new(Policy::default()),
             }),
         }
     }
 
-    /// Renders its own problems (502, 504) with `problems` (R17): those of the policy
-    /// whose engine sits in front of it ([`Policy::problems`](idem::core::Policy::problems)).
+    /// Renders its own problems (502, 504) as `policy` renders its answers (R17), with
+    /// its CORS headers ([`Policy::answer`]): the policy whose engine sits in front of it.
     #[must_use]
-    pub fn with_problems(mut self, problems: Problems) -> Self {
-        Arc::make_mut(&mut self.inner).problems = problems;
+    pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
+        Arc::make_mut(&mut self.inner).policy = policy;
         self
     }
 
@@ -240,18 +240,24 @@ impl Service<Request<Body>> for Forward {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let this = self.inner.clone();
         Box::pin(async move {
+            let origin = req.headers().get(header::ORIGIN).cloned();
+            let origin = origin.as_ref();
             let req = match Self::rewrite(&this, req) {
                 Ok(r) => r,
                 Err(RewriteError::Target(refusal)) => {
-                    return Ok(
-                        this.problem(refusal.kind(), &format!("{refusal}; nothing was processed"))
-                    );
+                    return Ok(this.problem(
+                        origin,
+                        refusal.kind(),
+                        &format!("{refusal}; nothing was processed"),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build the upstream request");
-                    return Ok(
-                        this.problem(ProblemKind::Internal, "the request could not be forwarded")
-                    );
+                    return Ok(this.problem(
+                        origin,
+                        ProblemKind::Internal,
+                        "the request could not be forwarded",
+                    ));
                 }
             };
             let started = std::time::Instant::now();
@@ -283,6 +289,7 @@ impl Service<Request<Body>> for Forward {
                         .increment(1);
                     tracing::warn!(error = %e, upstream = %this.upstream, "upstream response refused");
                     Ok(may_have_run(this.problem(
+                        origin,
                         ProblemKind::UpstreamUnavailable,
                         "the upstream's response was malformed (its body framing is invalid); nothing was stored and the request may be retried with the same key",
                     )))
@@ -291,6 +298,7 @@ impl Service<Request<Body>> for Forward {
                     metrics::counter!(crate::admin::names::UPSTREAM_FAILURES, "kind" => "unavailable").increment(1);
                     tracing::warn!(error = %e, upstream = %this.upstream, "upstream request failed");
                     let answer = this.problem(
+                        origin,
                         ProblemKind::UpstreamUnavailable,
                         "the upstream could not be reached or broke the connection; the request may be retried with the same key",
                     );
@@ -311,6 +319,7 @@ impl Service<Request<Body>> for Forward {
                     // Possibly while connecting, but as likely after the request went
                     // out: counted as possibly run, the side at-most-once needs (R22).
                     Ok(may_have_run(this.problem(
+                        origin,
                         ProblemKind::UpstreamTimeout,
                         "the upstream did not answer in time; the request may be retried with the same key",
                     )))
@@ -351,9 +360,14 @@ fn may_have_run(mut resp: Response<Body>) -> Response<Body> {
 }
 
 impl Inner {
-    fn problem(&self, kind: ProblemKind, detail: &str) -> Response<Body> {
-        self.problems
-            .render(&Problem::new(kind, detail))
+    fn problem(
+        &self,
+        origin: Option<&HeaderValue>,
+        kind: ProblemKind,
+        detail: &str,
+    ) -> Response<Body> {
+        self.policy
+            .answer(origin, &Problem::new(kind, detail))
             .map(Body::full)
     }
 }

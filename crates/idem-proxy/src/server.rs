@@ -9,13 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Version, header};
+use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use idem::core::problem::Problems;
 use idem::{
     Body, BoxError, IdempotencyLayer, Store,
     core::{Policy, Problem, ProblemKind},
@@ -61,7 +60,7 @@ pub(crate) async fn serve_loaded<St: Store>(
         Some(client) => Forward::with_tls(config.upstream.clone(), config.upstream_timeout, client),
         None => Forward::new(config.upstream.clone(), config.upstream_timeout),
     }
-    .with_problems(config.policy.problems().clone());
+    .with_policy(Arc::new(config.policy.clone()));
     // The reloader runs as long as the listener.
     let (acceptor, reloader) = match tls.listener {
         Some((cert, server)) => (
@@ -80,7 +79,7 @@ pub(crate) async fn serve_loaded<St: Store>(
             Some(policy) => {
                 let l = layer_for(&store, policy)?;
                 layers.push(l.clone());
-                Some(l.layer(forward.clone().with_problems(policy.problems().clone())))
+                Some(l.layer(forward.clone().with_policy(Arc::new(policy.clone()))))
             }
             None => None,
         };
@@ -96,7 +95,9 @@ pub(crate) async fn serve_loaded<St: Store>(
         read_timeout,
         idle_timeout: bounds.idle_timeout,
     };
-    let problems = config.policy.problems().clone();
+    // The answers of the proxy's own before a rule is chosen, as the server-wide
+    // policy renders them.
+    let policy = Arc::new(config.policy.clone());
     // hyper refuses smaller buffers (it would panic); the flag checks this too.
     let max_header_bytes = bounds.max_header_bytes.max(MIN_HEADER_BYTES);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -146,11 +147,12 @@ pub(crate) async fn serve_loaded<St: Store>(
         let io = conn::Watched::new(stream, Arc::clone(&activity));
         let watchdog = conn::watchdog(Arc::clone(&activity), limits);
         let service = service.clone();
-        let problems = problems.clone();
+        let policy = Arc::clone(&policy);
         let svc = tower::service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.begin(req.version() == Version::HTTP_2);
-            let refused =
-                conn::refused_coding(req.headers()).map(|detail| conn::refusal(detail, &problems));
+            let origin = req.headers().get(header::ORIGIN).cloned();
+            let refused = conn::refused_coding(req.headers())
+                .map(|detail| conn::refusal(detail, &policy, origin.as_ref()));
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(Peer(peer));
             if over_tls {
@@ -158,14 +160,14 @@ pub(crate) async fn serve_loaded<St: Store>(
             }
             let (body, expired) = ReadDeadline::new(body, read_timeout);
             let service = service.clone();
-            let problems = problems.clone();
+            let policy = Arc::clone(&policy);
             async move {
                 if let Some(resp) = refused {
                     return Ok::<_, std::convert::Infallible>(resp.map(|b| in_flight.track(b)));
                 }
                 let resp = service.oneshot(Request::from_parts(parts, body)).await?;
                 let resp = if expired.load(Ordering::Acquire) {
-                    timed_out(read_timeout, &problems)
+                    timed_out(read_timeout, &policy, origin.as_ref())
                 } else {
                     resp
                 };
@@ -314,8 +316,9 @@ pub async fn spawn<St: Store>(
 
 /// The answer to a request whose body did not arrive within the read timeout. The
 /// layer read the body before claiming the key, so nothing was stored; the client may
-/// retry with the same key. Rendered with the problems of the proxy's policy (R17).
-fn timed_out(limit: Duration, problems: &Problems) -> Response<Body> {
+/// retry with the same key. Rendered as the proxy's policy renders its answers (R17),
+/// readable by a browser at `origin`.
+fn timed_out(limit: Duration, policy: &Policy, origin: Option<&HeaderValue>) -> Response<Body> {
     let problem = Problem::new(
         ProblemKind::RequestTimeout,
         format!(
@@ -323,9 +326,9 @@ fn timed_out(limit: Duration, problems: &Problems) -> Response<Body> {
             humantime::format_duration(limit)
         ),
     );
-    let mut resp = problems.render(&problem).map(Body::full);
+    let mut resp = policy.answer(origin, &problem).map(Body::full);
     resp.headers_mut()
-        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 

@@ -47,10 +47,9 @@ use std::task::{Context, Poll};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header, request};
 use idem::core::headers::strip_hop_by_hop;
-use idem::core::problem::Problems;
 use idem::{
     Body,
-    core::{Problem, ProblemKind},
+    core::{Policy, Problem, ProblemKind},
 };
 use tower::Layer;
 use tower::ServiceExt as _;
@@ -266,7 +265,8 @@ pub struct Door {
     /// Standard methods, plus every method a policy covers or a rule names: their case
     /// variants are ambiguous.
     methods: Arc<[Method]>,
-    problems: Problems,
+    /// Renders its refusals: the server-wide policy, as no rule is chosen yet.
+    policy: Arc<Policy>,
 }
 
 impl Door {
@@ -290,7 +290,7 @@ impl Door {
         }
         Self {
             methods: methods.into(),
-            problems: config.policy.problems().clone(),
+            policy: Arc::new(config.policy.clone()),
         }
     }
 
@@ -326,13 +326,13 @@ impl Door {
         Ok(())
     }
 
-    /// The problem response for `refusal`.
-    pub fn refuse(&self, refusal: &Refusal) -> Response<Body> {
-        self.problems
-            .render(&Problem::new(
-                refusal.kind(),
-                format!("{refusal}; nothing was processed"),
-            ))
+    /// The problem response for `refusal`, readable by a browser at `origin`.
+    pub fn refuse(&self, refusal: &Refusal, origin: Option<&HeaderValue>) -> Response<Body> {
+        self.policy
+            .answer(
+                origin,
+                &Problem::new(refusal.kind(), format!("{refusal}; nothing was processed")),
+            )
             .map(Body::full)
     }
 }
@@ -454,7 +454,9 @@ where
             Ok(()) => Box::pin(self.inner.clone().oneshot(Request::from_parts(parts, body))),
             Err(refusal) => {
                 tracing::debug!(reason = %refusal, method = %parts.method, "request refused at the door");
-                let resp = self.door.refuse(&refusal);
+                let resp = self
+                    .door
+                    .refuse(&refusal, parts.headers.get(header::ORIGIN));
                 Box::pin(async move { Ok(resp) })
             }
         }

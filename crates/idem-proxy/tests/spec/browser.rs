@@ -192,3 +192,103 @@ async fn a_browser_reads_replays_and_problems_under_cors() {
     );
     assert_eq!(*executions.lock().unwrap(), 1);
 }
+
+/// Sends `head` (and `body`, the body's first bytes, after which the connection
+/// stalls) on a raw connection to `addr`; answers the response head.
+async fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(n > 0, "closed without an answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+    };
+    String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase()
+}
+
+// R17: every answer of idem's own, not only the engine's, is readable by an allowed
+// browser origin: refusals at the door, a refused transfer coding, a body that does not
+// arrive in time, an upstream that cannot be reached. Another origin is told nothing
+// beyond `Vary: Origin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r17_every_answer_of_idem_s_own_carries_cors() {
+    let origin = "https://app.example";
+    let idem = serve(&[
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--store",
+        "memory",
+        "--cors-origins",
+        origin,
+        "--request-read-timeout",
+        "500ms",
+    ])
+    .await;
+    let post = |path: &str, extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAuthorization: Bearer a\r\n\
+             Idempotency-Key: k1\r\nContent-Type: application/json\r\n{extra}\r\n"
+        )
+    };
+    let cases = [
+        (
+            "ambiguous path",
+            post("/v1/a%2Fb", "Content-Length: 2\r\n"),
+            &b"{}"[..],
+            "400",
+        ),
+        (
+            "refused coding",
+            post("/v1/pay", "Transfer-Encoding: gzip, chunked\r\n"),
+            &b""[..],
+            "400",
+        ),
+        (
+            "read timeout",
+            post("/v1/pay", "Content-Length: 10\r\n"),
+            &b"{}"[..],
+            "408",
+        ),
+        (
+            "upstream down",
+            post("/v1/pay", "Content-Length: 2\r\n"),
+            &b"{}"[..],
+            "502",
+        ),
+    ];
+    for (what, head, body, status) in cases {
+        let got = raw(idem.addr, &head, body).await;
+        assert!(
+            got.starts_with(&format!("http/1.1 {status}")),
+            "{what}: {got}"
+        );
+        assert!(
+            got.contains(&format!("access-control-allow-origin: {origin}")),
+            "{what}: {got}"
+        );
+        assert!(got.contains("vary: origin"), "{what}: {got}");
+        assert!(
+            got.contains("content-type: application/problem+json"),
+            "{what}: {got}"
+        );
+    }
+    let other = raw(
+        idem.addr,
+        "POST /v1/a%2Fb HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nContent-Length: 0\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert!(other.starts_with("http/1.1 400"), "{other}");
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
+    assert!(other.contains("vary: origin"), "{other}");
+}

@@ -123,9 +123,7 @@ fn answered(
 /// policy's `type` base and shape ([R17](crate::contract#r17)), as the engine renders
 /// its answers, readable by a browser at `origin`.
 fn problem(policy: &Policy, origin: Option<&HeaderValue>, p: &Problem) -> Response<Body> {
-    let mut resp = policy.problems().render(p);
-    policy.cors_origins().apply(origin, resp.headers_mut());
-    resp.map(Body::full)
+    policy.answer(origin, p).map(Body::full)
 }
 
 async fn handle<S, St, ReqB, ResB>(
