@@ -84,6 +84,11 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
          completion): the same key starts a new operation.\n"
     );
 
+    if let Some(browsers) = browsers(policy, routes) {
+        let _ = writeln!(w, "## From a browser\n");
+        let _ = writeln!(w, "{browsers}");
+    }
+
     let _ = writeln!(w, "## Status codes idem may answer\n");
     if policy.problems().templates().is_some() {
         let _ = writeln!(
@@ -210,6 +215,37 @@ fn whose_key(policy: &Policy, routes: &[Route]) -> String {
 }
 
 /// The problems an API's clients can meet (not the admin API's).
+/// What a page on another origin can read, when any rule lets one (CORS); `None` when
+/// no origin is allowed anywhere.
+fn browsers(policy: &Policy, routes: &[Route]) -> Option<String> {
+    let mut lines = Vec::new();
+    for line in routes::summary(policy, routes) {
+        let Some(p) = line.policy else { continue };
+        let origins = p.cors_origins();
+        if origins.is_empty() {
+            continue;
+        }
+        let endpoint = match line.route {
+            Some(r) => format!("`{}`", r.pattern.path()),
+            None if routes.is_empty() => "every endpoint".to_owned(),
+            None => "every other endpoint".to_owned(),
+        };
+        lines.push(format!("- {endpoint}: pages on `{origins}`"));
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "Pages on these origins can read idem's answers (the problem documents below) and, \
+         on a replay, the `Idempotent-Replayed` and `Retry-After` headers; preflight \
+         requests are answered by the API itself, which must allow the key header:\n\n{}\n\n\
+         A browser that adds its own key (Firefox sends a quoted decimal number such as \
+         `\"1733390000123\"`) is treated like any other client: the quoted and bare forms \
+         name the same key, scoped by the request's credentials.\n",
+        lines.join("\n")
+    ))
+}
+
 fn client_kinds() -> impl Iterator<Item = ProblemKind> {
     ProblemKind::ALL
         .iter()
@@ -285,6 +321,23 @@ mod tests {
             .unwrap();
         let md = markdown(&shared, &[]);
         assert!(md.contains("shared by every caller"), "{md}");
+    }
+
+    // R17: the page says which origins may read idem's answers, only when some may.
+    #[test]
+    fn r17_the_page_names_the_origins_that_read_idem_s_answers() {
+        let md = markdown(&Policy::default(), &[]);
+        assert!(!md.contains("## From a browser"), "{md}");
+        let cors = Policy::builder()
+            .cors_origins("https://app.example".parse().unwrap())
+            .build()
+            .unwrap();
+        let md = markdown(&cors, &[]);
+        assert!(md.contains("## From a browser"), "{md}");
+        assert!(
+            md.contains("- every endpoint: pages on `https://app.example`"),
+            "{md}"
+        );
     }
 
     // R17
