@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use http::{Method, StatusCode};
-use idem::core::ProblemKind;
 use idem::core::policy::{AmbiguousFailure, OnConcurrent, Policy, StoreFailure, Unscoped};
+use idem::core::{Problem, ProblemKind};
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::routes::{self, Route};
@@ -830,17 +830,19 @@ fn annotate(
         let retry_after = kinds
             .iter()
             .any(|k| matches!(k, ProblemKind::InFlight | ProblemKind::StoreUnavailable));
-        let content = problem_content(p, &kinds);
+        let contents = problem_contents(p, &kinds);
         match find_mut(responses, &code) {
             Some(Value::Mapping(resp)) if !resp.contains_key("$ref") => {
                 if !matches!(resp.get("content"), Some(Value::Mapping(_))) {
                     resp.insert(text("content"), Value::Mapping(Mapping::new()));
                 }
-                if let Some(Value::Mapping(c)) = resp.get_mut("content")
-                    && !c.contains_key(idem::core::problem::CONTENT_TYPE)
-                {
-                    c.insert(text(idem::core::problem::CONTENT_TYPE), content);
-                    used.problem = true;
+                if let Some(Value::Mapping(c)) = resp.get_mut("content") {
+                    for (media_type, media) in contents {
+                        if !c.contains_key(media_type.as_str()) {
+                            used.problem |= media_type == idem::core::problem::CONTENT_TYPE;
+                            c.insert(text(&media_type), media);
+                        }
+                    }
                 }
                 if retry_after && add_header(resp, "Retry-After", RETRY_AFTER_HEADER) {
                     used.retry_after = true;
@@ -864,11 +866,12 @@ fn annotate(
                     );
                     used.retry_after = true;
                 }
-                resp.insert(
-                    text("content"),
-                    obj([(idem::core::problem::CONTENT_TYPE, content)]),
-                );
-                used.problem = true;
+                let mut content = Mapping::new();
+                for (media_type, media) in contents {
+                    used.problem |= media_type == idem::core::problem::CONTENT_TYPE;
+                    content.insert(text(&media_type), media);
+                }
+                resp.insert(text("content"), Value::Mapping(content));
                 responses.insert(text(&code), Value::Mapping(resp));
             }
         }
@@ -883,15 +886,17 @@ fn is_ours(resp: &Mapping) -> bool {
         return false;
     };
     let ours = format!("#/components/schemas/{PROBLEM_SCHEMA}");
-    content.len() == 1
-        && content
-            .get(idem::core::problem::CONTENT_TYPE)
-            .and_then(|c| c.get("schema"))
-            .and_then(|s| s.get("allOf"))
-            .and_then(|a| a.get(0))
-            .and_then(|r| r.get("$ref"))
-            .and_then(Value::as_str)
-            == Some(ours.as_str())
+    !content.is_empty()
+        && content.values().all(|media| {
+            media.get(TEMPLATED) == Some(&Value::Bool(true))
+                || media
+                    .get("schema")
+                    .and_then(|s| s.get("allOf"))
+                    .and_then(|a| a.get(0))
+                    .and_then(|r| r.get("$ref"))
+                    .and_then(Value::as_str)
+                    == Some(ours.as_str())
+        })
 }
 
 /// Adds `name` to a response's headers unless it has one of that name; true if added.
@@ -972,6 +977,53 @@ fn type_uri(kind: ProblemKind, p: &Policy) -> String {
         Some(base) => kind.type_uri_at(base),
         None => kind.type_uri(),
     }
+}
+
+/// Marks a media type object this module wrote for an operator's problem template
+/// (R17), as the `IdemProblem` schema marks the default ones.
+const TEMPLATED: &str = "x-idem-problem-template";
+
+/// The media type objects of a problem response whose `type` is one of `kinds`, by
+/// media type: the RFC 9457 document for the kinds rendered by default, and for those
+/// the operator gave a template (`problem_template_file`) the template's own media type
+/// with an example of each, filled as idem fills it.
+fn problem_contents(p: &Policy, kinds: &[ProblemKind]) -> Vec<(String, Value)> {
+    let templates = p.problems().templates();
+    let (templated, plain): (Vec<ProblemKind>, Vec<ProblemKind>) = kinds
+        .iter()
+        .partition(|k| templates.is_some_and(|t| t.get(**k).is_some()));
+    let mut contents = Vec::new();
+    if !plain.is_empty() {
+        contents.push((
+            idem::core::problem::CONTENT_TYPE.to_owned(),
+            problem_content(p, &plain),
+        ));
+    }
+    for kind in templated {
+        let problem = Problem::new(kind, kind.advice());
+        let (media_type, body) = p.problems().body(&problem);
+        let media_type = media_type.to_str().unwrap_or("application/json").to_owned();
+        let example = obj([
+            ("summary", text(kind.title())),
+            ("value", serde_json::from_value(body).unwrap_or(Value::Null)),
+        ]);
+        match contents.iter_mut().find(|(m, _)| *m == media_type) {
+            Some((_, Value::Mapping(media))) => {
+                if let Some(Value::Mapping(examples)) = media.get_mut("examples") {
+                    examples.insert(text(kind.slug()), example);
+                }
+            }
+            _ => contents.push((
+                media_type,
+                obj([
+                    ("schema", Value::Mapping(Mapping::new())),
+                    ("examples", obj([(kind.slug(), example)])),
+                    (TEMPLATED, Value::Bool(true)),
+                ]),
+            )),
+        }
+    }
+    contents
 }
 
 /// The media type object of a problem response whose `type` is one of `kinds`.
@@ -1333,6 +1385,51 @@ mod tests {
             .build()
             .unwrap();
         assert!(!has_unscoped(&shared));
+    }
+
+    // R17: with an operator's problem templates, the document shows the shape the
+    // client receives (the template's media type and an example filled as idem fills
+    // it), the default document for the kinds without one; merged twice, the same.
+    #[test]
+    fn r17_problem_templates_shape_the_documented_answers() {
+        let templates = idem::core::problem::ProblemTemplates::parse(
+            r#"{"in-flight": {"content_type": "application/vnd.example+json",
+                              "body": {"error": {"code": "{code}", "retry_in": "{retry_after}"}}}}"#,
+        )
+        .unwrap();
+        let p = Policy::builder()
+            .problem_templates(templates)
+            .build()
+            .unwrap();
+        let doc = "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths:\n  /pets:\n    post:\n      responses:\n        201: {description: made}\n";
+        let (doc, _) = parse("t.yaml", doc).unwrap();
+        let once = merge(doc, "t.yaml", &p, &[]).unwrap();
+        let responses = &once.doc["paths"]["/pets"]["post"]["responses"];
+        let busy = &responses["409"]["content"];
+        assert!(
+            busy.get(idem::core::problem::CONTENT_TYPE).is_none(),
+            "{busy:?}"
+        );
+        let example = &busy["application/vnd.example+json"]["examples"]["in-flight"]["value"];
+        assert_eq!(
+            example["error"]["code"],
+            Value::from("in-flight"),
+            "{busy:?}"
+        );
+        // The kinds without a template keep the RFC 9457 document.
+        let mismatch = &responses["422"]["content"];
+        assert!(
+            mismatch.get(idem::core::problem::CONTENT_TYPE).is_some(),
+            "{mismatch:?}"
+        );
+        // idem's own answers are never replays, templated or not.
+        assert!(
+            responses["409"]["headers"]
+                .get("Idempotent-Replayed")
+                .is_none()
+        );
+        let twice = merge(once.doc.clone(), "t.yaml", &p, &[]).unwrap();
+        assert_eq!(once.doc, twice.doc);
     }
 
     #[test]
