@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 
 use crate::cors::CorsOrigins;
 use crate::fingerprint::FingerprintMode;
@@ -326,6 +326,7 @@ pub struct Policy {
     pub(crate) problems: Problems,
     pub(crate) retry_after_max: Duration,
     pub(crate) cors_origins: CorsOrigins,
+    pub(crate) cors_credentials: bool,
 }
 
 impl Default for Policy {
@@ -361,6 +362,7 @@ impl Default for Policy {
             problems: Problems::default(),
             retry_after_max: Duration::from_secs(10),
             cors_origins: CorsOrigins::default(),
+            cors_credentials: false,
         }
     }
 }
@@ -489,12 +491,30 @@ impl Policy {
     pub fn cors_origins(&self) -> &CorsOrigins {
         &self.cors_origins
     }
+    /// Whether idem's answers tell an allowed origin that it may read them from a
+    /// request made with credentials (`Access-Control-Allow-Credentials: true`).
+    pub fn cors_credentials(&self) -> bool {
+        self.cors_credentials
+    }
+    /// Adds to `headers`, the head of an answer of idem's own or of a replay to a
+    /// request from `origin`, the CORS headers that let a browser there read it:
+    /// [`CorsOrigins::apply`], and `Access-Control-Allow-Credentials` for an allowed
+    /// origin when [`cors_credentials`](Self::cors_credentials) is on.
+    pub fn cors(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        self.cors_origins.apply(origin, headers);
+        if self.cors_credentials && origin.is_some_and(|o| self.cors_origins.allows(o)) {
+            headers.insert(
+                http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
     /// Renders `problem`, an answer of idem's own, as every one is rendered: under the
     /// [`problems`](Self::problems) shape and base (R17), with the CORS headers that
     /// let a browser at `origin` read it.
     pub fn answer(&self, origin: Option<&HeaderValue>, problem: &Problem) -> Response<Bytes> {
         let mut resp = self.problems.render(problem);
-        self.cors_origins.apply(origin, resp.headers_mut());
+        self.cors(origin, resp.headers_mut());
         resp
     }
     /// How many times a failing completion write is tried (R7).
@@ -739,6 +759,12 @@ impl<T> PolicyBuilder<T> {
         self.policy.cors_origins = origins;
         self
     }
+    /// Whether idem's answers and replays allow an allowed origin to read them from a
+    /// request made with credentials (default off). See [`Policy::cors`].
+    pub fn cors_credentials(mut self, yes: bool) -> Self {
+        self.policy.cors_credentials = yes;
+        self
+    }
     /// How many times a failing completion write is tried (R7; default 3, at least 1).
     pub fn completion_attempts(mut self, n: u32) -> Self {
         self.policy.completion_attempts = n;
@@ -812,6 +838,33 @@ impl<T> PolicyBuilder<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // R17: idem's answers allow credentialed reads only when told, and only to an
+    // allowed origin.
+    #[test]
+    fn r17_credentialed_reads_only_when_configured_and_allowed() {
+        let cors = |credentials: bool, origin: &'static str| {
+            let p = Policy::builder()
+                .cors_origins("https://app.example".parse().unwrap())
+                .cors_credentials(credentials)
+                .build()
+                .unwrap();
+            let resp = p.answer(
+                Some(&HeaderValue::from_static(origin)),
+                &Problem::new(crate::ProblemKind::InFlight, "busy"),
+            );
+            let h = resp.headers();
+            (
+                h.get("access-control-allow-origin").cloned(),
+                h.get("access-control-allow-credentials").cloned(),
+            )
+        };
+        let (origin, credentials) = cors(true, "https://app.example");
+        assert_eq!(origin.unwrap(), "https://app.example");
+        assert_eq!(credentials.unwrap(), "true");
+        assert_eq!(cors(false, "https://app.example").1, None);
+        assert_eq!(cors(true, "https://evil.example"), (None, None));
+    }
 
     // R7
     #[test]

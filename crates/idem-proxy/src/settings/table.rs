@@ -872,6 +872,23 @@ pub static SETTINGS: &[&dyn Setting] = &[
             (!c.is_empty()).then(|| c.to_string())
         },
     },
+    &Def {
+        info: Info {
+            name: "cors_credentials",
+            env: "IDEM_CORS_CREDENTIALS",
+            help: "with `cors_origins`, let those origins read idem's answers and replays \
+                   from requests made with credentials (`fetch(…, {credentials: \"include\"})`): \
+                   adds `Access-Control-Allow-Credentials: true`, as the API's own CORS \
+                   answers do. See [Browsers](#browsers)",
+            example: "true",
+            route: true,
+            kind: Kind::Switch,
+            ..Info::BASE
+        },
+        parse: parse_bool,
+        set: |v, yes| v.edit_policy(|b| b.cors_credentials(yes)),
+        get: |v| Some(v.peek().cors_credentials().to_string()),
+    },
 ];
 
 /// `--config`: not a setting (a file cannot name another file), but a flag of the same

@@ -115,7 +115,7 @@ fn answered(
         Some(answer.response.status().as_u16()),
     );
     let mut resp = answer.response;
-    policy.cors_origins().apply(origin, resp.headers_mut());
+    policy.cors(origin, resp.headers_mut());
     resp.map(Body::full)
 }
 
@@ -524,10 +524,7 @@ async fn hold<St: Store>(
     let (completion, mut resp) = engine.hold(ticket, status).await;
     decision.store += started.elapsed();
     decision.record = Some(recorded(completion, "held"));
-    engine
-        .policy()
-        .cors_origins()
-        .apply(origin, resp.headers_mut());
+    engine.policy().cors(origin, resp.headers_mut());
     resp.map(Body::full)
 }
 
