@@ -7,7 +7,7 @@
 #                            here a request without that header goes to $UPSTREAM_HOST, and
 #                            the scheme comes from $UPSTREAM_SCHEME (default https).
 #   axum-idempotent-peer     bench/peers/axum-idempotent: axum-idempotent 0.6 and ruts'
-#                            PostgresStore in front of $UPSTREAM (our own ~40 lines).
+#                            PostgresStore in front of $UPSTREAM (our own code).
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${PEERS_DIR:-$ROOT/target/peers}
