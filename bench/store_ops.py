@@ -17,6 +17,12 @@ expired records (generate_series), then runs idem's own sweep statement
 pgbench runs idem's claim statement on new keys at 32 clients in the same schema;
 reports how long the sweep took and the claims' p50/p99 with and without it.
 
+Statements (--statements): pgbench alone, 32 clients, prepared, alternated over three
+rounds: idem's claim + complete on a new key against the plain INSERT ... ON CONFLICT
+DO NOTHING + UPDATE of bench/run.py, and idem's claim on a completed key (a replay)
+against the plain SELECT by primary key. idem's statements get every argument as a bound
+parameter, as the store binds them.
+
     flock /tmp/idem-bench.lock bench/store_ops.py [--seconds 5] [--sweep-rows 1000000]
 
 Needs a release build (bench/run.py makes one) and wrk.
@@ -251,11 +257,63 @@ def sweep_at_scale(rows, seconds, bin_dir, tmp):
             f"{statistics.median(b['p50'] for b in busy) / 1000:.1f} / {max(p99s) / 1000:.1f} |"]
 
 
+def statements(seconds, bin_dir, tmp, rounds=3):
+    schema = "idem_statements"
+    run.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    subprocess.run([os.path.join(bin_dir, "idem"), "migrate", "--store", f"{run.PG_URL}?schema={schema}"],
+                   check=True, env={**os.environ, "RUST_LOG": "warn"})
+    snapshot = "\\x" + "07" * 160
+    run.psql(f"INSERT INTO {schema}.records (scope, key, fingerprint, owner, state, created_at, ends_at, "
+             f"snapshot) SELECT '\\x{'09' * 16}'::bytea, g::text, '\\x{'07' * 32}'::bytea, "
+             f"'\\x{'0a' * 16}'::bytea, 2, now(), now() + interval '1 day', '{snapshot}'::bytea "
+             f"FROM generate_series(1, 64) g")
+
+    def load(name, names):
+        with open(os.path.join(SQL_DIR, f"{name}.sql")) as f:
+            text = "\n".join(line.split("--", 1)[0] for line in f.read().splitlines())
+        text = text.replace("{schema}", schema)
+        return " ".join(re.sub(r"\$(\d)(::\w+)", lambda m: ":" + names[int(m.group(1))] + m.group(2),
+                               text).split()) + ";"
+
+    claim = load("claim", {1: "scope", 2: "k", 3: "fp", 4: "owner", 5: "lease", 6: "waiting"})
+    complete = load("complete", {1: "scope", 2: "k", 3: "owner", 4: "snap", 5: "lease", 6: "chan"})
+    scripts = run.pg_plain_scripts(tmp)
+    scripts["idem new"] = os.path.join(tmp, "idem_new.sql")
+    with open(scripts["idem new"], "w") as f:
+        f.write(f"\\set k random(1000, 9000000000000000000)\n{claim}\n{complete}\n")
+    scripts["idem replay"] = os.path.join(tmp, "idem_replay.sql")
+    with open(scripts["idem replay"], "w") as f:
+        f.write(f"\\set k random(1, 64)\n{claim}\n")
+    variables = ["-D", f"scope=\\x{'09' * 16}", "-D", f"fp=\\x{'07' * 32}", "-D", f"owner=\\x{'0a' * 16}",
+                 "-D", "lease=900000", "-D", "waiting=false", "-D", f"snap={snapshot}",
+                 "-D", f"chan={schema}.records"]
+    cells = [("plain insert + update", scripts["new"], []), ("idem claim + complete", scripts["idem new"], variables),
+             ("plain select", scripts["replay"], []), ("idem claim on a completed key", scripts["idem replay"], variables)]
+    tps = {}
+    for rnd in range(rounds):
+        for name, script, extra in (cells if rnd % 2 == 0 else cells[::-1]):
+            out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c32", "-j2", f"-T{seconds}", *extra,
+                                  "-f", script, run.PG_URL], capture_output=True, text=True, check=True).stdout
+            tps.setdefault(name, []).append(float(re.search(r"tps = ([\d.]+)", out).group(1)))
+            print(f"round {rnd + 1} {name}: {tps[name][-1]:.0f} tx/s", flush=True)
+    run.psql(f"DROP SCHEMA {schema} CASCADE")
+    med = {k: statistics.median(v) for k, v in tps.items()}
+    return ["| pgbench alone, 32 clients | tx/s (median of 3) | × the plain statement(s) |", "|---|---|---|",
+            f"| plain INSERT ON CONFLICT DO NOTHING + UPDATE | {med['plain insert + update']:.0f} | 1.00 |",
+            f"| idem claim.sql + complete.sql (new key) | {med['idem claim + complete']:.0f} | "
+            f"{med['idem claim + complete'] / med['plain insert + update']:.2f} |",
+            f"| plain SELECT by primary key | {med['plain select']:.0f} | 1.00 |",
+            f"| idem claim.sql on a completed key (replay) | {med['idem claim on a completed key']:.0f} | "
+            f"{med['idem claim on a completed key'] / med['plain select']:.2f} |"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--peers", action="store_true", help="also measure the two peers")
     ap.add_argument("--no-per-request", action="store_true")
+    ap.add_argument("--statements", action="store_true",
+                    help="pgbench alone: idem's statements against the plain ones")
     ap.add_argument("--sweep-rows", default="", help="comma-separated counts of expired rows")
     ap.add_argument("--out", default=os.path.join(run.ROOT, "bench", "results", "store-ops.md"))
     args = ap.parse_args()
@@ -267,6 +325,8 @@ def main():
     try:
         if not args.no_per_request:
             lines += per_request(args, bin_dir, tmp, procs) + [""]
+        if args.statements:
+            lines += statements(args.seconds, bin_dir, tmp) + [""]
         if args.sweep_rows:
             lines += ["| expired rows | table + indexes | fill | sweep (batches of 500) | left | "
                       "claims/s alone | claim p50 / p99 ms alone | claims/s during sweep | "
