@@ -443,7 +443,7 @@ def main():
                             r = target(conns)
                             results.setdefault((mode, conns, name), []).append(r)
                             print(f"{mode:6} c={conns:<3} {name:28} {r['rps']:>10.0f} tx/s  "
-                                  f"avg {r['avg_us']:>8.0f} us", flush=True)
+                                  f"avg {r.get('avg_us', float('nan')):>8.0f} us", flush=True)
                             continue
                         port, pid, env = target
                         cpu0 = cpu_seconds(pid) if pid else 0.0
