@@ -13,6 +13,7 @@ function request()
     key = prefix .. n
   end
   return wrk.format("POST", "/v1/charges",
-    { ["Idempotency-Key"] = key, ["Content-Type"] = "application/json" },
+    { ["Idempotency-Key"] = key, ["Content-Type"] = "application/json",
+      ["Authorization"] = "Bearer bench-client" },
     '{"amount":4200,"currency":"eur"}')
 end

@@ -1,4 +1,5 @@
 -- Every request a new Idempotency-Key: claim, forward, complete.
+-- Keyed requests carry credentials: idem refuses a key it cannot scope (R4).
 local n = 0
 function setup(thread)
   -- A prefix unique to this run and thread, so no two requests share a key by accident.
@@ -7,6 +8,7 @@ end
 function request()
   n = n + 1
   return wrk.format("POST", "/v1/charges",
-    { ["Idempotency-Key"] = prefix .. n, ["Content-Type"] = "application/json" },
+    { ["Idempotency-Key"] = prefix .. n, ["Content-Type"] = "application/json",
+      ["Authorization"] = "Bearer bench-client" },
     '{"amount":4200,"currency":"eur"}')
 end

@@ -8,6 +8,7 @@ end
 function request()
   n = n + 1
   return wrk.format("POST", "/v1/charges",
-    { ["Idempotency-Key"] = prefix .. (n % 64), ["Content-Type"] = "application/json" },
+    { ["Idempotency-Key"] = prefix .. (n % 64), ["Content-Type"] = "application/json",
+      ["Authorization"] = "Bearer bench-client" },
     '{"amount":4200,"currency":"eur"}')
 end
