@@ -37,6 +37,40 @@ pub struct ProxyConfig {
     pub upstream_tls: UpstreamTls,
     /// TLS on the listener, when set: its certificate and key, reloaded when they change.
     pub tls: Option<ListenerTls>,
+    /// How client connections are spread over threads.
+    pub runtime: Runtime,
+}
+
+/// How [`serve`](crate::serve) runs client connections: `--runtime`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// On the runtime `serve` is called on (tokio's work-stealing scheduler for
+    /// `idem serve`): any worker thread may run any connection.
+    #[default]
+    WorkStealing,
+    /// One single-threaded runtime per core, each with its own upstream connection
+    /// pool; the accept loop hands each new connection to the one with the fewest.
+    /// A connection, its requests and its upstream connections then stay on one thread.
+    Workers,
+}
+
+impl Runtime {
+    /// Parses `workers` or `work-stealing`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "workers" => Ok(Self::Workers),
+            "work-stealing" => Ok(Self::WorkStealing),
+            _ => Err(format!("`{s}` is not workers or work-stealing")),
+        }
+    }
+
+    /// The name [`parse`](Self::parse) reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workers => "workers",
+            Self::WorkStealing => "work-stealing",
+        }
+    }
 }
 
 /// TLS to an `https://` upstream: `--upstream-ca-file`, `--upstream-insecure`,
@@ -111,6 +145,7 @@ impl ProxyConfig {
             connections: ConnectionLimits::default(),
             upstream_tls: UpstreamTls::default(),
             tls: None,
+            runtime: Runtime::default(),
         }
     }
 }

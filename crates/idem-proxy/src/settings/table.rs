@@ -15,7 +15,7 @@ use super::parse::{
 };
 use super::values::{ConcurrentMode, Values};
 use crate::admin::AdminToken;
-use crate::config::{MAX_HEADER_BYTES, MIN_HEADER_BYTES};
+use crate::config::{MAX_HEADER_BYTES, MIN_HEADER_BYTES, Runtime};
 
 /// How a setting is written on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -797,6 +797,22 @@ pub static SETTINGS: &[&dyn Setting] = &[
         parse: parse_header_bytes,
         set: |v, n| v.proxy.connections.max_header_bytes = n,
         get: |v| Some(show_size(v.proxy.connections.max_header_bytes)),
+    },
+    &Def {
+        info: Info {
+            name: "runtime",
+            env: "IDEM_RUNTIME",
+            value_name: "SHAPE",
+            help: "`work-stealing`: one multi-threaded runtime, any thread runs any \
+                   connection; `workers`: one single-threaded runtime per core, each with \
+                   its own upstream connections, and each client connection stays on one \
+                   (nginx's worker model)",
+            example: "work-stealing",
+            ..Info::BASE
+        },
+        parse: Runtime::parse,
+        set: |v, r| v.proxy.runtime = r,
+        get: |v| Some(v.proxy.runtime.as_str().to_owned()),
     },
     &Def {
         info: Info {

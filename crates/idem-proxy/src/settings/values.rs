@@ -13,7 +13,7 @@ use idem::core::scope::ScopeSecret;
 use idem::core::store::SealingKeys;
 
 use crate::admin::AdminToken;
-use crate::config::{FlagError, ListenerTls, ProxyConfig, ServeConfig};
+use crate::config::{FlagError, ListenerTls, ProxyConfig, Runtime, ServeConfig};
 use crate::forward::Upstream;
 use crate::routes::Route;
 
@@ -145,7 +145,12 @@ impl Default for Values {
             policy,
             on_concurrent,
             wait_timeout,
-            proxy: ProxyConfig::new(no_upstream()),
+            // `idem serve` owns its process: one single-threaded runtime per core. The
+            // library's `serve` runs on its caller's runtime unless told otherwise.
+            proxy: ProxyConfig {
+                runtime: Runtime::Workers,
+                ..ProxyConfig::new(no_upstream())
+            },
             upstream: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             store: "file:./idem-data".to_owned(),

@@ -18,7 +18,7 @@ mod tls;
 
 use idem::core::policy::Policy;
 use idem::core::store::Store;
-use idem_proxy::config::ProxyConfig;
+use idem_proxy::config::{ProxyConfig, Runtime};
 use idem_testkit::{CountingUpstream, Front, Start};
 
 /// Starts `idem serve` in-process over `store`; dropping the front shuts it down.
@@ -56,3 +56,29 @@ impl Start for Proxy {
 }
 
 idem_testkit::spec_tests!(single_machine_stores: Proxy);
+
+/// `idem serve` in-process with `--runtime workers`: each connection served on a
+/// single-threaded runtime of its own thread, with that thread's upstream pool.
+#[derive(Debug)]
+pub struct ProxyOnWorkers;
+
+impl Start for ProxyOnWorkers {
+    async fn start<St: Store>(
+        &self,
+        store: St,
+        upstream: &CountingUpstream,
+        policy: Policy,
+    ) -> Front {
+        let mut config = ProxyConfig::new(format!("http://{}", upstream.addr()).parse().unwrap());
+        config.policy = policy;
+        config.runtime = Runtime::Workers;
+        start_with(store, config).await
+    }
+}
+
+/// The whole suite again on the worker runtimes.
+mod on_workers {
+    use super::ProxyOnWorkers;
+
+    idem_testkit::spec_tests!(single_machine_stores: ProxyOnWorkers);
+}
