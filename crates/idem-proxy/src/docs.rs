@@ -38,11 +38,7 @@ pub fn markdown(policy: &Policy, routes: &[Route]) -> String {
     );
     let _ = writeln!(w, "|---|---|---|---|---|");
     for line in routes::summary(policy, routes) {
-        let endpoint = match line.route {
-            Some(r) => format!("`{}`", r.pattern.path()),
-            None if routes.is_empty() => "every endpoint".to_owned(),
-            None => "every other endpoint".to_owned(),
-        };
+        let endpoint = endpoint(line.route, routes);
         let _ = match (line.policy, line.route) {
             (Some(p), _) => writeln!(w, "| {endpoint} | {} |", row(p)),
             (None, r) => writeln!(
@@ -225,11 +221,7 @@ fn browsers(policy: &Policy, routes: &[Route]) -> Option<String> {
         if origins.is_empty() {
             continue;
         }
-        let endpoint = match line.route {
-            Some(r) => format!("`{}`", r.pattern.path()),
-            None if routes.is_empty() => "every endpoint".to_owned(),
-            None => "every other endpoint".to_owned(),
-        };
+        let endpoint = endpoint(line.route, routes);
         lines.push(format!("- {endpoint}: pages on `{origins}`"));
     }
     if lines.is_empty() {
@@ -244,6 +236,15 @@ fn browsers(policy: &Policy, routes: &[Route]) -> Option<String> {
          name the same key, scoped by the request's credentials.\n",
         lines.join("\n")
     ))
+}
+
+/// How the page names the requests of `route`, one of `routes`, or of none of them.
+fn endpoint(route: Option<&Route>, routes: &[Route]) -> String {
+    match route {
+        Some(r) => format!("`{}`", r.pattern.path()),
+        None if routes.is_empty() => "every endpoint".to_owned(),
+        None => "every other endpoint".to_owned(),
+    }
 }
 
 fn client_kinds() -> impl Iterator<Item = ProblemKind> {

@@ -67,7 +67,7 @@ pub(crate) async fn serve_loaded<St: Store>(
         None => (None, None),
     };
     let stack = Stack::new(&store, &config, tls.upstream)?;
-    let conns = Conns::new(&config, acceptor);
+    let conns = Conns::new(&config, acceptor, stack.policy());
     let bounds = config.connections;
     // Beyond the limit, connections wait in the listen backlog until one closes.
     let slots = Arc::new(Semaphore::new(
@@ -158,14 +158,12 @@ enum By<St: Store> {
 struct Stack<St: Store> {
     /// The server-wide layer first, then one per rule with a policy of its own.
     layers: Vec<IdempotencyLayer<St>>,
-    /// Each rule: its pattern, and its layer and policy unless it passes through.
-    routes: Vec<(crate::routes::PathPattern, Option<Rule<St>>)>,
+    /// Each rule: its pattern, and its layer unless it passes through.
+    routes: Vec<(crate::routes::PathPattern, Option<IdempotencyLayer<St>>)>,
     door: Door,
     upstream: crate::forward::Upstream,
     upstream_timeout: Duration,
     upstream_tls: Option<Arc<rustls::ClientConfig>>,
-    /// Renders the forwarder's answers for requests no rule with a policy matches.
-    policy: Arc<Policy>,
 }
 
 impl<St: Store> Stack<St> {
@@ -183,21 +181,27 @@ impl<St: Store> Stack<St> {
                 Some(policy) => {
                     let l = layer_for(store, policy)?;
                     layers.push(l.clone());
-                    Some((l, Arc::new(policy.clone())))
+                    Some(l)
                 }
                 None => None,
             };
             routes.push((route.pattern.clone(), svc));
         }
+        let door = Door::new(config, layers[0].engine().shared_policy());
         Ok(Self {
             layers,
             routes,
-            door: Door::new(config),
+            door,
             upstream: config.upstream.clone(),
             upstream_timeout: config.upstream_timeout,
             upstream_tls,
-            policy: Arc::new(config.policy.clone()),
         })
+    }
+
+    /// The server-wide policy, with which the proxy renders its answers for requests no
+    /// rule with a policy of its own matches.
+    fn policy(&self) -> Arc<Policy> {
+        self.layers[0].engine().shared_policy()
     }
 
     /// The whole service, with a forwarder of its own.
@@ -210,13 +214,14 @@ impl<St: Store> Stack<St> {
             ),
             None => Forward::new(self.upstream.clone(), self.upstream_timeout),
         }
-        .with_policy(Arc::clone(&self.policy));
+        .with_policy(self.policy());
         let routes = self
             .routes
             .iter()
             .map(|(pattern, svc)| {
-                let svc = svc.as_ref().map(|(layer, policy)| {
-                    layer.layer(forward.clone().with_policy(Arc::clone(policy)))
+                // Each rule's forwarder renders its answers with the rule's policy.
+                let svc = svc.as_ref().map(|layer| {
+                    layer.layer(forward.clone().with_policy(layer.engine().shared_policy()))
                 });
                 (pattern.clone(), svc)
             })
@@ -230,10 +235,6 @@ impl<St: Store> Stack<St> {
         ))
     }
 }
-
-/// The layer of a rule with a policy of its own, and that policy, with which its
-/// forwarder renders its answers.
-type Rule<St> = (IdempotencyLayer<St>, Arc<Policy>);
 
 /// The proxy's service, as each connection runs it.
 type Service<St> = crate::view::Admitted<Dispatch<St>>;
@@ -260,7 +261,11 @@ struct Conns {
 }
 
 impl Conns {
-    fn new(config: &ProxyConfig, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    fn new(
+        config: &ProxyConfig,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        policy: Arc<Policy>,
+    ) -> Self {
         let bounds = config.connections;
         // hyper refuses smaller buffers (it would panic); the flag checks this too.
         let max_header_bytes = bounds.max_header_bytes.max(MIN_HEADER_BYTES);
@@ -284,7 +289,7 @@ impl Conns {
                 idle_timeout: bounds.idle_timeout,
             },
             read_timeout: config.request_read_timeout,
-            policy: Arc::new(config.policy.clone()),
+            policy,
         }
     }
 

@@ -295,8 +295,9 @@ pub struct Door {
 }
 
 impl Door {
-    /// The door for a proxy with `config`.
-    pub fn new(config: &ProxyConfig) -> Self {
+    /// The door for a proxy with `config`, rendering its refusals with `policy`: the
+    /// server-wide one, as no rule is chosen yet.
+    pub fn new(config: &ProxyConfig, policy: Arc<Policy>) -> Self {
         let mut methods: Vec<Method> = STANDARD.to_vec();
         let named = config
             .policy
@@ -315,7 +316,7 @@ impl Door {
         }
         Self {
             methods: methods.into(),
-            policy: Arc::new(config.policy.clone()),
+            policy,
         }
     }
 
@@ -603,7 +604,7 @@ mod tests {
             ])
             .build()
             .unwrap();
-        Door::new(&config)
+        Door::new(&config, Arc::new(config.policy.clone()))
     }
 
     // R24, R2
