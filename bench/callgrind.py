@@ -25,24 +25,10 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the load benchmark's helpers)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"nothing listens on {port}")
+ROOT = run.ROOT
 
 
 def read_response(sock, buf):
@@ -152,7 +138,7 @@ def main():
     bin_dir = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
     tmp = args.out or tempfile.mkdtemp(prefix="idem-callgrind-")
     os.makedirs(tmp, exist_ok=True)
-    up_port, port = free_port(), free_port()
+    up_port, port = run.free_port(), run.free_port()
     up = subprocess.Popen([os.path.join(bin_dir, "bench-upstream"), f"127.0.0.1:{up_port}"])
     extra = ["--methods", "PUT"] if args.mode == "pass-through" else []
     out_file = os.path.join(tmp, f"callgrind.{args.mode}.out")
@@ -163,8 +149,8 @@ def main():
          *extra, *shlex.split(args.extra)],
         env={**os.environ, "RUST_LOG": "warn"}, stderr=subprocess.DEVNULL)
     try:
-        wait_port(up_port)
-        wait_port(port)
+        run.wait_port(up_port, timeout=60)
+        run.wait_port(port, timeout=60)
         drive(port, args.mode, 200, args.conns, f"warm-{time.time()}")
         subprocess.run(["callgrind_control", "-z", str(idem.pid)], check=True, capture_output=True)
         drive(port, args.mode, args.requests, args.conns, f"run-{time.time()}")

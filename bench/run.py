@@ -66,6 +66,17 @@ def wait_port(port, timeout=20):
     sys.exit(f"nothing listens on {port}")
 
 
+def stop(procs):
+    """Terminates every process of `procs`, killing those still there after 10 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -539,13 +550,7 @@ def main():
         print()
         print(header + "\n".join(lines))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

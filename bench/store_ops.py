@@ -335,13 +335,7 @@ def main():
                 lines += sweep_at_scale(rows, args.seconds, bin_dir, tmp)
                 print(lines[-1], flush=True)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        run.stop(procs)
         subprocess.run(["rm", "-rf", tmp])
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
