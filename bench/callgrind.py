@@ -2,13 +2,14 @@
 """Instructions per request of `idem serve`, counted by callgrind (stable where the
 machine's timings are not).
 
-Starts `bench-upstream` and `idem serve` (memory store) under
+Starts `bench-upstream` and `idem serve` (memory store, or `--store`) under
 `valgrind --tool=callgrind`, warms up, zeroes the counters, sends a fixed number of
 requests over keep-alive connections, dumps the counters and prints the instructions
 per request, the top functions and the share of each crate.
 
     bench/callgrind.py [--mode new|replay|pass-through] [--requests 2000] [--conns 4]
-                       [--extra "--runtime workers"] [--out DIR]
+                       [--store memory|file|redis|postgres] [--extra "--runtime workers"]
+                       [--out DIR]
 
 Needs valgrind; uses the release binaries of `cargo build --release -p idem-proxy -p
 idem-bench` (or of $CARGO_TARGET_DIR).
@@ -132,6 +133,8 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--store", choices=sorted(run.STORES), default="memory",
+                    help="the store of the idem under test (the servers of bench/run.py)")
     ap.add_argument("--extra", default="", help="more `idem serve` flags")
     ap.add_argument("--out", default=None, help="keep the callgrind output here")
     args = ap.parse_args()
@@ -145,7 +148,7 @@ def main():
     idem = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}.%p",
          os.path.join(bin_dir, "idem"), "serve", "--listen", f"127.0.0.1:{port}",
-         "--upstream", f"http://127.0.0.1:{up_port}", "--store", "memory", "--ttl", "15m",
+         "--upstream", f"http://127.0.0.1:{up_port}", "--store", run.STORES[args.store](tmp), "--ttl", "15m",
          *extra, *shlex.split(args.extra)],
         env={**os.environ, "RUST_LOG": "warn"}, stderr=subprocess.DEVNULL)
     try:
@@ -165,7 +168,7 @@ def main():
     dumps = sorted(f for f in os.listdir(tmp) if f.startswith(f"callgrind.{args.mode}.out.") and f.endswith(".1"))
     if not dumps:
         sys.exit(f"no dump in {tmp}")
-    print(f"mode {args.mode}, {args.requests} requests over {args.conns} connections, "
+    print(f"mode {args.mode}, store {args.store}, {args.requests} requests over {args.conns} connections, "
           f"flags: {args.extra or '(defaults)'}\n")
     print(summarise(os.path.join(tmp, dumps[-1]), args.requests, args.top))
 

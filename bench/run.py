@@ -360,6 +360,9 @@ def main():
                     help="also run idem's own claim + complete directly against Redis and PostgreSQL "
                          "(idem's own cost, not a baseline)")
     ap.add_argument("--no-wait-mode", action="store_true", help="skip the wait-mode measurement")
+    ap.add_argument("--compare", metavar="IDEM_BINARY",
+                    help="also run every store's idem with this other build of idem (e.g. the "
+                         "commit before a change), as `idem STORE (compared)`, in the same rounds")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.md"))
     args = ap.parse_args()
     stores = args.stores.split(",")
@@ -395,10 +398,14 @@ def main():
         instances = [(store, STORES[store](tmp), []) for store in stores]
         if not args.no_pass_through:
             instances.append(("pass-through", STORES["memory"](tmp), ["--methods", "PUT"]))
-        for name, store, extra in instances:
+        if args.compare:
+            os.makedirs(os.path.join(tmp, "compared"))
+            instances += [(f"{store} (compared)", STORES[store](os.path.join(tmp, "compared")), [], args.compare)
+                          for store in stores]
+        for name, store, extra, *binary in instances:
             port = free_port()
             p = subprocess.Popen(
-                [os.path.join(bin_dir, "idem"), "serve", "--listen", f"127.0.0.1:{port}",
+                [binary[0] if binary else os.path.join(bin_dir, "idem"), "serve", "--listen", f"127.0.0.1:{port}",
                  "--upstream", f"http://127.0.0.1:{up_port}", "--store", store,
                  # Long enough for every replay of the run; short enough that a shared
                  # Redis or PostgreSQL does not keep millions of bench records for a day.

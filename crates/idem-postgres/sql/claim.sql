@@ -12,6 +12,12 @@
 --   no row            a concurrent transaction changed the record after this
 --                     statement's snapshot was taken: run the statement again.
 --
+-- The store runs it only when the two cheaper statements before it could not answer:
+-- peek.sql (a plain read, which answers replays, mismatches and duplicates in flight)
+-- found nothing live or a waiter that must mark the record, and insert.sql (a plain
+-- insert, which claims a new key) found a row or another payload's progress in the way.
+-- On its own it still decides every case, as below.
+--
 -- Time. All instants come from the database, one clock for every instance; client
 -- clocks never enter. `clock_timestamp()` is read once, in the `now` CTE, so the
 -- liveness test, the new deadline and the time left all use the same instant.

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_records.sql")),
     (2, include_str!("../migrations/0002_recovery_points.sql")),
     (3, include_str!("../migrations/0003_watched.sql")),
+    (4, include_str!("../migrations/0004_unchecked_records.sql")),
 ];
 
 /// The newest schema version this build knows.

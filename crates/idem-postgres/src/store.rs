@@ -326,6 +326,25 @@ fn claim_answer(row: &Row, req: &ClaimRequest) -> Result<Claim, StoreError> {
             taken_over: row.try_get("taken_over").map_err(error::pg)?,
         }));
     }
+    live_record(row, req)
+}
+
+/// The answer to a claim from the live record peek.sql read, when it needs no write:
+/// `None` for a caller that will wait on an in-flight record of its own payload that
+/// no waiter marked yet (R10), which claim.sql marks and answers.
+fn live_answer(row: &Row, req: &ClaimRequest) -> Result<Option<Claim>, StoreError> {
+    let unmarked = !row.try_get::<_, bool>("watched").map_err(error::pg)?;
+    let answer = live_record(row, req)?;
+    if req.waiting && unmarked && matches!(answer, Claim::InFlight { .. }) {
+        return Ok(None);
+    }
+    Ok(Some(answer))
+}
+
+/// A claim's answer from a live record that is not the caller's (columns `state`,
+/// `fingerprint`, `left_ms`, `snapshot`): the same decision as
+/// `idem_core::store::machine::claim`.
+fn live_record(row: &Row, req: &ClaimRequest) -> Result<Claim, StoreError> {
     if fingerprint(row.try_get("fingerprint").map_err(error::pg)?)? != req.fingerprint {
         return Ok(Claim::Mismatch);
     }
@@ -384,6 +403,44 @@ impl Store for PostgresStore {
         let waiting = req.waiting;
         self.timed(async {
             let client = self.inner.pool.get().await.map_err(error::pool)?;
+            // A replay, a mismatch, a duplicate in flight: a read, no write (peek.sql).
+            let peek = client
+                .prepare_cached(&self.inner.sql.peek)
+                .await
+                .map_err(error::pg)?;
+            let live = client
+                .query_opt(&peek, &[&scope, &key, &fingerprint])
+                .await
+                .map_err(error::pg)?;
+            match live {
+                Some(row) => {
+                    if let Some(answer) = live_answer(&row, req)? {
+                        return Ok(answer);
+                    }
+                    // A waiter must mark the record first: claim.sql does, in one step.
+                }
+                None => {
+                    // Nothing live: most often a new key, which one plain insert claims.
+                    let insert = client
+                        .prepare_cached(&self.inner.sql.insert)
+                        .await
+                        .map_err(error::pg)?;
+                    let inserted = client
+                        .query_opt(&insert, &[&scope, &key, &fingerprint, &owner, &lease])
+                        .await
+                        .map_err(error::pg)?;
+                    if inserted.is_some() {
+                        return Ok(Claim::Acquired(Lease {
+                            id: req.id.clone(),
+                            fingerprint: req.fingerprint,
+                            owner: req.owner,
+                            taken_over: false,
+                        }));
+                    }
+                    // A dead record to take over, a concurrent claim's, or another
+                    // payload's progress: claim.sql decides.
+                }
+            }
             let statement = client
                 .prepare_cached(&self.inner.sql.claim)
                 .await

@@ -180,14 +180,14 @@ async fn migrations_apply_once() {
     let again = schema.store().await;
     assert_eq!(again.migrate().await.unwrap(), 0);
     let c = client().await;
-    assert_eq!(schema.count(&c, "idem_migrations").await, 3);
+    assert_eq!(schema.count(&c, "idem_migrations").await, 4);
     let rows = c
         .query(&schema.sql("SELECT version FROM {s}.idem_migrations"), &[])
         .await
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
 }
 
@@ -206,7 +206,7 @@ async fn concurrent_migrations_of_a_fresh_schema_all_succeed() {
         stores.push(t.await.unwrap().expect("every migrator succeeds"));
     }
     let c = client().await;
-    assert_eq!(schema.count(&c, "idem_migrations").await, 3);
+    assert_eq!(schema.count(&c, "idem_migrations").await, 4);
     assert_eq!(schema.count(&c, "records").await, 0);
     // And the result works from every store.
     let id = id("migrated");
@@ -568,6 +568,54 @@ async fn r16_corrupt_records_are_never_replayed() {
         .unwrap();
     })
     .await;
+}
+
+// R16, R25: the table checks nothing (migration 0004), so every column a row holds is
+// read as hostile: a malformed one is a corrupt record, never an answer or a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r16_malformed_columns_are_corrupt_never_trusted() {
+    let schema = PgSchema::fresh();
+    let store = schema.store().await;
+    let c = client().await;
+    let checks: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'c'",
+            &[&schema.sql("{s}.records")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checks, 0, "migration 0004 leaves no CHECK constraint");
+    let damage = [
+        ("fingerprint", "SET fingerprint = '\\x0707'::bytea"),
+        ("state", "SET state = 3"),
+        ("snapshot", "SET snapshot = NULL"),
+    ];
+    for (n, (what, set)) in damage.into_iter().enumerate() {
+        let id = id(&format!("malformed-{n}"));
+        let lease = acquired(&store, &id).await;
+        let done = store
+            .complete(&lease, &snapshot(b"charged"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(done, Finish::Done);
+        c.execute(
+            &schema.sql(&format!("UPDATE {{s}}.records {set} WHERE key = $1::text")),
+            &[&id.key().as_str()],
+        )
+        .await
+        .unwrap();
+        let claim = store.claim(&claim_req(&id, 1)).await;
+        assert!(
+            matches!(claim, Err(StoreError::Corrupt(_))),
+            "{what}: {claim:?}"
+        );
+        let lookup = store.lookup(&id).await;
+        assert!(
+            matches!(lookup, Err(StoreError::Corrupt(_))),
+            "{what}: {lookup:?}"
+        );
+    }
 }
 
 /// In `tx`: runs `insert` (the application's write) and completes `lease` with the
