@@ -117,9 +117,14 @@ fn init_logging(
         LogFormat::Json => fmt.json().boxed(),
     };
     // The per-request span is for exporters; log lines carry the decision instead.
-    let fmt = fmt.with_filter(filter).with_filter(filter_fn(|meta| {
-        !(meta.is_span() && meta.target() == idem::layer::REQUEST_SPAN_TARGET)
-    }));
+    // The level filter goes outermost: its level is the hint that also caps the `log`
+    // crate's records (tokio-postgres logs every statement at debug), which are then
+    // dropped where they are made instead of being built and offered to the filter.
+    let fmt = fmt
+        .with_filter(filter_fn(|meta| {
+            !(meta.is_span() && meta.target() == idem::layer::REQUEST_SPAN_TARGET)
+        }))
+        .with_filter(filter);
     let registry = tracing_subscriber::registry().with(fmt);
     #[cfg(feature = "otel")]
     if let Some(endpoint) = otlp {
