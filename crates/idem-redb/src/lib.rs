@@ -83,10 +83,15 @@
 //!   exactly one acquires (R6), and a late completion is fenced by the owner token
 //!   (R11). A claim whose answer changes nothing (a replay, a mismatch, a duplicate in
 //!   flight) is answered from a read transaction, which never waits for a writer.
-//! - **Durable, with group commit.** Commits use redb's default durability, which
-//!   fsyncs before the commit returns, and no caller is answered before the commit
-//!   holding its write has returned: once a client has its response, its record
-//!   survives a crash or restart (R16). One writer thread applies every transition that
+//! - **Durable, with group commit.** A commit that holds a completion or a deletion
+//!   fsyncs before it returns, and no caller is answered before the commit holding its
+//!   write has returned: once a client has its response, its record survives a crash
+//!   or restart (R16). Claims, renewals and releases commit without an fsync of their
+//!   own and reach the disk with the next durable commit (or when the store is
+//!   closed): a crash (`kill -9`, power loss) loses the in-flight records written since
+//!   the last one, so their keys are free at once after the restart rather than one
+//!   lease later, though the upstream may still be running the request that claimed
+//!   one. None of them was ever told to a client as a result. One writer thread applies every transition that
 //!   queued up during the previous commit in a single transaction, one after another,
 //!   so concurrent requests share an fsync instead of paying one each; a transition
 //!   whose record does not decode fails alone, and a failed write aborts the whole
