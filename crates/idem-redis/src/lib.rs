@@ -80,14 +80,22 @@
 //! has nothing to do and answers `Ok(0)`.
 //!
 //! # Waiting duplicates
-//! A duplicate that will wait marks the record in its claim (field `w`), and the
-//! completion and release scripts of a marked record `PUBLISH` its id on
-//! `<prefix>:done`; a record nobody waits on publishes nothing. Each store
-//! keeps one subscriber connection (for a cluster, at one seed node, moving to the next
-//! on failure; a classic `PUBLISH` reaches every node) that wakes the store's
-//! [`Watch`]es, so waiting holds no command connection. Notifications sent while the
-//! subscriber reconnects are lost, so it wakes every watcher after each (re)subscribe;
-//! the engine also polls at a bounded interval.
+//! A duplicate that will wait marks the record in its claim (field `w`); a record nobody
+//! waits on announces nothing when it is completed, released or deleted. On a single
+//! server, the completion and release scripts of a marked record `PUBLISH` its id on
+//! `<prefix>:done`, and each store keeps one subscriber connection to that channel. On
+//! a cluster, where a classic `PUBLISH` is broadcast to every node over the cluster bus,
+//! the scripts say that a waiter is to be woken and the store `SPUBLISH`es the id on
+//! one of 64 sharded channels, `<prefix>:done:{<tag>}`, the one whose slot lies in the
+//! range of the record's own slot; a sharded message stays within the shard that owns
+//! its channel. Each store subscribes to all 64 (`SSUBSCRIBE`, over RESP3, each at the
+//! master that owns it; redis-rs follows slot moves and resubscribes after a
+//! reconnection). Either way the subscription wakes the store's [`Watch`]es, so waiting
+//! holds no command connection. Notifications sent while a subscription is being
+//! re-established are lost, so every watcher is woken after each (re)subscription; the
+//! engine also polls at a bounded interval. (While the instances of a cluster run
+//! versions that announce differently — classic before, sharded now — during a rolling
+//! upgrade, a waiter on one version is woken by that poll when the other completes.)
 //!
 //! # Failures (R15)
 //! Every command is bounded by [`RedisStoreConfig::command_timeout`]. A server that
@@ -114,7 +122,9 @@
 //! `noeviction` a full Redis refuses new records instead (an error, so 503).
 //!
 //! Scripts need Redis 5 or later (they call `TIME` before writing, which needs effect
-//! replication, the default since 5).
+//! replication, the default since 5). A cluster's notifications need Redis 7.0 or later
+//! (sharded pub/sub): on an older cluster the store keeps trying to subscribe and logs
+//! why, and waiting duplicates are woken only by the engine's bounded poll.
 //!
 //! # Feature flags
 //! None: standalone and cluster support are both always built.
@@ -122,6 +132,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod conn;
+mod shards;
 mod subscriber;
 mod url;
 
@@ -140,7 +151,8 @@ use redis::{Script, Value};
 use tokio::sync::oneshot;
 
 use crate::conn::Conn;
-use crate::subscriber::Subscriber;
+use crate::shards::Shards;
+use crate::subscriber::{ShardedSubscriber, Subscriber};
 use crate::url::{ConfigError, Target, TlsFiles};
 
 /// Settings of a [`RedisStore`].
@@ -179,13 +191,33 @@ struct Inner {
     conn: Conn,
     scripts: Scripts,
     prefix: String,
-    channel: String,
+    notifications: Notifications,
     command_timeout: Duration,
     hub: WaitHub,
     /// The URL without its password, for `Debug`.
     target: String,
     /// Dropped with the last handle, which stops the subscriber task.
     _stop: oneshot::Sender<()>,
+}
+
+/// Where completions, releases and deletions of awaited records are announced (R10
+/// `wait` mode).
+enum Notifications {
+    /// One server: the scripts `PUBLISH` on this channel themselves.
+    Channel(String),
+    /// A cluster: the scripts say when a waiter is to be woken, and the store
+    /// `SPUBLISH`es on the record's sharded channel (see [`shards`]).
+    Sharded(Shards),
+}
+
+impl Notifications {
+    /// The channel argument of the scripts: empty on a cluster.
+    fn script_channel(&self) -> &str {
+        match self {
+            Self::Channel(channel) => channel,
+            Self::Sharded(_) => "",
+        }
+    }
 }
 
 /// The transitions, one atomic script each (see `src/lua/`).
@@ -319,36 +351,40 @@ impl RedisStore {
         }
         let open = |url: &str| tls.client(url).map_err(|e| StoreError::backend("redis", e));
         let unreachable = |e: StoreError| e.at_connect("redis", url::redact(url));
-        let (conn, nodes) = match &target {
+        let hub = WaitHub::new();
+        let (stop, stopped) = oneshot::channel();
+        let (ready, subscribed) = oneshot::channel();
+        let (conn, notifications) = match &target {
             Target::Standalone(url) => {
                 let client = open(url)?;
                 let conn = Conn::standalone(client.clone(), &config)
                     .await
                     .map_err(unreachable)?;
-                (conn, vec![client])
+                let channel = format!("{prefix}:done");
+                let subscriber = Subscriber {
+                    node: client,
+                    channel: channel.clone(),
+                    hub: hub.clone(),
+                    connect_timeout: config.connect_timeout,
+                    command_timeout: config.command_timeout,
+                };
+                tokio::spawn(subscriber.run(stopped, ready));
+                (conn, Notifications::Channel(channel))
             }
             Target::Cluster(urls) => {
-                let clients = urls
-                    .iter()
-                    .map(|u| open(u))
-                    .collect::<Result<Vec<_>, _>>()?;
                 let conn = Conn::cluster(urls, &config).await.map_err(unreachable)?;
-                (conn, clients)
+                let shards = Shards::new(prefix);
+                let subscriber = ShardedSubscriber {
+                    nodes: urls.clone(),
+                    channels: shards.all().to_vec(),
+                    hub: hub.clone(),
+                    connect_timeout: config.connect_timeout,
+                    command_timeout: config.command_timeout,
+                };
+                tokio::spawn(subscriber.run(stopped, ready));
+                (conn, Notifications::Sharded(shards))
             }
         };
-
-        let hub = WaitHub::new();
-        let channel = format!("{prefix}:done");
-        let (stop, stopped) = oneshot::channel();
-        let (ready, subscribed) = oneshot::channel();
-        let subscriber = Subscriber {
-            nodes,
-            channel: channel.clone(),
-            hub: hub.clone(),
-            connect_timeout: config.connect_timeout,
-            command_timeout: config.command_timeout,
-        };
-        tokio::spawn(subscriber.run(stopped, ready));
         // Wait for the subscription so watches taken right away see every notification.
         // Not fatal: the task keeps trying, and wakes every watcher once it succeeds.
         if tokio::time::timeout(config.connect_timeout, subscribed)
@@ -363,7 +399,7 @@ impl RedisStore {
                 conn,
                 scripts: Scripts::new(),
                 prefix: config.prefix,
-                channel,
+                notifications,
                 command_timeout: config.command_timeout,
                 hub,
                 target: url::redact(url),
@@ -375,6 +411,16 @@ impl RedisStore {
     /// The key prefix and channel prefix this store uses.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// The channels this store's notifications go out on: `<prefix>:done` on one
+    /// server, the sharded channels on a cluster. For tests.
+    #[doc(hidden)]
+    pub fn notification_channels(&self) -> Vec<String> {
+        match &self.inner.notifications {
+            Notifications::Channel(channel) => vec![channel.clone()],
+            Notifications::Sharded(shards) => shards.all().to_vec(),
+        }
     }
 
     /// True when connected to a Redis Cluster.
@@ -389,6 +435,7 @@ impl RedisStore {
     async fn finish(
         &self,
         script: &'static str,
+        id: &RecordId,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Finish, StoreError> {
         let reply = conn::within(
@@ -399,7 +446,30 @@ impl RedisStore {
         match reply {
             Value::Int(1) => Ok(Finish::Done),
             Value::Int(0) => Ok(Finish::Superseded),
+            // Done, and a waiter marked the record: on a cluster, wake it from here.
+            Value::Int(2) => {
+                self.announce(id).await;
+                Ok(Finish::Done)
+            }
             _ => Err(unexpected(script)),
+        }
+    }
+
+    /// On a cluster, `SPUBLISH`es `id` on its sharded channel, after the script that
+    /// changed the record (a single server's scripts publish themselves). Waiters of
+    /// this process are woken at once too. A failure is logged, not returned: the
+    /// record is already written, and every waiter re-checks by its bounded poll.
+    async fn announce(&self, id: &RecordId) {
+        let Notifications::Sharded(shards) = &self.inner.notifications else {
+            return;
+        };
+        self.inner.hub.notify(id);
+        let mut cmd = redis::cmd("SPUBLISH");
+        cmd.arg(shards.for_key(&self.key(id))).arg(id.to_bytes());
+        if let Err(error) =
+            conn::within(self.inner.command_timeout, self.inner.conn.query(&cmd)).await
+        {
+            tracing::warn!(%error, "redis store could not announce a finished record; its waiters will poll");
         }
     }
 }
@@ -448,7 +518,7 @@ impl Store for RedisStore {
             .key(self.key(&lease.id))
             .arg(lease.owner.to_hex())
             .arg(millis(lease_for));
-        self.finish("renew", &invocation).await
+        self.finish("renew", &lease.id, &invocation).await
     }
 
     async fn complete(
@@ -463,9 +533,9 @@ impl Store for RedisStore {
             .arg(lease.owner.to_hex())
             .arg(snapshot.encode())
             .arg(millis(ttl))
-            .arg(&self.inner.channel)
+            .arg(self.inner.notifications.script_channel())
             .arg(lease.id.to_bytes());
-        self.finish("complete", &invocation).await
+        self.finish("complete", &lease.id, &invocation).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
@@ -473,9 +543,9 @@ impl Store for RedisStore {
         invocation
             .key(self.key(&lease.id))
             .arg(lease.owner.to_hex())
-            .arg(&self.inner.channel)
+            .arg(self.inner.notifications.script_channel())
             .arg(lease.id.to_bytes());
-        self.finish("release", &invocation).await
+        self.finish("release", &lease.id, &invocation).await
     }
 
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
@@ -558,7 +628,7 @@ impl Store for RedisStore {
         let mut invocation = self.inner.scripts.delete.prepare_invoke();
         invocation
             .key(self.key(id))
-            .arg(&self.inner.channel)
+            .arg(self.inner.notifications.script_channel())
             .arg(id.to_bytes());
         let reply = conn::within(
             self.inner.command_timeout,
@@ -567,7 +637,11 @@ impl Store for RedisStore {
         .await?;
         // Wake this process's watchers at once too; the notification wakes the others.
         self.inner.hub.notify(id);
-        parse_record(reply)
+        let record = parse_record(reply)?;
+        if record.is_some() {
+            self.announce(id).await;
+        }
+        Ok(record)
     }
 
     fn watch(&self, id: &RecordId) -> Watch {

@@ -1,14 +1,19 @@
 //! The one pub/sub connection per store that turns completion and release
 //! notifications into [`WaitHub`] wake-ups (R10 `wait` mode), so waiting duplicates
-//! hold no command connection.
+//! hold no command connection: a classic subscription to one channel on a single
+//! server, sharded subscriptions on a cluster.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use idem_core::record::RecordId;
 use idem_core::store::WaitHub;
-use redis::Value;
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::oneshot;
 
 /// How often an idle subscription is pinged: a silent connection to a server that died
@@ -21,9 +26,8 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The subscriber task's settings.
 pub(crate) struct Subscriber {
-    /// Servers to subscribe at, tried in turn: the one server, or every seed node of a
-    /// cluster (a classic `PUBLISH` in a cluster reaches every node).
-    pub(crate) nodes: Vec<redis::Client>,
+    /// The server to subscribe at.
+    pub(crate) node: redis::Client,
     /// The channel the scripts publish record ids on.
     pub(crate) channel: String,
     /// Whom to wake.
@@ -46,15 +50,10 @@ impl Subscriber {
     /// Runs until `stop` resolves (its sender, held by the store, is dropped with the
     /// store's last handle). `ready` fires once the first subscription is in place.
     pub(crate) async fn run(self, mut stop: oneshot::Receiver<()>, ready: oneshot::Sender<()>) {
-        if self.nodes.is_empty() {
-            return;
-        }
         let mut ready = Some(ready);
-        let mut node = 0;
         let mut pause = RETRY_MIN;
         loop {
-            // In bounds: `nodes` is not empty (checked above).
-            let client = &self.nodes[node % self.nodes.len()];
+            let client = &self.node;
             let subscribed = tokio::select! {
                 _ = &mut stop => return,
                 s = self.subscribe(client) => s,
@@ -85,8 +84,6 @@ impl Subscriber {
                     pause = (pause * 2).min(RETRY_MAX);
                 }
             }
-            // Next time, another node (a cluster) or the same server again.
-            node = node.wrapping_add(1);
         }
     }
 
@@ -126,6 +123,135 @@ impl Subscriber {
                     let pong = tokio::time::timeout(self.command_timeout, sink.ping::<Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         return End::Lost;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sharded subscription of a cluster store (see [`crate::shards`]): one RESP3
+/// cluster connection subscribed with `SSUBSCRIBE` to every sharded channel, each at
+/// the master that owns its slot. redis-rs routes the subscriptions, follows slot
+/// moves and resubscribes after a reconnection on its own; every such resubscription
+/// (and every lost node connection) wakes every watcher, so one that missed a
+/// notification re-checks its record.
+pub(crate) struct ShardedSubscriber {
+    /// The cluster's seed nodes.
+    pub(crate) nodes: Vec<String>,
+    /// The channels to subscribe to.
+    pub(crate) channels: Vec<String>,
+    /// Whom to wake.
+    pub(crate) hub: WaitHub,
+    /// Bounds connecting and subscribing.
+    pub(crate) connect_timeout: Duration,
+    /// Bounds each keep-alive ping.
+    pub(crate) command_timeout: Duration,
+}
+
+impl ShardedSubscriber {
+    /// Runs until `stop` resolves; `ready` fires once every channel is subscribed.
+    pub(crate) async fn run(self, mut stop: oneshot::Receiver<()>, ready: oneshot::Sender<()>) {
+        let hub = self.hub.clone();
+        let wake = move |info: PushInfo| -> Result<(), Infallible> {
+            match info.kind {
+                PushKind::SMessage => {
+                    if let Some(msg) = redis::Msg::from_push_info(info) {
+                        match RecordId::from_bytes(msg.get_payload_bytes()) {
+                            Ok(id) => hub.notify(&id),
+                            Err(error) => {
+                                tracing::debug!(%error, "ignoring a malformed notification");
+                            }
+                        }
+                    }
+                }
+                // Resubscribed after a reconnection, or a node's connection lost:
+                // notifications may have been missed meanwhile.
+                PushKind::SSubscribe | PushKind::Disconnection => hub.notify_all(),
+                _ => {}
+            }
+            Ok(())
+        };
+        let client = match ClusterClientBuilder::new(self.nodes.iter().map(String::as_str))
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(wake)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.command_timeout)
+            .build()
+        {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "redis store cannot subscribe to notifications");
+                return;
+            }
+        };
+        let mut ready = Some(ready);
+        let mut pause = RETRY_MIN;
+        loop {
+            let subscribed = tokio::select! {
+                _ = &mut stop => return,
+                s = self.subscribe(&client) => s,
+            };
+            match subscribed {
+                Ok(conn) => {
+                    tracing::debug!(
+                        channels = self.channels.len(),
+                        "redis store subscribed to its sharded channels"
+                    );
+                    self.hub.notify_all();
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                    self.keep(conn, &mut stop).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "redis store cannot subscribe; retrying");
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        client: &ClusterClient,
+    ) -> Result<ClusterConnection, idem_core::store::StoreError> {
+        crate::conn::within(self.connect_timeout, async {
+            let mut conn = client.get_async_connection().await?;
+            // One command per channel: the channels lie in different slots.
+            for channel in &self.channels {
+                conn.ssubscribe(channel).await?;
+            }
+            Ok(conn)
+        })
+        .await
+    }
+
+    /// Holds the subscription until the store is dropped, pinging every master now and
+    /// then so that a node that died without closing its connection is noticed (and
+    /// reconnected by redis-rs, which then resubscribes).
+    async fn keep(&self, mut conn: ClusterConnection, stop: &mut oneshot::Receiver<()>) {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut *stop => return,
+                _ = ping.tick() => {
+                    let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                    let pong = tokio::time::timeout(
+                        self.command_timeout,
+                        conn.route_command(redis::cmd("PING"), all),
+                    )
+                    .await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::warn!("redis store's sharded subscription did not answer a ping");
+                        self.hub.notify_all();
                     }
                 }
             }

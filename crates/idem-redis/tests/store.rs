@@ -328,6 +328,95 @@ rm -rf "$dir""#;
         }
     }
 
+    /// A subscription of the test's own to every sharded channel of a cluster store,
+    /// and the cluster connection it publishes markers on. A marker goes out on every
+    /// channel and is heard once all its copies arrived: each channel delivers in order,
+    /// so a notification sent before the marker, on whichever channel, is heard first.
+    pub(crate) struct ShardedProbe {
+        channels: Vec<String>,
+        conn: redis::cluster_async::ClusterConnection,
+        pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+        copies: std::collections::HashMap<Vec<u8>, usize>,
+    }
+
+    impl ShardedProbe {
+        pub(crate) async fn subscribe(store: &RedisStore, url: &str) -> Self {
+            let channels = store.notification_channels();
+            let nodes: Vec<String> = url
+                .strip_prefix("redis+cluster://")
+                .unwrap()
+                .split(',')
+                .map(|n| format!("redis://{n}"))
+                .collect();
+            let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()
+                .unwrap();
+            let mut conn = client.get_async_connection().await.unwrap();
+            for channel in &channels {
+                conn.ssubscribe(channel).await.unwrap();
+            }
+            Self {
+                channels,
+                conn,
+                pushes,
+                copies: Default::default(),
+            }
+        }
+
+        /// Every message heard so far and until `quiet` passes without one, markers
+        /// included, with the kind of push each came as.
+        pub(crate) async fn drain(&mut self, quiet: Duration) -> Vec<(redis::PushKind, Vec<u8>)> {
+            let mut out = Vec::new();
+            while let Ok(Some(push)) = tokio::time::timeout(quiet, self.pushes.recv()).await {
+                let kind = push.kind.clone();
+                if let Some(msg) = redis::Msg::from_push_info(push) {
+                    out.push((kind, msg.get_payload_bytes().to_vec()));
+                }
+            }
+            out
+        }
+    }
+
+    impl NotificationProbe for ShardedProbe {
+        async fn send_marker(&mut self, marker: &str) {
+            for channel in &self.channels {
+                let _: i64 = redis::cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(marker)
+                    .query_async(&mut self.conn)
+                    .await
+                    .unwrap();
+            }
+        }
+
+        async fn next(&mut self) -> Vec<u8> {
+            loop {
+                let push = self.pushes.recv().await.expect("the subscription is open");
+                let Some(msg) = redis::Msg::from_push_info(push) else {
+                    continue; // subscription confirmations
+                };
+                let payload = msg.get_payload_bytes().to_vec();
+                if !payload.starts_with(b"marker-") {
+                    return payload;
+                }
+                let heard = self.copies.entry(payload.clone()).or_default();
+                *heard += 1;
+                if *heard == self.channels.len() {
+                    // A marker may be sent again later: count its next copies afresh.
+                    self.copies.remove(&payload);
+                    return payload;
+                }
+            }
+        }
+
+        fn record_of(payload: &[u8]) -> Option<RecordId> {
+            RecordId::from_bytes(payload).ok()
+        }
+    }
+
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
     /// The binary's cluster, started by the first test that asks.
@@ -530,6 +619,87 @@ mod cluster {
         let b = support::cluster_store(&prefix, 2).await;
         assert!(a.is_cluster());
         testkit::r10_watch_wakes_across_instances(&a, &b).await;
+    }
+
+    // R10: on a cluster, a completion or release nobody waits for publishes nothing; one
+    // a waiting duplicate asked about is published on a sharded channel (SPUBLISH, heard
+    // only within the shard that owns the channel), never broadcast to every node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r10_only_awaited_records_publish_on_sharded_channels() {
+        let prefix = support::unique_prefix();
+        let store = support::cluster_store(&prefix, 0).await;
+        let mut probe = support::ShardedProbe::subscribe(&store, &support::cluster().url(0)).await;
+        testkit::r10_only_awaited_records_notify(
+            &RealTimeFixture::new(store.clone(), LEASE, ()),
+            &mut probe,
+        )
+        .await;
+        // The store's channels spread over every master.
+        let channels = store.notification_channels();
+        assert_eq!(channels.len(), 64);
+        let port = support::cluster().nodes[0].port;
+        let nodes = support::cli(port, &["CLUSTER", "NODES"]).unwrap();
+        let mut owners = std::collections::HashSet::new();
+        for channel in &channels {
+            let slot: u16 = support::cli(port, &["CLUSTER", "KEYSLOT", channel])
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let owner = nodes
+                .lines()
+                .find(|line| serves(line, slot))
+                .and_then(|line| line.split_whitespace().next())
+                .expect("a master serves every slot");
+            owners.insert(owner.to_owned());
+        }
+        assert_eq!(owners.len(), 3, "{owners:?}");
+        // A classic subscriber on the old channel hears nothing of an awaited completion.
+        let classic = redis::Client::open(format!(
+            "redis://127.0.0.1:{}",
+            support::cluster().nodes[0].port
+        ))
+        .unwrap();
+        let mut pubsub = classic.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(format!("{prefix}:done")).await.unwrap();
+        let watched = id("classic-unheard");
+        let lease = acquired(&store, &watched).await;
+        wait_on(&store, &watched).await;
+        assert_eq!(
+            store
+                .complete(&lease, &snapshot(b"ok"), Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Finish::Done
+        );
+        let mut messages = pubsub.into_on_message();
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                futures_util::StreamExt::next(&mut messages)
+            )
+            .await
+            .is_err(),
+            "a classic PUBLISH went out on a cluster"
+        );
+        let heard = probe.drain(Duration::from_millis(300)).await;
+        assert!(
+            heard
+                .iter()
+                .any(|(kind, payload)| *kind == redis::PushKind::SMessage
+                    && *payload == watched.to_bytes()),
+            "the awaited completion was not heard on its sharded channel"
+        );
+    }
+
+    /// Whether the node of this `CLUSTER NODES` line serves `slot` (its ninth field on
+    /// are slots and slot ranges).
+    fn serves(line: &str, slot: u16) -> bool {
+        line.split_whitespace().skip(8).any(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            first.parse::<u16>().is_ok_and(|first| first <= slot)
+                && last.parse::<u16>().is_ok_and(|last| slot <= last)
+        })
     }
 
     // The hash tag keeps a record on one node, while records spread over all nodes.

@@ -290,6 +290,7 @@ impl Options {
         Some(self.pairs.remove(i).1)
     }
 
+    #[cfg(feature = "postgres")]
     fn number(&mut self, name: &str) -> Result<Option<usize>, StoreUrlError> {
         self.take(name)
             .map(|v| {

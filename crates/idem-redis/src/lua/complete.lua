@@ -5,10 +5,11 @@
 -- ARGV[1]  the owner's token (hex)
 -- ARGV[2]  the encoded snapshot
 -- ARGV[3]  the time to live, in milliseconds from now
--- ARGV[4]  the notification channel
+-- ARGV[4]  the notification channel; empty on a cluster, whose store publishes itself
+--          on a sharded channel (SPUBLISH) when told to
 -- ARGV[5]  the record id, published to wake waiting duplicates (R10)
 --
--- Replies: 1 stored, 0 superseded.
+-- Replies: 1 stored, 0 superseded, 2 stored and a waiter is to be woken (empty channel).
 --
 -- Race closed: a late completion by an owner whose lease ended and whose record was
 -- taken over (or released, or expired). The owner check and the write are one step, so
@@ -32,6 +33,9 @@ redis.call('PEXPIREAT', KEYS[1], deadline)
 -- Only a record a waiter marked (claim.lua) wakes anyone: with nobody waiting,
 -- nothing is published to the instances' subscribers.
 if h[3] then
+  if ARGV[4] == '' then
+    return 2
+  end
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return 1

@@ -2,7 +2,7 @@
 -- what it held, and wake waiting duplicates (R10) as a release does.
 --
 -- KEYS[1]  the record's hash
--- ARGV[1]  the notification channel
+-- ARGV[1]  the notification channel; empty on a cluster, whose store publishes itself
 -- ARGV[2]  the record id, published to wake waiting duplicates
 --
 -- Replies: the fields `st fp ow ca dl sn` the record held (all nil when absent).
@@ -14,6 +14,8 @@
 local h = redis.call('HMGET', KEYS[1], 'st', 'fp', 'ow', 'ca', 'dl', 'sn')
 if h[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[1], ARGV[2])
+  if ARGV[1] ~= '' then
+    redis.call('PUBLISH', ARGV[1], ARGV[2])
+  end
 end
 return h
