@@ -24,6 +24,18 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// Waits `pause` before the next subscription attempt and doubles it (up to
+/// [`RETRY_MAX`]); false when the store was dropped meanwhile.
+async fn back_off(stop: &mut oneshot::Receiver<()>, pause: &mut Duration) -> bool {
+    tokio::select! {
+        _ = stop => false,
+        () = tokio::time::sleep(*pause) => {
+            *pause = (*pause * 2).min(RETRY_MAX);
+            true
+        }
+    }
+}
+
 /// The subscriber task's settings.
 pub(crate) struct Subscriber {
     /// The server to subscribe at.
@@ -77,11 +89,9 @@ impl Subscriber {
                 }
                 Err(error) => {
                     tracing::warn!(%error, channel = %self.channel, "redis store cannot subscribe; retrying");
-                    tokio::select! {
-                        _ = &mut stop => return,
-                        () = tokio::time::sleep(pause) => {}
+                    if !back_off(&mut stop, &mut pause).await {
+                        return;
                     }
-                    pause = (pause * 2).min(RETRY_MAX);
                 }
             }
         }
@@ -207,11 +217,9 @@ impl ShardedSubscriber {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "redis store cannot subscribe; retrying");
-                    tokio::select! {
-                        _ = &mut stop => return,
-                        () = tokio::time::sleep(pause) => {}
+                    if !back_off(&mut stop, &mut pause).await {
+                        return;
                     }
-                    pause = (pause * 2).min(RETRY_MAX);
                 }
             }
         }
