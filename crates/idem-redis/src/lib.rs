@@ -89,8 +89,8 @@
 //! one of 64 sharded channels, `<prefix>:done:{<tag>}`, the one whose slot lies in the
 //! range of the record's own slot; a sharded message stays within the shard that owns
 //! its channel. Each store subscribes to all 64 (`SSUBSCRIBE`, over RESP3, each at the
-//! master that owns it; redis-rs follows slot moves and resubscribes after a
-//! reconnection). Either way the subscription wakes the store's [`Watch`]es, so waiting
+//! master that owns it), retries the ones whose master is down, and subscribes to all
+//! again after a lost node connection or a failed ping. Either way the subscription wakes the store's [`Watch`]es, so waiting
 //! holds no command connection. Notifications sent while a subscription is being
 //! re-established are lost, so every watcher is woken after each (re)subscription; the
 //! engine also polls at a bounded interval. (While the instances of a cluster run

@@ -4,13 +4,15 @@
 //! server, sharded subscriptions on a cluster.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use idem_core::record::RecordId;
 use idem_core::store::WaitHub;
 use redis::aio::{PubSubSink, PubSubStream};
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
@@ -142,10 +144,10 @@ impl Subscriber {
 
 /// The sharded subscription of a cluster store (see [`crate::shards`]): one RESP3
 /// cluster connection subscribed with `SSUBSCRIBE` to every sharded channel, each at
-/// the master that owns its slot. redis-rs routes the subscriptions, follows slot
-/// moves and resubscribes after a reconnection on its own; every such resubscription
-/// (and every lost node connection) wakes every watcher, so one that missed a
-/// notification re-checks its record.
+/// the master that owns its slot (redis-rs routes each one). Channels whose master is
+/// down are retried, and every channel is subscribed again after a lost node
+/// connection or a failed ping; every (re)subscription and every lost connection wakes
+/// every watcher, so one that missed a notification re-checks its record.
 pub(crate) struct ShardedSubscriber {
     /// The cluster's seed nodes.
     pub(crate) nodes: Vec<String>,
@@ -160,9 +162,13 @@ pub(crate) struct ShardedSubscriber {
 }
 
 impl ShardedSubscriber {
-    /// Runs until `stop` resolves; `ready` fires once every channel is subscribed.
+    /// Runs until `stop` resolves; `ready` fires once a first attempt to subscribe to
+    /// every channel is over.
     pub(crate) async fn run(self, mut stop: oneshot::Receiver<()>, ready: oneshot::Sender<()>) {
         let hub = self.hub.clone();
+        // Set when a node's connection is lost: its subscriptions are to be made again.
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_by_push = Arc::clone(&lost);
         let wake = move |info: PushInfo| -> Result<(), Infallible> {
             match info.kind {
                 PushKind::SMessage => {
@@ -175,9 +181,13 @@ impl ShardedSubscriber {
                         }
                     }
                 }
-                // Resubscribed after a reconnection, or a node's connection lost:
-                // notifications may have been missed meanwhile.
-                PushKind::SSubscribe | PushKind::Disconnection => hub.notify_all(),
+                // Resubscribed: notifications may have been missed before.
+                PushKind::SSubscribe => hub.notify_all(),
+                // A node's connection lost, and with it the subscriptions it carried.
+                PushKind::Disconnection => {
+                    lost_by_push.store(true, Ordering::Relaxed);
+                    hub.notify_all();
+                }
                 _ => {}
             }
             Ok(())
@@ -195,26 +205,14 @@ impl ShardedSubscriber {
                 return;
             }
         };
-        let mut ready = Some(ready);
         let mut pause = RETRY_MIN;
-        loop {
-            let subscribed = tokio::select! {
+        let conn = loop {
+            let connected = tokio::select! {
                 _ = &mut stop => return,
-                s = self.subscribe(&client) => s,
+                c = crate::conn::within(self.connect_timeout, client.get_async_connection()) => c,
             };
-            match subscribed {
-                Ok(conn) => {
-                    tracing::debug!(
-                        channels = self.channels.len(),
-                        "redis store subscribed to its sharded channels"
-                    );
-                    self.hub.notify_all();
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                    self.keep(conn, &mut stop).await;
-                    return;
-                }
+            match connected {
+                Ok(conn) => break conn,
                 Err(error) => {
                     tracing::warn!(%error, "redis store cannot subscribe; retrying");
                     if !back_off(&mut stop, &mut pause).await {
@@ -222,28 +220,65 @@ impl ShardedSubscriber {
                     }
                 }
             }
+        };
+        self.keep(conn, &lost, ready, &mut stop).await;
+    }
+
+    /// Subscribes to each channel in `pending` that is not yet subscribed; keeps the ones
+    /// that failed (their master is down, say) for the next attempt. Wakes every watcher
+    /// when any subscription was added: notifications may have gone out before it.
+    async fn subscribe(&self, conn: &ClusterConnection, pending: &mut Vec<String>) {
+        let before = pending.len();
+        // One command per channel (the channels lie in different slots), all at once, so
+        // a master that hangs holds the attempt for one command timeout, not one each.
+        let attempts = pending.drain(..).map(|channel| {
+            let mut conn = conn.clone();
+            async move {
+                let subscribed =
+                    tokio::time::timeout(self.command_timeout, conn.ssubscribe(&channel)).await;
+                (!matches!(subscribed, Ok(Ok(())))).then_some(channel)
+            }
+        });
+        *pending = futures_util::future::join_all(attempts)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if pending.len() < before {
+            self.hub.notify_all();
+        }
+        if pending.is_empty() {
+            tracing::debug!(
+                channels = self.channels.len(),
+                "redis store subscribed to its sharded channels"
+            );
+        } else {
+            tracing::warn!(
+                unsubscribed = pending.len(),
+                "redis store cannot subscribe to some sharded channels yet; retrying"
+            );
         }
     }
 
-    async fn subscribe(
+    /// Subscribes, then holds the subscription until the store is dropped. Every
+    /// [`PING_EVERY`] it pings every master, so that a node that died without closing
+    /// its connection is noticed, and subscribes again to what is not (or may no longer
+    /// be) subscribed: channels that failed, and every channel after a lost connection
+    /// or a failed ping (subscribing twice to a channel is harmless). `ready` fires after
+    /// the first attempt.
+    async fn keep(
         &self,
-        client: &ClusterClient,
-    ) -> Result<ClusterConnection, idem_core::store::StoreError> {
-        crate::conn::within(self.connect_timeout, async {
-            let mut conn = client.get_async_connection().await?;
-            // One command per channel: the channels lie in different slots.
-            for channel in &self.channels {
-                conn.ssubscribe(channel).await?;
-            }
-            Ok(conn)
-        })
-        .await
-    }
-
-    /// Holds the subscription until the store is dropped, pinging every master now and
-    /// then so that a node that died without closing its connection is noticed (and
-    /// reconnected by redis-rs, which then resubscribes).
-    async fn keep(&self, mut conn: ClusterConnection, stop: &mut oneshot::Receiver<()>) {
+        mut conn: ClusterConnection,
+        lost: &AtomicBool,
+        ready: oneshot::Sender<()>,
+        stop: &mut oneshot::Receiver<()>,
+    ) {
+        let mut pending = self.channels.clone();
+        tokio::select! {
+            _ = &mut *stop => return,
+            () = self.subscribe(&conn, &mut pending) => {}
+        }
+        let _ = ready.send(());
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
@@ -260,6 +295,13 @@ impl ShardedSubscriber {
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("redis store's sharded subscription did not answer a ping");
                         self.hub.notify_all();
+                        lost.store(true, Ordering::Relaxed);
+                    }
+                    if lost.swap(false, Ordering::Relaxed) {
+                        pending.clone_from(&self.channels);
+                    }
+                    if !pending.is_empty() {
+                        self.subscribe(&conn, &mut pending).await;
                     }
                 }
             }

@@ -873,7 +873,8 @@ mod outage {
     }
 
     // R15, cluster: while a node is down the records on its slots fail in bounded time,
-    // the others still serve; once it is back, the same store serves them all again.
+    // the others still serve; once it is back, the same store serves them all again, and
+    // its sharded subscriptions on that node are back too (R10): waiters are woken.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r15_cluster_store_recovers_when_a_node_returns() {
         // A cluster of this test's own: the shared one stays up for the other tests.
@@ -883,7 +884,10 @@ mod outage {
             command_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(500),
         };
-        let store = RedisStore::connect(&cluster.url(1), config).await.unwrap();
+        let store = RedisStore::connect(&cluster.url(1), config.clone())
+            .await
+            .unwrap();
+        let other = RedisStore::connect(&cluster.url(2), config).await.unwrap();
 
         // Claims of 30 fresh keys, at once: how many failed with a store error.
         async fn failures(store: &RedisStore) -> usize {
@@ -919,6 +923,35 @@ mod outage {
         while failures(&store).await > 0 {
             assert!(tokio::time::Instant::now() < deadline, "no recovery");
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // Every sharded channel has both stores subscribed again, the returned node's
+        // included (each channel counts its subscribers on the master that owns it).
+        let subscribers = |channel: &str| -> u64 {
+            cluster
+                .nodes
+                .iter()
+                .filter_map(|n| support::cli(n.port, &["PUBSUB", "SHARDNUMSUB", channel]))
+                .filter_map(|out| {
+                    out.lines()
+                        .nth(1)
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+                .sum()
+        };
+        for channel in store.notification_channels() {
+            while tokio::task::block_in_place(|| subscribers(&channel)) < 2 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{channel} was not subscribed again"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        // And a waiter on one store is woken by the other's completions, wherever the
+        // records land.
+        for _ in 0..4 {
+            testkit::r10_watch_wakes_across_instances(&other, &store).await;
         }
     }
 }
