@@ -448,7 +448,8 @@ impl RedisStore {
             Value::Int(0) => Ok(Finish::Superseded),
             // Done, and a waiter marked the record: on a cluster, wake it from here.
             Value::Int(2) => {
-                self.announce(id).await;
+                self.inner.hub.notify(id);
+                self.publish_sharded(id).await;
                 Ok(Finish::Done)
             }
             _ => Err(unexpected(script)),
@@ -456,14 +457,13 @@ impl RedisStore {
     }
 
     /// On a cluster, `SPUBLISH`es `id` on its sharded channel, after the script that
-    /// changed the record (a single server's scripts publish themselves). Waiters of
-    /// this process are woken at once too. A failure is logged, not returned: the
-    /// record is already written, and every waiter re-checks by its bounded poll.
-    async fn announce(&self, id: &RecordId) {
+    /// changed the record (a single server's scripts publish themselves). A failure is
+    /// logged, not returned: the record is already written, and every waiter re-checks
+    /// by its bounded poll.
+    async fn publish_sharded(&self, id: &RecordId) {
         let Notifications::Sharded(shards) = &self.inner.notifications else {
             return;
         };
-        self.inner.hub.notify(id);
         let mut cmd = redis::cmd("SPUBLISH");
         cmd.arg(shards.for_key(&self.key(id))).arg(id.to_bytes());
         if let Err(error) =
@@ -639,7 +639,7 @@ impl Store for RedisStore {
         self.inner.hub.notify(id);
         let record = parse_record(reply)?;
         if record.is_some() {
-            self.announce(id).await;
+            self.publish_sharded(id).await;
         }
         Ok(record)
     }
