@@ -91,9 +91,10 @@
 //!   closed): a crash (`kill -9`, power loss) loses the in-flight records written since
 //!   the last one, so their keys are free at once after the restart rather than one
 //!   lease later, though the upstream may still be running the request that claimed
-//!   one. None of them was ever told to a client as a result. One writer thread applies every transition that
-//!   queued up during the previous commit in a single transaction, one after another,
-//!   so concurrent requests share an fsync instead of paying one each; a transition
+//!   one. None of them was ever told to a client as a result. One writer thread
+//!   applies every transition that queued up during the previous commit in a single
+//!   transaction, one after another, so concurrent requests share an fsync instead of
+//!   paying one each; a transition
 //!   whose record does not decode fails alone, and a failed write aborts the whole
 //!   batch rather than commit part of it. redb's copy-on-write commits mean a record is
 //!   wholly stored or absent, and a value that does not decode is

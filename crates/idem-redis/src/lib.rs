@@ -81,19 +81,20 @@
 //!
 //! # Waiting duplicates
 //! A duplicate that will wait marks the record in its claim (field `w`); a record nobody
-//! waits on announces nothing when it is completed, released or deleted. On a single
-//! server, the completion and release scripts of a marked record `PUBLISH` its id on
-//! `<prefix>:done`, and each store keeps one subscriber connection to that channel. On
-//! a cluster, where a classic `PUBLISH` is broadcast to every node over the cluster bus,
-//! the scripts say that a waiter is to be woken and the store `SPUBLISH`es the id on
-//! one of 64 sharded channels, `<prefix>:done:{<tag>}`, the one whose slot lies in the
-//! range of the record's own slot; a sharded message stays within the shard that owns
-//! its channel. Each store subscribes to all 64 (`SSUBSCRIBE`, over RESP3, each at the
-//! master that owns it), retries the ones whose master is down, and subscribes to all
-//! again after a lost node connection or a failed ping. Either way the subscription wakes the store's [`Watch`]es, so waiting
-//! holds no command connection. Notifications sent while a subscription is being
-//! re-established are lost, so every watcher is woken after each (re)subscription; the
-//! engine also polls at a bounded interval. (While the instances of a cluster run
+//! waits on announces nothing when it is completed or released (a deletion by on-call
+//! always announces). On a single server, the completion and release scripts of a
+//! marked record `PUBLISH` its id on `<prefix>:done`, and each store keeps one
+//! subscriber connection to that channel. On a cluster, where a classic `PUBLISH` is
+//! broadcast to every node over the cluster bus, the scripts say that a waiter is to be
+//! woken and the store `SPUBLISH`es the id on one of 64 sharded channels,
+//! `<prefix>:done:{<tag>}`, the one whose slot lies in the range of the record's own
+//! slot; a sharded message stays within the shard that owns its channel. Each store
+//! subscribes to all 64 (`SSUBSCRIBE`, over RESP3, each at the master that owns it),
+//! retries the ones whose master is down, and subscribes to all again after a lost node
+//! connection or a failed ping. Either way the subscription wakes the store's
+//! [`Watch`]es, so waiting holds no command connection. Notifications sent while a
+//! subscription is being re-established are lost, so every watcher is woken after each
+//! (re)subscription; the engine also polls at a bounded interval. (While the instances of a cluster run
 //! versions that announce differently — classic before, sharded now — during a rolling
 //! upgrade, a waiter on one version is woken by that poll when the other completes.)
 //!

@@ -19,7 +19,8 @@ const SLOTS: u32 = 16_384;
 
 /// The cluster slot of a key, as Redis computes it: CRC16 (XMODEM) of the hash tag
 /// (the part between the first `{` and the next `}`, when not empty), else of the whole
-/// key, modulo 16 384.
+/// key, modulo 16 384. (redis-rs computes it too, in `cluster_routing::Slot`, but does
+/// not expose the number.)
 pub(crate) fn slot(key: &[u8]) -> u16 {
     let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &key[open + 1..];

@@ -67,10 +67,9 @@ impl Subscriber {
         let mut ready = Some(ready);
         let mut pause = RETRY_MIN;
         loop {
-            let client = &self.node;
             let subscribed = tokio::select! {
                 _ = &mut stop => return,
-                s = self.subscribe(client) => s,
+                s = self.subscribe() => s,
             };
             match subscribed {
                 Ok((sink, stream)) => {
@@ -99,12 +98,9 @@ impl Subscriber {
         }
     }
 
-    async fn subscribe(
-        &self,
-        client: &redis::Client,
-    ) -> Result<(PubSubSink, PubSubStream), idem_core::store::StoreError> {
+    async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), idem_core::store::StoreError> {
         crate::conn::within(self.connect_timeout, async {
-            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            let (mut sink, stream) = self.node.get_async_pubsub().await?.split();
             sink.subscribe(&self.channel).await?;
             Ok((sink, stream))
         })
@@ -155,9 +151,9 @@ pub(crate) struct ShardedSubscriber {
     pub(crate) channels: Vec<String>,
     /// Whom to wake.
     pub(crate) hub: WaitHub,
-    /// Bounds connecting and subscribing.
+    /// Bounds each attempt to connect.
     pub(crate) connect_timeout: Duration,
-    /// Bounds each keep-alive ping.
+    /// Bounds each round of subscriptions and each keep-alive ping.
     pub(crate) command_timeout: Duration,
 }
 
