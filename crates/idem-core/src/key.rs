@@ -6,15 +6,17 @@
 //! `max_len` visible ASCII characters.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The longest key accepted unless configured otherwise.
 pub const DEFAULT_MAX_KEY_LEN: usize = 255;
 
-/// A validated idempotency key, stored unquoted.
+/// A validated idempotency key, stored unquoted. Clones share one allocation: a request
+/// hands its key to the record id, the lease, the context and the log.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(Box<str>);
+pub struct IdempotencyKey(Arc<str>);
 
 /// Why a key header was refused (R1). Each is a 400 for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,7 +90,7 @@ impl IdempotencyKey {
                 max: max_len,
             });
         }
-        Ok(Self(key.into_boxed_str()))
+        Ok(Self(key.into()))
     }
 
     /// Wraps a string already known to be a valid key (no quotes, visible ASCII).

@@ -17,14 +17,14 @@
 //!
 //! A background task sweeps expired records (R14).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use http::HeaderMap;
 
 use crate::clock::{Clock, Millis, SystemClock};
@@ -85,11 +85,19 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// The records of one shard, each under the keyed hash of its id.
+type Records = HashTable<(RecordId, Held)>;
+
+/// The bytes held by the scopes of one shard.
+type Scopes = HashTable<(Scope, usize)>;
+
 struct Inner {
-    shards: Box<[Mutex<HashMap<RecordId, Held>>]>,
+    shards: Box<[Mutex<Records>]>,
     /// Bytes held per scope, sharded by scope; taken after a record shard, never
     /// before one.
-    scopes: Box<[Mutex<HashMap<Scope, usize>>]>,
+    scopes: Box<[Mutex<Scopes>]>,
+    /// Keyed (SipHash under a random key): ids carry the client's key, and a table
+    /// whose hashes a client could predict could be flooded with collisions.
     hasher: RandomState,
     len: AtomicUsize,
     /// Accounted bytes of every record held.
@@ -162,11 +170,7 @@ impl MemoryStore {
 
     /// The bytes held by one scope's records.
     pub fn scope_bytes(&self, scope: &Scope) -> usize {
-        self.inner
-            .scope_shard(scope)
-            .get(scope)
-            .copied()
-            .unwrap_or(0)
+        self.inner.scope_held(scope)
     }
 }
 
@@ -220,19 +224,38 @@ enum Admit {
     Other,
 }
 
+/// Which of `shards` holds the entries hashed to `hash`: bits the tables do not look
+/// at (they place an entry by the low bits and tag it with the top seven), so the
+/// entries of one shard spread over all of its table.
+fn shard_of(hash: u64, shards: usize) -> usize {
+    (hash >> 32) as usize % shards
+}
+
 impl Inner {
-    fn shard(&self, id: &RecordId) -> MutexGuard<'_, HashMap<RecordId, Held>> {
-        let i = self.hasher.hash_one(id) as usize % self.shards.len();
-        self.shards[i]
+    /// The keyed hash of `id` and the shard that holds it: hashed once, for the shard
+    /// and for the table.
+    fn shard(&self, id: &RecordId) -> (u64, MutexGuard<'_, Records>) {
+        let hash = self.hasher.hash_one(id);
+        let shard = self.shards[shard_of(hash, self.shards.len())]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        (hash, shard)
     }
 
-    fn scope_shard(&self, scope: &Scope) -> MutexGuard<'_, HashMap<Scope, usize>> {
-        let i = self.hasher.hash_one(scope) as usize % self.scopes.len();
-        self.scopes[i]
+    fn scope_shard(&self, scope: &Scope) -> (u64, MutexGuard<'_, Scopes>) {
+        let hash = self.hasher.hash_one(scope);
+        let shard = self.scopes[shard_of(hash, self.scopes.len())]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        (hash, shard)
+    }
+
+    /// The bytes held by `scope`'s records.
+    fn scope_held(&self, scope: &Scope) -> usize {
+        let (hash, scopes) = self.scope_shard(scope);
+        scopes
+            .find(hash, |(s, _)| s == scope)
+            .map_or(0, |(_, held)| *held)
     }
 
     /// Moves `scope`'s share of the accounted bytes from `old` to `new` (the total in
@@ -241,15 +264,24 @@ impl Inner {
         if old == new {
             return;
         }
-        let mut scopes = self.scope_shard(scope);
-        let held = scopes.entry(*scope).or_insert(0);
-        if *held == 0 {
-            self.holders.fetch_add(1, Ordering::Relaxed);
-        }
-        *held = (*held + new).saturating_sub(old);
-        if *held == 0 {
-            scopes.remove(scope);
-            self.holders.fetch_sub(1, Ordering::Relaxed);
+        let (hash, mut scopes) = self.scope_shard(scope);
+        let rehash = |(s, _): &(Scope, usize)| self.hasher.hash_one(s);
+        match scopes.entry(hash, |(s, _)| s == scope, rehash) {
+            Entry::Occupied(mut e) => {
+                let held = &mut e.get_mut().1;
+                *held = (*held + new).saturating_sub(old);
+                if *held == 0 {
+                    e.remove();
+                    self.holders.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Entry::Vacant(e) => {
+                let held = new.saturating_sub(old);
+                if held > 0 {
+                    e.insert((*scope, held));
+                    self.holders.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -271,7 +303,7 @@ impl Inner {
         if self.used.load(Ordering::Relaxed).saturating_add(grow) <= high {
             return true;
         }
-        let held = self.scope_shard(scope).get(scope).copied().unwrap_or(0);
+        let held = self.scope_held(scope);
         let holders = self.holders.load(Ordering::Relaxed) + usize::from(held == 0);
         held.saturating_add(grow) <= high / holders.max(1)
     }
@@ -284,10 +316,11 @@ impl Inner {
         f: impl FnOnce(Option<&Record>, u64) -> (T, Write),
     ) -> Result<T, StoreError> {
         let now = self.config.clock.now_ms();
-        let mut shard = self.shard(id);
-        let entry = shard.entry(id.clone());
+        let (hash, mut shard) = self.shard(id);
+        let rehash = |(id, _): &(RecordId, Held)| self.hasher.hash_one(id);
+        let entry = shard.entry(hash, |(held, _)| held == id, rehash);
         let existing = match &entry {
-            Entry::Occupied(e) => Some(e.get().record()?),
+            Entry::Occupied(e) => Some(e.get().1.record()?),
             Entry::Vacant(_) => None,
         };
         let (answer, write) = f(existing.as_ref(), now);
@@ -297,7 +330,7 @@ impl Inner {
             Write::Keep => return Ok(answer),
         };
         let old = match &entry {
-            Entry::Occupied(e) => e.get().cost(id),
+            Entry::Occupied(e) => e.get().1.cost(id),
             Entry::Vacant(_) => 0,
         };
         let Some(mut held) = held else {
@@ -344,12 +377,10 @@ impl Inner {
         }
         self.next_due.fetch_min(held.ends_at, Ordering::Relaxed);
         match entry {
-            Entry::Occupied(mut e) => {
-                e.insert(held);
-            }
+            Entry::Occupied(mut e) => e.get_mut().1 = held,
             Entry::Vacant(e) => {
                 self.len.fetch_add(1, Ordering::Relaxed);
-                e.insert(held);
+                e.insert((id.clone(), held));
             }
         }
         self.resize(id.scope(), old, new);
@@ -366,7 +397,7 @@ impl Inner {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let before = shard.len();
-            shard.retain(|id, held| {
+            shard.retain(|(id, held)| {
                 let live = held.ends_at > now;
                 if live {
                     due = due.min(held.ends_at);
@@ -444,9 +475,9 @@ impl Store for MemoryStore {
 
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.config.clock.now_ms();
-        let shard = self.inner.shard(id);
-        match shard.get(id) {
-            Some(held) if held.ends_at > now => held.record().map(Some),
+        let (hash, shard) = self.inner.shard(id);
+        match shard.find(hash, |(held, _)| held == id) {
+            Some((_, held)) if held.ends_at > now => held.record().map(Some),
             _ => Ok(None),
         }
     }
