@@ -362,7 +362,8 @@ def main():
     ap.add_argument("--no-wait-mode", action="store_true", help="skip the wait-mode measurement")
     ap.add_argument("--compare", metavar="IDEM_BINARY",
                     help="also run every store's idem with this other build of idem (e.g. the "
-                         "commit before a change), as `idem STORE (compared)`, in the same rounds")
+                         "commit before a change), as `idem STORE (compared)` and `idem pass-through (compared)`, "
+                         "in the same rounds")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.md"))
     args = ap.parse_args()
     stores = args.stores.split(",")
@@ -402,6 +403,9 @@ def main():
             os.makedirs(os.path.join(tmp, "compared"))
             instances += [(f"{store} (compared)", STORES[store](os.path.join(tmp, "compared")), [], args.compare)
                           for store in stores]
+            if not args.no_pass_through:
+                instances.append(("pass-through (compared)", STORES["memory"](tmp), ["--methods", "PUT"],
+                                  args.compare))
         for name, store, extra, *binary in instances:
             port = free_port()
             p = subprocess.Popen(
