@@ -42,14 +42,16 @@ work=$(mktemp -d)
 # A package left from an earlier run would hide what this one does on a fresh install.
 dpkg --purge idem >/dev/null 2>&1 || true
 DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >&2 || fail "dpkg -i"
-dpkg -s idem | grep -q '^Status: install ok installed' || fail "not installed"
+# Output taken whole before it is searched: `grep -q` stops reading at the first match,
+# and under pipefail the writer's SIGPIPE would fail the check.
+grep -q '^Status: install ok installed' <<<"$(dpkg -s idem)" || fail "not installed"
 
 # What the package put in place.
 unit=$(dpkg -L idem | grep '/systemd/system/idem.service$') || fail "no systemd unit in the package"
 for f in /usr/bin/idem /etc/idem/idem.toml /etc/default/idem /usr/share/doc/idem/idem.example.toml; do
   [ -e "$f" ] || fail "$f missing"
 done
-dpkg-query -W -f='${Conffiles}\n' idem | grep -q /etc/idem/idem.toml || fail "idem.toml is not a conffile"
+grep -q /etc/idem/idem.toml <<<"$(dpkg-query -W -f='${Conffiles}\n' idem)" || fail "idem.toml is not a conffile"
 getent passwd idem >/dev/null || fail "no idem user"
 [ "$(stat -c %U:%G /var/lib/idem)" = idem:idem ] || fail "/var/lib/idem is not idem's"
 [ "$(stat -c %a:%G /etc/idem/idem.toml)" = 640:idem ] || fail "idem.toml is not 0640 root:idem"
@@ -117,7 +119,8 @@ for _ in $(seq 1 100); do
 done
 [ -n "$ready" ] || { cat "$work/idem.log" >&2; fail "the service did not become ready"; }
 say "/readyz: $(curl -fsS "http://127.0.0.1:$admin_port/readyz")"
-curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -q '^idem_build_info{' || fail "no idem_build_info"
+metrics=$(curl -fsS "http://127.0.0.1:$admin_port/metrics") || fail "/metrics did not answer"
+grep -q '^idem_build_info{' <<<"$metrics" || fail "no idem_build_info"
 
 post() {
   curl -fsS -D "$work/headers" -X POST -H 'content-type: application/json' \
