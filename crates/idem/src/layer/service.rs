@@ -88,8 +88,22 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // The service that was polled ready goes into the future; a clone stays.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(handle(self.shared.clone(), inner, req)))
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = req.into_parts();
+        match self.shared.engine.inspect(&parts) {
+            // Not protected: called at once, and awaited in a future of its own size,
+            // not in the protected path's.
+            Inspect::Pass => {
+                ResponseFuture::new(Box::pin(pass::<_, St, _, _>(&mut inner, parts, body)))
+            }
+            inspected => ResponseFuture::new(Box::pin(handle(
+                self.shared.clone(),
+                inner,
+                parts,
+                body,
+                inspected,
+            ))),
+        }
     }
 }
 
@@ -126,10 +140,32 @@ fn problem(policy: &Policy, origin: Option<&HeaderValue>, p: &Problem) -> Respon
     policy.answer(origin, p).map(Body::full)
 }
 
+/// Forwards a request the layer does not protect (R2, R3), with a context that says so.
+fn pass<S, St, ReqB, ResB>(
+    inner: &mut S,
+    mut parts: http::request::Parts,
+    body: ReqB,
+) -> impl Future<Output = Step<S::Error>> + use<S, St, ReqB, ResB>
+where
+    S: Service<Request<Body>, Response = Response<ResB>>,
+    St: Store,
+    ReqB: HttpBody<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: HttpBody<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
+    let called = inner.call(Request::from_parts(parts, Body::new(body)));
+    async move { Step::Done(called.await.map(|r| r.map(Body::new))) }
+}
+
+/// A request the engine did not pass, from its inspection on.
 async fn handle<S, St, ReqB, ResB>(
     shared: Arc<Shared<St>>,
     mut inner: S,
-    req: Request<ReqB>,
+    mut parts: http::request::Parts,
+    body: ReqB,
+    inspected: Inspect,
 ) -> Step<S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -142,19 +178,13 @@ where
     ResB::Error: Into<BoxError>,
 {
     let engine = &shared.engine;
-    let (mut parts, body) = req.into_parts();
     let policy = engine.policy();
     let origin = parts.headers.get(header::ORIGIN).cloned();
     let origin = origin.as_ref();
     // The key is known from the head (`Ok`), or (R23) only once the body is read.
-    let keyed = match engine.inspect(&parts) {
-        Inspect::Pass => {
-            provide::<St>(&mut parts.extensions, IdempotencyContext::unprotected());
-            let resp = inner
-                .call(Request::from_parts(parts, Body::new(body)))
-                .await;
-            return Step::Done(resp.map(|r| r.map(Body::new)));
-        }
+    let keyed = match inspected {
+        // Answered in `call`; alike if it ever comes here.
+        Inspect::Pass => return pass::<_, St, _, _>(&mut inner, parts, body).await,
         Inspect::Reject(answer) => {
             let mut decision = Decision::start(&parts.method, &parts.uri);
             return Step::Done(Ok(answered(policy, origin, answer, &mut decision)));
