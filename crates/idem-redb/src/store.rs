@@ -188,7 +188,7 @@ impl Inner {
     fn claim_without_writing(&self, req: &ClaimRequest) -> Result<Option<Claim>, StoreError> {
         let now = self.config.clock.now_ms();
         let existing = self.read(&req.id)?;
-        Ok(match machine::claim(existing.as_ref(), req, now) {
+        Ok(match machine::claim(existing, req, now) {
             (answer, Write::Keep) => Some(answer),
             _ => None,
         })
@@ -395,7 +395,9 @@ impl Store for RedbStore {
             .apply(
                 &req.id.clone(),
                 Durability::UntilNextDurable,
-                move |r, now| machine::claim(r, &req, now),
+                // The writer lends its record; a claim gets here only when the read
+                // above found it missing or lapsed, so the copy is rare.
+                move |r, now| machine::claim(r.cloned(), &req, now),
             )
             .await
     }

@@ -28,12 +28,14 @@ fn ms(d: Duration) -> Millis {
     d.as_millis().try_into().unwrap_or(Millis::MAX)
 }
 
-/// R6, R8, R9, R10, R11: the answer to a claim given the stored record.
-pub fn claim(existing: Option<&Record>, req: &ClaimRequest, now: Millis) -> (Claim, Write) {
-    match existing.filter(|r| r.is_live(now)) {
-        None => {
+/// R6, R8, R9, R10, R11: the answer to a claim given the stored record, taken by value
+/// so that a replay's snapshot moves into the answer rather than being copied.
+pub fn claim(existing: Option<Record>, req: &ClaimRequest, now: Millis) -> (Claim, Write) {
+    match existing {
+        Some(r) if r.is_live(now) => answer(r, req, now),
+        dead => {
             let taken_over = matches!(
-                existing,
+                dead,
                 Some(Record {
                     state: State::InFlight { .. },
                     ..
@@ -55,21 +57,25 @@ pub fn claim(existing: Option<&Record>, req: &ClaimRequest, now: Millis) -> (Cla
             };
             (Claim::Acquired(lease), Write::Put(record))
         }
-        Some(r) if r.fingerprint != req.fingerprint => (Claim::Mismatch, Write::Keep),
-        Some(Record {
+    }
+}
+
+/// The answer to a claim of a live record, which it leaves as it is.
+fn answer(live: Record, req: &ClaimRequest, now: Millis) -> (Claim, Write) {
+    let answer = match live {
+        r if r.fingerprint != req.fingerprint => Claim::Mismatch,
+        Record {
             state: State::Completed { snapshot, .. },
             ..
-        }) => (Claim::Completed(snapshot.clone()), Write::Keep),
-        Some(Record {
+        } => Claim::Completed(snapshot),
+        Record {
             state: State::InFlight { lease_until, .. },
             ..
-        }) => (
-            Claim::InFlight {
-                retry_after: Duration::from_millis(lease_until - now),
-            },
-            Write::Keep,
-        ),
-    }
+        } => Claim::InFlight {
+            retry_after: Duration::from_millis(lease_until.saturating_sub(now)),
+        },
+    };
+    (answer, Write::Keep)
 }
 
 /// True when `existing` is in flight under the lease's owner (fencing, R11). A lease

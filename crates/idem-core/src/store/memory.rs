@@ -313,7 +313,7 @@ impl Inner {
         &self,
         id: &RecordId,
         admit: Admit,
-        f: impl FnOnce(Option<&Record>, u64) -> (T, Write),
+        f: impl FnOnce(Option<Record>, u64) -> (T, Write),
     ) -> Result<T, StoreError> {
         let now = self.config.clock.now_ms();
         let (hash, mut shard) = self.shard(id);
@@ -323,7 +323,7 @@ impl Inner {
             Entry::Occupied(e) => Some(e.get().1.record()?),
             Entry::Vacant(_) => None,
         };
-        let (answer, write) = f(existing.as_ref(), now);
+        let (answer, write) = f(existing, now);
         let held = match write {
             Write::Put(r) => Some(Held::new(&r)),
             Write::Delete => None,
@@ -437,7 +437,7 @@ fn without_response(held: Held) -> Result<Held, StoreError> {
 
 impl Store for MemoryStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
-        let claim = |r: Option<&Record>, now| machine::claim(r, req, now);
+        let claim = |r: Option<Record>, now| machine::claim(r, req, now);
         let result = self.inner.apply(&req.id, Admit::Claim, claim);
         // Expired records go first: sweep (when something is due) and try once more.
         if matches!(result, Err(StoreError::Full)) && self.inner.purge_if_due() > 0 {
@@ -448,7 +448,7 @@ impl Store for MemoryStore {
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<Finish, StoreError> {
         self.inner.apply(&lease.id, Admit::Other, |r, now| {
-            machine::renew(r, lease, lease_for, now)
+            machine::renew(r.as_ref(), lease, lease_for, now)
         })
     }
 
@@ -459,16 +459,16 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> Result<Finish, StoreError> {
         let done = self.inner.apply(&lease.id, Admit::Completion, |r, now| {
-            machine::complete(r, lease, snapshot, ttl, now)
+            machine::complete(r.as_ref(), lease, snapshot, ttl, now)
         })?;
         self.inner.hub.notify(&lease.id);
         Ok(done)
     }
 
     async fn release(&self, lease: &Lease) -> Result<Finish, StoreError> {
-        let done = self
-            .inner
-            .apply(&lease.id, Admit::Other, |r, _| machine::release(r, lease))?;
+        let done = self.inner.apply(&lease.id, Admit::Other, |r, _| {
+            machine::release(r.as_ref(), lease)
+        })?;
         self.inner.hub.notify(&lease.id);
         Ok(done)
     }
@@ -499,7 +499,7 @@ impl Store for MemoryStore {
 
     async fn delete(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let gone = self.inner.apply(id, Admit::Other, |r, now| match r {
-            Some(r) => (Some(r.clone()).filter(|r| r.is_live(now)), Write::Delete),
+            Some(r) => (Some(r).filter(|r| r.is_live(now)), Write::Delete),
             None => (None, Write::Keep),
         })?;
         self.inner.hub.notify(id);
