@@ -8,7 +8,9 @@ use futures_util::FutureExt as _;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use idem_core::engine::{Answer, Begin, Completion, Disposition, Inspect, Ticket};
+use idem_core::engine::{
+    Answer, Begin, Completion, Disposition, Inspect, Pending, Ticket, Unkeyed,
+};
 use idem_core::policy::Policy;
 use idem_core::record::{NotRetained, Record, Snapshot, SnapshotBody, State};
 use idem_core::{Problem, ProblemKind, Store};
@@ -90,20 +92,25 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
-        match self.shared.engine.inspect(&parts) {
+        // The key is known from the head (`Ok`), or (R23) only once the body is read.
+        let keyed = match self.shared.engine.inspect(&parts) {
             // Not protected: called at once, and awaited in a future of its own size,
             // not in the protected path's.
             Inspect::Pass => {
-                ResponseFuture::new(Box::pin(pass::<_, St, _, _>(&mut inner, parts, body)))
+                return ResponseFuture::new(Box::pin(pass::<_, St, _, _>(&mut inner, parts, body)));
             }
-            inspected => ResponseFuture::new(Box::pin(handle(
-                self.shared.clone(),
-                inner,
-                parts,
-                body,
-                inspected,
-            ))),
-        }
+            Inspect::Reject(answer) => {
+                let mut decision = Decision::start(&parts.method, &parts.uri);
+                let origin = parts.headers.get(header::ORIGIN);
+                let policy = self.shared.engine.policy();
+                let resp = answered(policy, origin, answer, &mut decision);
+                return ResponseFuture::new(Box::pin(std::future::ready(Step::Done(Ok(resp)))));
+            }
+            Inspect::Protect(pending) => Ok(pending),
+            Inspect::ProtectByBody(unkeyed) => Err(unkeyed),
+        };
+        let shared = self.shared.clone();
+        ResponseFuture::new(Box::pin(handle(shared, inner, parts, body, keyed)))
     }
 }
 
@@ -159,13 +166,13 @@ where
     async move { Step::Done(called.await.map(|r| r.map(Body::new))) }
 }
 
-/// A request the engine did not pass, from its inspection on.
+/// A request the engine protects, keyed by its head or (R23) to be keyed by its body.
 async fn handle<S, St, ReqB, ResB>(
     shared: Arc<Shared<St>>,
     mut inner: S,
     mut parts: http::request::Parts,
     body: ReqB,
-    inspected: Inspect,
+    keyed: Result<Pending, Unkeyed>,
 ) -> Step<S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -181,17 +188,6 @@ where
     let policy = engine.policy();
     let origin = parts.headers.get(header::ORIGIN).cloned();
     let origin = origin.as_ref();
-    // The key is known from the head (`Ok`), or (R23) only once the body is read.
-    let keyed = match inspected {
-        // Answered in `call`; alike if it ever comes here.
-        Inspect::Pass => return pass::<_, St, _, _>(&mut inner, parts, body).await,
-        Inspect::Reject(answer) => {
-            let mut decision = Decision::start(&parts.method, &parts.uri);
-            return Step::Done(Ok(answered(policy, origin, answer, &mut decision)));
-        }
-        Inspect::Protect(pending) => Ok(pending),
-        Inspect::ProtectByBody(unkeyed) => Err(unkeyed),
-    };
     let mut decision = Decision::start(&parts.method, &parts.uri);
     if let Ok(pending) = &keyed {
         decision.identify(pending.id(), engine.policy().scope());
