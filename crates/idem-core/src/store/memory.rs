@@ -318,7 +318,7 @@ impl Inner {
         let now = self.config.clock.now_ms();
         let (hash, mut shard) = self.shard(id);
         let rehash = |(id, _): &(RecordId, Held)| self.hasher.hash_one(id);
-        let entry = shard.entry(hash, |(held, _)| held == id, rehash);
+        let entry = shard.entry(hash, |(stored, _)| stored == id, rehash);
         let existing = match &entry {
             Entry::Occupied(e) => Some(e.get().1.record()?),
             Entry::Vacant(_) => None,
@@ -476,7 +476,7 @@ impl Store for MemoryStore {
     async fn lookup(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.config.clock.now_ms();
         let (hash, shard) = self.inner.shard(id);
-        match shard.find(hash, |(held, _)| held == id) {
+        match shard.find(hash, |(stored, _)| stored == id) {
             Some((_, held)) if held.ends_at > now => held.record().map(Some),
             _ => Ok(None),
         }
