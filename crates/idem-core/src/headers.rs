@@ -99,6 +99,37 @@ mod tests {
         assert!(out.contains_key(header::CONTENT_TYPE));
     }
 
+    // R19: a hop-by-hop header is removed when it comes alone, with no `Connection`
+    // header beside it; a message without any is left as it was.
+    #[test]
+    fn r19_each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-foo",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+            assert!(h.contains_key(header::CONTENT_TYPE), "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.append("x-tag", HeaderValue::from_static("a"));
+        h.append("x-tag", HeaderValue::from_static("b"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
     // R24: the names `Connection` nominates are removed even when another token of the
     // value is not ASCII.
     #[test]
